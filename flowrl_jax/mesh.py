@@ -1,0 +1,88 @@
+"""The one mesh factory. Axis names are fixed across the code:
+
+    data    pure data parallelism (parameters replicated along it)
+    fsdp    data parallelism with parameters and optimiser state sharded along it
+    tensor  tensor (model) parallelism inside a layer
+
+Entry points build the mesh once, from `config.mesh`, and enter it with `jax.set_mesh(mesh)`, which
+makes it the context mesh so that bare PartitionSpecs resolve against it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
+DEFAULT_SHAPE = {"data": 1, "fsdp": -1, "tensor": 1}
+
+
+def mesh_shape(shape: Mapping[str, int] | None, num_devices: int) -> tuple[int, ...]:
+    """Resolve a {'data', 'fsdp', 'tensor'} -> size mapping (one size may be -1) for num_devices."""
+    shape = dict(DEFAULT_SHAPE if shape is None else shape)
+    unknown = sorted(set(shape) - set(AXES))
+    if unknown:
+        raise ValueError(f"mesh axes {unknown} do not exist; the axes are {AXES}")
+    sizes = [int(shape.get(a, 1)) for a in AXES]
+    free = [a for a, s in zip(AXES, sizes) if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh: only one axis may be -1, got {free}")
+    for a, s in zip(AXES, sizes):
+        if s == 0 or s < -1:
+            raise ValueError(f"mesh.{a}={s} must be a positive size or -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if free:
+        if num_devices % known:
+            raise ValueError(
+                f"mesh {dict(zip(AXES, sizes))}: the fixed axes ({known} devices) do not divide "
+                f"the {num_devices} available devices")
+        sizes[AXES.index(free[0])] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ValueError(
+            f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices but "
+            f"{num_devices} are available")
+    return tuple(sizes)
+
+
+def make_mesh(shape: Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A Mesh over all (global, multi-host) devices, or `devices`, with axes AXES.
+
+    Axes are `Auto`: shardings propagate through the program from the annotated inputs/outputs.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_shape(shape, len(devices))
+    try:  # topology-aware placement on TPU/GPU slices
+        grid = mesh_utils.create_device_mesh(sizes, devices)
+    except (AssertionError, NotImplementedError, ValueError):
+        grid = np.asarray(devices).reshape(sizes)
+    return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+
+
+def batch_size_divisor(mesh: Mesh) -> int:
+    """The batch must be a multiple of this to split over the data-parallel axes."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def check_batch(batch: int, mesh: Mesh, what: str = "batch") -> None:
+    div = batch_size_divisor(mesh)
+    if batch % div:
+        raise ValueError(
+            f"{what}={batch} is not divisible by the mesh's data-parallel size {div} "
+            f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) dimension over data x fsdp, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())

@@ -1,0 +1,247 @@
+"""One Flax (linen) decoder for Qwen2 / Qwen2.5, Qwen3 and Llama 3.
+
+Layers are stacked under `nn.scan`, so the compiled program holds one layer body whatever the depth,
+and every layer parameter carries a leading layer axis `[L, ...]`. The same `__call__` serves a full
+forward (no cache) and cached prefill/decode: attention is always computed over "slots" (positions in
+the key/value buffer), a query in slot s sees key slots <= s whose `kv_mask` is set.
+
+Parameter tree (kernels are [in, out], the transpose of torch's Linear weights):
+    embed/embedding                 [V, D]
+    layers/input_norm/scale         [L, D]
+    layers/attn/{q,k,v}_proj/kernel [L, D, H*Dh | K*Dh]   (+ bias [L, ...] if qkv_bias)
+    layers/attn/{q,k}_norm/scale    [L, Dh]                (qk_norm, Qwen3)
+    layers/attn/o_proj/kernel       [L, H*Dh, D]           (+ bias if o_bias)
+    layers/post_attn_norm/scale     [L, D]
+    layers/mlp/{gate,up}_proj/kernel [L, D, F]; layers/mlp/down_proj/kernel [L, F, D]
+    final_norm/scale                [D]
+    lm_head/kernel                  [D, V]                 (absent when tie_word_embeddings)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flowrl_jax.models.families import DecoderConfig
+
+_INIT = nn.initializers.normal(stddev=0.02)
+_MASKED = -1e30  # finite, so a row with no visible key (a left-pad query) gives a uniform softmax, not NaN
+
+
+class DecoderOutput(NamedTuple):
+    logits: jax.Array | None  # [B, T, V] float32, or None when return_logits=False
+    hidden: jax.Array  # [B, T, D] final hidden states, after the final norm
+    cache: dict | None  # {'k', 'v'}: [L, B, S, K, Dh], updated; None without a cache
+
+
+class Linear(nn.Module):
+    """y = x @ kernel (+ bias), kernel [in, out]; accumulates in fp32, returns `out_dtype`."""
+
+    features: int
+    use_bias: bool
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+    out_dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", _INIT, (x.shape[-1], self.features), self.param_dtype)
+        y = jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        return y.astype(self.out_dtype or self.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Normalises in fp32 and scales in the compute dtype, as the HF reference does."""
+
+    eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * y.astype(self.dtype)
+
+
+def rope_inv_freq(cfg: DecoderConfig) -> jax.Array:
+    """Inverse frequencies [Dh/2] with the checkpoint's scaling (plain, linear, or Llama 3.1's)."""
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    rope = cfg.rope
+    kind = rope.get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / rope["factor"]
+    elif kind == "llama3":
+        # Llama 3.1: long wavelengths are stretched by `factor`, short ones kept, and the band between
+        # interpolated smoothly.
+        factor, lo, hi = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old_len = rope["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = jnp.where(wavelen > old_len / lo, inv / factor, inv)
+        smooth = (old_len / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+        inv = jnp.where(medium, smoothed, scaled)
+    return inv
+
+
+def rope_cos_sin(positions: jax.Array, cfg: DecoderConfig, dtype) -> tuple[jax.Array, jax.Array]:
+    """positions [B, T] int -> cos, sin [B, T, Dh] (HF's half-split layout, not interleaved)."""
+    freqs = positions.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)  # [B, T, Dh/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)  # [B, T, Dh]
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x [B, T, N, Dh]; cos, sin [B, T, Dh]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class Attention(nn.Module):
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x, mask, cos, sin, cache, cache_index):
+        """x [B, T, D]; mask [B, T, S] bool; cache None or (k, v) each [B, S, K, Dh]."""
+        cfg = self.cfg
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        B, T, _ = x.shape
+        H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = Linear(H * Dh, cfg.qkv_bias, dt, pdt, name="q_proj")(x).reshape(B, T, H, Dh)
+        k = Linear(K * Dh, cfg.qkv_bias, dt, pdt, name="k_proj")(x).reshape(B, T, K, Dh)
+        v = Linear(K * Dh, cfg.qkv_bias, dt, pdt, name="v_proj")(x).reshape(B, T, K, Dh)
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="k_norm")(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            # Write this chunk into slots [cache_index, cache_index + T) and attend over the buffer.
+            k_buf, v_buf = cache
+            k = jax.lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), (0, cache_index, 0, 0))
+            cache = (k, v)
+        # GQA without copying kv: query head h = k·R + r belongs to kv head k (HF's repeat_kv order).
+        q = q.reshape(B, T, K, H // K, Dh)  # [B, T, K, R, Dh]
+        scores = jnp.einsum("btkrd,bskd->bkrts", q, k.astype(dt),
+                            preferred_element_type=jnp.float32) / math.sqrt(Dh)  # [B, K, R, T, S]
+        scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("bkrts,bskd->btkrd", probs, v.astype(dt)).reshape(B, T, H * Dh)
+        return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
+
+
+class MLP(nn.Module):
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        gate = Linear(cfg.intermediate_size, False, dt, pdt, name="gate_proj")(x)
+        up = Linear(cfg.intermediate_size, False, dt, pdt, name="up_proj")(x)
+        return Linear(cfg.hidden_size, False, dt, pdt, name="down_proj")(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x, cache, mask, cos, sin, cache_index):
+        """The scan body: carry x [B, T, D], per-layer cache in and out."""
+        cfg = self.cfg
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        h, cache = Attention(cfg, name="attn")(
+            RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x), mask, cos, sin, cache,
+            cache_index)
+        x = x + h
+        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x))
+        return x, cache
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _layer_stack(cfg: DecoderConfig):
+    layer = DecoderLayer
+    if cfg.remat != "none":
+        layer = nn.remat(layer, prevent_cse=False, policy=_REMAT_POLICIES[cfg.remat])
+    return nn.scan(
+        layer,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+    )
+
+
+class Decoder(nn.Module):
+    cfg: DecoderConfig
+
+    def setup(self):
+        cfg = self.cfg
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=_INIT,
+                              dtype=dt, param_dtype=pdt)
+        self.layers = _layer_stack(cfg)(cfg)
+        self.final_norm = RMSNorm(cfg.rms_norm_eps, dt, pdt)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Linear(cfg.vocab_size, False, dt, pdt, out_dtype=jnp.float32)
+
+    def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0, return_logits=True):
+        """tokens, positions [B, T] int32; kv_mask [B, S] bool, S = T without a cache, else the
+        buffer length; cache {'k', 'v'}: [L, B, S, K, Dh]; cache_index: first slot of this chunk."""
+        T, S = tokens.shape[1], kv_mask.shape[1]
+        x = self.embed(tokens)  # [B, T, D]
+        cos, sin = rope_cos_sin(positions, self.cfg, x.dtype)
+        q_slot = cache_index + jnp.arange(T)  # [T]
+        causal = jnp.arange(S)[None, :] <= q_slot[:, None]  # [T, S]
+        mask = causal[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
+        layer_cache = None if cache is None else (cache["k"], cache["v"])
+        x, layer_cache = self.layers(x, layer_cache, mask, cos, sin, cache_index)
+        hidden = self.final_norm(x)
+        new_cache = None if cache is None else {"k": layer_cache[0], "v": layer_cache[1]}
+        logits = self.logits(hidden) if return_logits else None
+        return DecoderOutput(logits, hidden, new_cache)
+
+    def logits(self, hidden):
+        """hidden [..., D] -> float32 logits [..., V]; a method so chunked log-prob code can call it."""
+        if self.cfg.tie_word_embeddings:
+            table = self.embed.embedding.astype(self.cfg.dtype)  # [V, D]
+            return jnp.einsum("...d,vd->...v", hidden, table, preferred_element_type=jnp.float32)
+        return self.lm_head(hidden)
+
+
+def init_cache(cfg: DecoderConfig, batch: int, length: int, dtype=None) -> dict:
+    """Zeroed KV buffers {'k', 'v'}: [L, B, S, K, Dh] in the compute dtype."""
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    dt = jnp.dtype(dtype or cfg.dtype)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """mask [B, T] (1 = real token, left padding) -> positions [B, T]; pads get 0 (never attended)."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def init_params(cfg: DecoderConfig, rng: jax.Array) -> dict:
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return Decoder(cfg).init(rng, tokens, tokens, jnp.ones((1, 1), bool))["params"]
+
+
+def param_shapes(cfg: DecoderConfig) -> dict:
+    """The parameter tree as ShapeDtypeStructs; allocates nothing."""
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
