@@ -86,3 +86,10 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def default_config():
+    """config.mesh: axis sizes; -1 takes the devices the others leave."""
+    from ml_collections import ConfigDict
+
+    return ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})

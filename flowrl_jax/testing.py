@@ -1,8 +1,59 @@
-"""Testing helpers (temporary header)."""
+"""Testing helpers shared by tests, benchmarks and the default job: a tiny tokenizer built locally
+and tiny model configs per family. Nothing here downloads anything."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+# --- tiny tokenizer ---
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2
+# Qwen's ChatML template, so prompts look like the ones the real checkpoints are trained on.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def tiny_corpus() -> list[str]:
+    """A deterministic corpus of arithmetic, answers and a little prose and code to train on."""
+    lines = []
+    for a in range(0, 60, 3):
+        for b in range(1, 40, 7):
+            lines.append(f"{a} + {b} = {a + b}. {a} * {b} = {a * b}. Answer: {a + b}")
+            lines.append(f"Compute {a} - {b}: the result is {a - b}, so the answer is {a - b}.")
+    lines += [
+        "Let us think step by step. First add the numbers, then check the answer.",
+        "The final answer is \\boxed{42}.",
+        "def solve(x):\n    return x * 2 + 1\n",
+        "Use the numbers 3, 5 and 7 once each to make 22: 3 * 5 + 7 = 22.",
+    ]
+    return lines
+
+
+def make_tiny_tokenizer(path: str, vocab_size: int = 512) -> str:
+    """Train a byte-level BPE on tiny_corpus() and save it as an HF tokenizer directory (with the
+    ChatML template, eos '<|im_end|>', pad '<|endoftext|>', left padding). Deterministic; < 1 s."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()  # any unicode string round-trips through bytes
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(tiny_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"], padding_side="left",
+        chat_template=CHAT_TEMPLATE)
+    os.makedirs(path, exist_ok=True)
+    fast.save_pretrained(path)
+    return path
 
 
 # --- tiny models ---
