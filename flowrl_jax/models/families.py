@@ -196,6 +196,20 @@ KNOWN_SHAPES = {
                 rope_theta=1000000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
                 max_position_embeddings=131072),
         params=32_763_876_352),
+    "qwen3-8b": dict(
+        hf=dict(model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                attention_bias=False, max_position_embeddings=40960),
+        params=8_190_735_360),
+    "llama-3.1-8b": dict(
+        hf=dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                attention_bias=False, max_position_embeddings=131072,
+                rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                  high_freq_factor=4.0, original_max_position_embeddings=8192)),
+        params=8_030_261_248),
 }
 
 
