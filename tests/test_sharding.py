@@ -90,3 +90,18 @@ def test_sharded_load_places_each_tensor_as_read(family, tmp_path):
     tokens, mask = testing.left_padded_batch(5, batch=8, length=12, vocab=512)
     np.testing.assert_allclose(np.asarray(sharded(tokens, mask)), np.asarray(single(tokens, mask)),
                                atol=1e-5, rtol=0)
+
+
+def test_activations_are_pinned_to_the_batch_axes_under_a_mesh():
+    """Inside the context mesh the layer body constrains x [B, T, D] to (data x fsdp) on B."""
+    import jax.numpy as jnp
+
+    from flowrl_jax.models import forward, param_shapes
+
+    cfg = testing.tiny_config("qwen3")
+    tokens = jax.ShapeDtypeStruct((8, 16), jnp.int32)
+    lower = jax.jit(forward, static_argnums=0).lower
+    with jax.set_mesh(mesh_lib.make_mesh({"fsdp": 8})):
+        text = lower(cfg, param_shapes(cfg), tokens, tokens).as_text()
+    assert 'sharding_constraint %arg3 <@mesh, [{"data", "fsdp"}, {}, {}]>' in text
+    assert "sharding_constraint" not in lower(cfg, param_shapes(cfg), tokens, tokens).as_text()

@@ -26,6 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax.sharding import PartitionSpec as P
+
+from flowrl_jax.mesh import BATCH_AXES
 from flowrl_jax.models.families import DecoderConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -153,6 +156,18 @@ class MLP(nn.Module):
         return Linear(cfg.hidden_size, False, dt, pdt, name="down_proj")(nn.silu(gate) * up)
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Pin x's leading (batch) dim to the data-parallel mesh axes when a context mesh is set
+    (`jax.set_mesh`), so that propagation cannot choose to split activations over the model width
+    instead. A no-op without a mesh, or when the batch does not divide."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    if x.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+
+
 class DecoderLayer(nn.Module):
     cfg: DecoderConfig
 
@@ -160,6 +175,7 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, cache, mask, cos, sin, cache_index):
         """The scan body: carry x [B, T, D], per-layer cache in and out."""
         cfg = self.cfg
+        x = constrain_batch(x)
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         h, cache = Attention(cfg, name="attn")(
             RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x), mask, cos, sin, cache,

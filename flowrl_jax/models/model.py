@@ -6,6 +6,7 @@ convenience form for scripts and tests (`model(input_ids, attention_mask) -> log
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -72,17 +73,23 @@ class Model:
             tokens, mask = jax.device_put(tokens, sharding), jax.device_put(mask, sharding)
         return tokens, mask.astype(jnp.int32)
 
+    def _context(self):
+        """Run under the model's mesh, so the decoder's activation constraints apply."""
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
     def forward(self, input_ids, attention_mask=None, return_logits: bool = True) -> DecoderOutput:
-        return _forward_jit(self.cfg, self.params, *self._inputs(input_ids, attention_mask),
-                            return_logits)
+        with self._context():
+            return _forward_jit(self.cfg, self.params, *self._inputs(input_ids, attention_mask),
+                                return_logits)
 
     def __call__(self, input_ids, attention_mask=None) -> jax.Array:
         """input_ids, attention_mask [B, T] (left-padded) -> float32 logits [B, T, V]."""
         return self.forward(input_ids, attention_mask).logits
 
     def generate_greedy(self, input_ids, attention_mask=None, steps: int = 32) -> np.ndarray:
-        return np.asarray(_greedy_jit(self.cfg, self.params,
-                                      *self._inputs(input_ids, attention_mask), steps))
+        with self._context():
+            return np.asarray(_greedy_jit(self.cfg, self.params,
+                                          *self._inputs(input_ids, attention_mask), steps))
 
     @functools.cached_property
     def num_params(self) -> int:
