@@ -100,6 +100,10 @@ def main() -> None:
     for i, (a, b, peak) in enumerate(rows):
         print(f"{i:>4} {a:>8.4f} {b:>8.4f} {b / a:>6.2f} {flops / a / 1e9:>13.1f} "
               f"{peak / 1e9:>13.1f} {flops / a / peak:>6.1%}")
+    med = [statistics.median(col) for col in zip(*rows)]
+    mfus = sorted(flops / a / peak for a, _, peak in rows)
+    print(f"median: ours {med[0]:.4f} s, torch {med[1]:.4f} s, peak {med[2] / 1e9:.0f} GFLOP/s, "
+          f"MFU {statistics.median(mfus):.1%} ({mfus[0]:.1%}-{mfus[-1]:.1%})")
     ratios = sorted(b / a for a, b, _ in rows)
     print(f"forward_ratio_vs_transformers {args.size}={statistics.median(ratios):.2f} "
           f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f}, {len(rows)} pairs)")
