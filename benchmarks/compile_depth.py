@@ -21,8 +21,17 @@ from flowrl_jax.models import DecoderConfig, forward, param_shapes
 
 
 def config(layers: int) -> DecoderConfig:
-    return DecoderConfig(family="qwen3", vocab_size=2048, hidden_size=512, intermediate_size=2048,
-                         num_layers=layers, num_heads=8, num_kv_heads=4, head_dim=64, qk_norm=True)
+    return DecoderConfig(
+        family="qwen3",
+        vocab_size=2048,
+        hidden_size=512,
+        intermediate_size=2048,
+        num_layers=layers,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=64,
+        qk_norm=True,
+    )
 
 
 def programs(cfg: DecoderConfig):
@@ -33,6 +42,7 @@ def programs(cfg: DecoderConfig):
         def loss(p):
             logp = jax.nn.log_softmax(forward(cfg, p, tokens, mask).logits)
             return -jnp.mean(jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], -1))
+
         return jax.grad(loss)(params)
 
     return {"forward": fwd, "grad": grad}
@@ -67,9 +77,11 @@ def main() -> None:
             results[name, depth] = seconds
             print(f"{name:<8} {depth:>6} {seconds:>16.2f} {size:>16,}")
     lo, hi = depths[0], depths[-1]
-    print("compile_time_ratio " + " ".join(
-        f"{n}={results[n, hi] / results[n, lo]:.2f}" for n in ("forward", "grad"))
-        + f"  ({hi} layers / {lo} layers)")
+    print(
+        "compile_time_ratio "
+        + " ".join(f"{n}={results[n, hi] / results[n, lo]:.2f}" for n in ("forward", "grad"))
+        + f"  ({hi} layers / {lo} layers)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,10 +20,24 @@ import jax.numpy as jnp
 import numpy as np
 
 SIZES = {  # HF config fields
-    "tiny": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=512),
-    "small": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
-                  num_attention_heads=8, num_key_value_heads=4, head_dim=64, vocab_size=2048),
+    "tiny": dict(
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        vocab_size=512,
+    ),
+    "small": dict(
+        hidden_size=512,
+        intermediate_size=2048,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        vocab_size=2048,
+    ),
 }
 
 
@@ -44,8 +58,12 @@ def _timed(fn) -> float:
 
 def forward_flops(hf: dict, batch: int, length: int) -> float:
     d, f, L = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
-    h, k, dh, v = (hf["num_attention_heads"], hf["num_key_value_heads"], hf["head_dim"],
-                   hf["vocab_size"])
+    h, k, dh, v = (
+        hf["num_attention_heads"],
+        hf["num_key_value_heads"],
+        hf["head_dim"],
+        hf["vocab_size"],
+    )
     per_token = L * (d * (h + 2 * k) * dh + h * dh * d + 3 * d * f) + d * v
     attention = L * 2 * length * h * dh  # scores and weighted sum, full (unmasked) square
     return 2 * batch * length * (per_token + attention)
@@ -63,12 +81,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
     args = parser.parse_args()
-    hf = dict(SIZES[args.size], model_type="qwen3", rms_norm_eps=1e-6, rope_theta=1e6,
-              max_position_embeddings=4096, tie_word_embeddings=False)
+    hf = dict(
+        SIZES[args.size],
+        model_type="qwen3",
+        rms_norm_eps=1e-6,
+        rope_theta=1e6,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
     cfg_kwargs = {k: v for k, v in hf.items() if k != "model_type"}
     torch.manual_seed(0)
     reference = transformers.AutoModelForCausalLM.from_config(
-        transformers.AutoConfig.for_model("qwen3", **cfg_kwargs), dtype=torch.float32).eval()
+        transformers.AutoConfig.for_model("qwen3", **cfg_kwargs), dtype=torch.float32
+    ).eval()
     with tempfile.TemporaryDirectory() as path:
         reference.save_pretrained(path)
         ours = load_hf(path)
@@ -81,7 +106,7 @@ def main() -> None:
 
     def run_torch():
         with torch.no_grad():
-            reference(input_ids=ids).logits
+            return reference(input_ids=ids).logits
 
     compile_s = _timed(run_ours)
     run_ours(), run_torch()  # warm-up
@@ -91,22 +116,32 @@ def main() -> None:
         peak = matmul_peak()
         t_ours, t_torch = _timed(run_ours), _timed(run_torch)
         rows.append((t_ours, t_torch, peak))
-    print(f"jax {jax.__version__} / torch {torch.__version__} / transformers "
-          f"{transformers.__version__}; {args.size}, fp32, batch {args.batch} x {args.length}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"jax {jax.__version__} / torch {torch.__version__} / transformers "
+        f"{transformers.__version__}; {args.size}, fp32, batch {args.batch} x {args.length}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"our first call (compile + run): {compile_s:.2f} s")
-    print(f"{'pair':>4} {'ours s':>8} {'torch s':>8} {'ratio':>6} {'ours GFLOP/s':>13} "
-          f"{'peak GFLOP/s':>13} {'MFU':>6}")
+    print(
+        f"{'pair':>4} {'ours s':>8} {'torch s':>8} {'ratio':>6} {'ours GFLOP/s':>13} "
+        f"{'peak GFLOP/s':>13} {'MFU':>6}"
+    )
     for i, (a, b, peak) in enumerate(rows):
-        print(f"{i:>4} {a:>8.4f} {b:>8.4f} {b / a:>6.2f} {flops / a / 1e9:>13.1f} "
-              f"{peak / 1e9:>13.1f} {flops / a / peak:>6.1%}")
+        print(
+            f"{i:>4} {a:>8.4f} {b:>8.4f} {b / a:>6.2f} {flops / a / 1e9:>13.1f} "
+            f"{peak / 1e9:>13.1f} {flops / a / peak:>6.1%}"
+        )
     med = [statistics.median(col) for col in zip(*rows)]
     mfus = sorted(flops / a / peak for a, _, peak in rows)
-    print(f"median: ours {med[0]:.4f} s, torch {med[1]:.4f} s, peak {med[2] / 1e9:.0f} GFLOP/s, "
-          f"MFU {statistics.median(mfus):.1%} ({mfus[0]:.1%}-{mfus[-1]:.1%})")
+    print(
+        f"median: ours {med[0]:.4f} s, torch {med[1]:.4f} s, peak {med[2] / 1e9:.0f} GFLOP/s, "
+        f"MFU {statistics.median(mfus):.1%} ({mfus[0]:.1%}-{mfus[-1]:.1%})"
+    )
     ratios = sorted(b / a for a, b, _ in rows)
-    print(f"forward_ratio_vs_transformers {args.size}={statistics.median(ratios):.2f} "
-          f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f}, {len(rows)} pairs)")
+    print(
+        f"forward_ratio_vs_transformers {args.size}={statistics.median(ratios):.2f} "
+        f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f}, {len(rows)} pairs)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ def get_config() -> ConfigDict:
     config.model = from_config.default_config()
     # Multi-host: on TPU pods jax.distributed.initialize() needs no arguments; on GPU clusters give the
     # coordinator (host:port), the process count and this process's id (launch/ scripts fill them).
-    config.distributed = ConfigDict({"enabled": False, "coordinator_address": "",
-                                     "num_processes": 0, "process_id": -1})
-    config.smoke = ConfigDict({"new_tokens": 24})  # greedy tokens decoded by the foundation smoke run
+    config.distributed = ConfigDict(
+        {"enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1}
+    )
+    config.smoke = ConfigDict(
+        {"new_tokens": 24}
+    )  # greedy tokens decoded by the foundation smoke run
     return config

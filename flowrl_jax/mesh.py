@@ -42,17 +42,20 @@ def mesh_shape(shape: Mapping[str, int] | None, num_devices: int) -> tuple[int, 
         if num_devices % known:
             raise ValueError(
                 f"mesh {dict(zip(AXES, sizes))}: the fixed axes ({known} devices) do not divide "
-                f"the {num_devices} available devices")
+                f"the {num_devices} available devices"
+            )
         sizes[AXES.index(free[0])] = num_devices // known
     if math.prod(sizes) != num_devices:
         raise ValueError(
             f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices but "
-            f"{num_devices} are available")
+            f"{num_devices} are available"
+        )
     return tuple(sizes)
 
 
-def make_mesh(shape: Mapping[str, int] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A Mesh over all (global, multi-host) devices, or `devices`, with axes AXES.
 
     Axes are `Auto`: shardings propagate through the program from the annotated inputs/outputs.
@@ -76,7 +79,8 @@ def check_batch(batch: int, mesh: Mesh, what: str = "batch") -> None:
     if batch % div:
         raise ValueError(
             f"{what}={batch} is not divisible by the mesh's data-parallel size {div} "
-            f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+            f"(data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
+        )
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -43,14 +43,21 @@ def make_tiny_tokenizer(path: str, vocab_size: int = 512) -> str:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()  # any unicode string round-trips through bytes
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(tiny_corpus(), trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"], padding_side="left",
-        chat_template=CHAT_TEMPLATE)
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+    )
     os.makedirs(path, exist_ok=True)
     fast.save_pretrained(path)
     return path
@@ -61,16 +68,42 @@ def make_tiny_tokenizer(path: str, vocab_size: int = 512) -> str:
 # tied embeddings, Qwen3 q/k norms, Llama 3.1 rope scaling (all three frequency bands: with
 # head_dim 16 and original_max_position_embeddings 32 some wavelengths are kept, some stretched,
 # some interpolated).
-_TINY_COMMON = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
-                    max_position_embeddings=128, bos_token_id=None, eos_token_id=2, pad_token_id=0)
+_TINY_COMMON = dict(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=128,
+    bos_token_id=None,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 TINY_HF_CONFIGS = {
     "qwen2": dict(_TINY_COMMON, model_type="qwen2", rope_theta=10000.0, tie_word_embeddings=True),
-    "qwen3": dict(_TINY_COMMON, model_type="qwen3", rope_theta=1000000.0,
-                  tie_word_embeddings=False, attention_bias=False),
-    "llama": dict(_TINY_COMMON, model_type="llama", rope_theta=500000.0, tie_word_embeddings=False,
-                  rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                    high_freq_factor=4.0, original_max_position_embeddings=32)),
+    "qwen3": dict(
+        _TINY_COMMON,
+        model_type="qwen3",
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+        attention_bias=False,
+    ),
+    "llama": dict(
+        _TINY_COMMON,
+        model_type="llama",
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=32,
+        ),
+    ),
 }
 FAMILIES = tuple(TINY_HF_CONFIGS)
 
@@ -82,7 +115,9 @@ def tiny_config(family: str, **overrides):
     return config_from_hf(TINY_HF_CONFIGS[family], **overrides)
 
 
-def make_torch_checkpoint(family: str, path: str, seed: int = 0, scale: float = 0.1, **hf_overrides):
+def make_torch_checkpoint(
+    family: str, path: str, seed: int = 0, scale: float = 0.1, **hf_overrides
+):
     """A `transformers` model of the tiny `family` config with every parameter random (norm scales
     around 1, biases non-zero, so a mis-mapped tensor cannot hide behind its default init), saved
     with `save_pretrained(path)`. Returns the torch model (eval mode, fp32). Needs torch."""

@@ -24,7 +24,8 @@ from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.models import from_config, load_hf, save_hf
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "config.py"), "ml_collections config file")
+    "config", os.path.join(os.path.dirname(__file__), "config.py"), "ml_collections config file"
+)
 log = logging.getLogger("flowrl_jax")
 
 
@@ -33,8 +34,11 @@ def init_distributed(config) -> None:
         return
     kwargs = {}
     if config.coordinator_address:
-        kwargs = dict(coordinator_address=config.coordinator_address,
-                      num_processes=config.num_processes, process_id=config.process_id)
+        kwargs = dict(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+        )
     jax.distributed.initialize(**kwargs)
 
 
@@ -44,11 +48,14 @@ def smoke(config, mesh) -> dict:
     model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
     t_build = time.perf_counter() - t0
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is 12 + 30?"}], add_generation_prompt=True,
-        tokenize=False)
+        [{"role": "user", "content": "What is 12 + 30?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     # Pad the batch to the mesh's data-parallel size so it splits evenly.
-    batch = tokenizer([prompt] * mesh_lib.batch_size_divisor(mesh), return_tensors="np",
-                      padding=True)
+    batch = tokenizer(
+        [prompt] * mesh_lib.batch_size_divisor(mesh), return_tensors="np", padding=True
+    )
     steps = config.smoke.new_tokens
     t0 = time.perf_counter()
     new = model.generate_greedy(batch["input_ids"], batch["attention_mask"], steps=steps)
@@ -56,8 +63,9 @@ def smoke(config, mesh) -> dict:
     t0 = time.perf_counter()
     new = model.generate_greedy(batch["input_ids"], batch["attention_mask"], steps=steps)
     t_decode = time.perf_counter() - t0
-    export = save_hf(model, os.path.join(config.workdir, "export"), tokenizer=tokenizer,
-                     overwrite=True)
+    export = save_hf(
+        model, os.path.join(config.workdir, "export"), tokenizer=tokenizer, overwrite=True
+    )
     reloaded = load_hf(export, mesh=mesh, dtype=model.cfg.dtype)
     ref = np.asarray(model(batch["input_ids"], batch["attention_mask"]))
     got = np.asarray(reloaded(batch["input_ids"], batch["attention_mask"]))

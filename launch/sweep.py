@@ -30,8 +30,13 @@ def commands(config: str, workdir: str, runs: list[dict[str, str]], extra: list[
     for overrides in runs:
         name = ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"
         run_dir = os.path.join(workdir, name)
-        argv = [sys.executable, "-m", "flowrl_jax.train", f"--config={config}",
-                f"--config.workdir={run_dir}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "flowrl_jax.train",
+            f"--config={config}",
+            f"--config.workdir={run_dir}",
+        ]
         argv += [f"--config.{k}={v}" for k, v in overrides.items()] + extra
         yield name, run_dir, argv
 

@@ -6,8 +6,7 @@ import os
 import pytest
 
 from flowrl_jax import testing
-from flowrl_jax.models import DecoderConfig, load_hf
-from flowrl_jax.models import safetensors_file
+from flowrl_jax.models import DecoderConfig, load_hf, safetensors_file
 from flowrl_jax.models.families import config_from_hf
 
 pytest.importorskip("torch")
@@ -92,8 +91,11 @@ def test_shape_mismatch_names_the_key(tmp_path):
     path = str(tmp_path)
     testing.make_torch_checkpoint("qwen2", path)
     rewrite_config(path, intermediate_size=96)
-    with pytest.raises(ValueError, match=r"'model.layers.0.mlp.gate_proj.weight' has shape "
-                                         r"\(128, 64\), expected \(96, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'model.layers.0.mlp.gate_proj.weight' has shape "
+        r"\(128, 64\), expected \(96, 64\)",
+    ):
         load_hf(path)
 
 
@@ -106,8 +108,11 @@ def test_corrupt_header(tmp_path):
 
 def test_heads_not_divisible_by_kv_heads():
     hf = dict(testing.TINY_HF_CONFIGS["qwen3"], num_attention_heads=6, num_key_value_heads=4)
-    with pytest.raises(ValueError, match=r"num_heads=6 \(num_attention_heads\) is not divisible by "
-                                         r"num_kv_heads=4 \(num_key_value_heads\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"num_heads=6 \(num_attention_heads\) is not divisible by "
+        r"num_kv_heads=4 \(num_key_value_heads\)",
+    ):
         config_from_hf(hf)
 
 
@@ -115,8 +120,11 @@ def test_unsupported_features_are_named():
     with pytest.raises(ValueError, match="model_type='gpt2' is not supported"):
         config_from_hf(dict(testing.TINY_HF_CONFIGS["qwen3"], model_type="gpt2"))
     with pytest.raises(NotImplementedError, match="rope_type='yarn'"):
-        config_from_hf(dict(testing.TINY_HF_CONFIGS["llama"],
-                            rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+        config_from_hf(
+            dict(
+                testing.TINY_HF_CONFIGS["llama"], rope_scaling={"rope_type": "yarn", "factor": 4.0}
+            )
+        )
     with pytest.raises(NotImplementedError, match="use_sliding_window"):
         config_from_hf(dict(testing.TINY_HF_CONFIGS["qwen2"], use_sliding_window=True))
     with pytest.raises(ValueError, match="remat='some'"):

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from flowrl_jax import testing
-from flowrl_jax.models import (Decoder, Model, forward, init_cache, param_shapes,
-                               positions_from_mask)
+from flowrl_jax.models import Decoder, Model, forward, init_cache, param_shapes, positions_from_mask
 
 
 def lowered_size(cfg):
@@ -27,14 +26,22 @@ def test_program_size_does_not_grow_with_depth():
 def test_chunked_prefill_with_cache_equals_full_forward(family):
     cfg = testing.tiny_config(family)
     model = Model.random(cfg, seed=1)
-    tokens, mask = testing.left_padded_batch(0, batch=3, length=20, vocab=cfg.vocab_size, min_len=12)
+    tokens, mask = testing.left_padded_batch(
+        0, batch=3, length=20, vocab=cfg.vocab_size, min_len=12
+    )
     full = np.asarray(model(tokens, mask))
     decoder, positions = Decoder(cfg), positions_from_mask(jnp.asarray(mask))
     cache, kv_mask, outs = init_cache(cfg, 3, 24), np.zeros((3, 24), bool), []
     kv_mask[:, :20] = mask
     for start, stop in [(0, 7), (7, 8), (8, 20)]:  # a prefill chunk, one token, the rest
-        out = decoder.apply({"params": model.params}, tokens[:, start:stop],
-                            positions[:, start:stop], kv_mask, cache, start)
+        out = decoder.apply(
+            {"params": model.params},
+            tokens[:, start:stop],
+            positions[:, start:stop],
+            kv_mask,
+            cache,
+            start,
+        )
         cache = out.cache
         outs.append(np.asarray(out.logits))
     valid = mask.astype(bool)
@@ -47,8 +54,9 @@ def test_left_padding_does_not_change_a_row():
     row = np.arange(3, 13, dtype=np.int32)[None]
     padded = np.concatenate([np.zeros((1, 6), np.int32), row], 1)
     mask = np.concatenate([np.zeros((1, 6), np.int32), np.ones((1, 10), np.int32)], 1)
-    np.testing.assert_allclose(np.asarray(model(padded, mask))[0, 6:], np.asarray(model(row))[0],
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(model(padded, mask))[0, 6:], np.asarray(model(row))[0], atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])

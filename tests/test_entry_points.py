@@ -14,14 +14,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(args, **kw):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw
+    )
 
 
 def test_main_job_runs_on_its_embedded_default(tmp_path):
     """`python -m flowrl_jax.train` end to end on 8 CPU devices (fsdp=4, tensor=2)."""
-    out = run(["-m", "flowrl_jax.train", f"--config.workdir={tmp_path}", "--config.mesh.tensor=2",
-               "--config.smoke.new_tokens=8"])
+    out = run(
+        [
+            "-m",
+            "flowrl_jax.train",
+            f"--config.workdir={tmp_path}",
+            "--config.mesh.tensor=2",
+            "--config.smoke.new_tokens=8",
+        ]
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "'data': 1, 'fsdp': 4, 'tensor': 2" in out.stdout
     diff = [x for x in out.stdout.splitlines() if "export -> reload max |logit diff|" in x]
@@ -57,8 +65,16 @@ def test_every_config_loads_and_is_complete(path):
 
 
 def test_sweep_expands_the_grid():
-    out = run(["launch/sweep.py", "--grid", "seed=0,1", "--grid", "model.tiny_family=qwen2,llama",
-               "--dry_run"])
+    out = run(
+        [
+            "launch/sweep.py",
+            "--grid",
+            "seed=0,1",
+            "--grid",
+            "model.tiny_family=qwen2,llama",
+            "--dry_run",
+        ]
+    )
     assert out.returncode == 0, out.stderr
     lines = [x for x in out.stdout.splitlines() if x.startswith("[")]
     assert len(lines) == 4

@@ -55,8 +55,11 @@ def test_no_large_tensor_is_left_replicated(name):
     specs = partition.match(partition.rules_for(cfg.family), shapes, mesh)
     leaves = jax.tree_util.tree_leaves_with_path(shapes)
     spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
-    large = [(partition.path_str(p), s) for (p, x), s in zip(leaves, spec_leaves)
-             if math.prod(x.shape) > 1_000_000]
+    large = [
+        (partition.path_str(p), s)
+        for (p, x), s in zip(leaves, spec_leaves)
+        if math.prod(x.shape) > 1_000_000
+    ]
     assert len(large) >= 8
     for name_, spec in large:
         assert any(axis is not None for axis in spec), f"{name_} would be replicated: {spec}"

@@ -31,6 +31,7 @@ def test_each_device_reads_only_its_slice(checkpoint, monkeypatch):
             block = callback(index)
             blocks.setdefault(tuple(sharding.spec), []).append((shape, block.shape))
             return block
+
         return real(shape, sharding, recording)
 
     monkeypatch.setattr(hf_io.jax, "make_array_from_callback", spy)

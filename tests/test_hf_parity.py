@@ -47,9 +47,13 @@ def test_greedy_kv_cache_matches_torch_generate(checkpoint):
         out = torch_model.generate(
             input_ids=torch.tensor(tokens, dtype=torch.long),
             attention_mask=torch.tensor(mask, dtype=torch.long),
-            max_new_tokens=32, min_new_tokens=32, do_sample=False, eos_token_id=None,
-            pad_token_id=0)
-    ref = out[:, tokens.shape[1]:].numpy()
+            max_new_tokens=32,
+            min_new_tokens=32,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    ref = out[:, tokens.shape[1] :].numpy()
     np.testing.assert_array_equal(ours, ref, err_msg=family)
 
 
@@ -60,7 +64,8 @@ def test_export_reloads_in_torch_with_same_logits(checkpoint, tmp_path):
     model = load_hf(path)
     out = save_hf(model, str(tmp_path / "export"))
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-        out, dtype=torch.float32, attn_implementation="eager").eval()
+        out, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     tokens, mask = testing.left_padded_batch(2, batch=3, length=16, vocab=512)
     ref = torch_logits(torch_model, tokens, mask)
     np.testing.assert_allclose(torch_logits(reloaded, tokens, mask), ref, rtol=0, atol=1e-6)

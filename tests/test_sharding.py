@@ -1,6 +1,7 @@
 """Mesh factory, partition rules, and sharded forward/load equal to the single-device ones."""
 
 import re
+
 import jax
 import numpy as np
 import pytest
@@ -21,12 +22,15 @@ def test_mesh_fills_minus_one():
     assert mesh.axis_names == ("data", "fsdp", "tensor")
 
 
-@pytest.mark.parametrize("shape, message", [
-    ({"fsdp": 3}, "needs 3 devices but 8 are available"),
-    ({"fsdp": -1, "tensor": 3}, "do not divide the 8 available devices"),
-    ({"fsdp": -1, "tensor": -1}, "only one axis may be -1"),
-    ({"model": 2}, "mesh axes ['model'] do not exist"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ({"fsdp": 3}, "needs 3 devices but 8 are available"),
+        ({"fsdp": -1, "tensor": 3}, "do not divide the 8 available devices"),
+        ({"fsdp": -1, "tensor": -1}, "only one axis may be -1"),
+        ({"model": 2}, "mesh axes ['model'] do not exist"),
+    ],
+)
 def test_bad_mesh_is_a_clear_error(shape, message):
     with pytest.raises(ValueError) as e:
         mesh_lib.make_mesh(shape)
@@ -36,7 +40,9 @@ def test_bad_mesh_is_a_clear_error(shape, message):
 def test_batch_not_divisible_by_mesh():
     mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     mesh_lib.check_batch(8, mesh)
-    with pytest.raises(ValueError, match="batch=6 is not divisible by the mesh's data-parallel size 4"):
+    with pytest.raises(
+        ValueError, match="batch=6 is not divisible by the mesh's data-parallel size 4"
+    ):
         mesh_lib.check_batch(6, mesh)
 
 
@@ -83,14 +89,17 @@ def test_sharded_load_places_each_tensor_as_read(family, tmp_path):
     single = load_hf(str(tmp_path))
     sharded = load_hf(str(tmp_path), mesh=mesh)
     specs = partition.match(partition.rules_for(family), single.params, mesh)
-    for (path, leaf), spec in zip(jax.tree_util.tree_leaves_with_path(sharded.params),
-                                  jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))):
+    for (path, leaf), spec in zip(
+        jax.tree_util.tree_leaves_with_path(sharded.params),
+        jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)),
+    ):
         assert leaf.sharding.spec == spec, partition.path_str(path)
     q = sharded.params["layers"]["attn"]["q_proj"]["kernel"]  # [L, D, H*Dh] over (fsdp, tensor)
     assert q.addressable_shards[0].data.shape == (q.shape[0], q.shape[1] // 4, q.shape[2] // 2)
     tokens, mask = testing.left_padded_batch(5, batch=8, length=12, vocab=512)
-    np.testing.assert_allclose(np.asarray(sharded(tokens, mask)), np.asarray(single(tokens, mask)),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(sharded(tokens, mask)), np.asarray(single(tokens, mask)), atol=1e-5, rtol=0
+    )
 
 
 def test_activations_are_pinned_to_the_batch_axes_under_a_mesh():
@@ -104,6 +113,9 @@ def test_activations_are_pinned_to_the_batch_axes_under_a_mesh():
     lower = jax.jit(forward, static_argnums=0).lower
     with jax.set_mesh(mesh_lib.make_mesh({"fsdp": 8})):
         text = lower(cfg, param_shapes(cfg), tokens, tokens).as_text()
-    assert re.search(r'sharding_constraint %\w+ <@mesh, \[\{"data", "fsdp"\}, \{\}, \{\}\]> : '
-                     r"tensor<8x16x64xf32>", text)
+    assert re.search(
+        r'sharding_constraint %\w+ <@mesh, \[\{"data", "fsdp"\}, \{\}, \{\}\]> : '
+        r"tensor<8x16x64xf32>",
+        text,
+    )
     assert "sharding_constraint" not in lower(cfg, param_shapes(cfg), tokens, tokens).as_text()

@@ -23,8 +23,16 @@ def test_loads_through_auto_tokenizer(tmp_path):
     assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(path))
 
 
-@pytest.mark.parametrize("text", ["12 + 30 = 42", "Answer: \\boxed{7}\n\nnext line",
-                                  "∑ é 中文 🙂", "  leading spaces\tand tabs", ""])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "12 + 30 = 42",
+        "Answer: \\boxed{7}\n\nnext line",
+        "∑ é 中文 🙂",
+        "  leading spaces\tand tabs",
+        "",
+    ],
+)
 def test_text_round_trips(tokenizer, text):
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == text
@@ -41,8 +49,10 @@ def test_special_tokens(tokenizer):
 def test_chat_template_renders_chatml(tokenizer):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n"
-                    "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
     without = tokenizer.apply_chat_template(messages, tokenize=False)
     assert without == text[: -len("<|im_start|>assistant\n")]
 
@@ -58,8 +68,9 @@ def test_pads_on_the_left(tokenizer):
 def test_deterministic(tmp_path):
     a = testing.make_tiny_tokenizer(str(tmp_path / "a"))
     b = testing.make_tiny_tokenizer(str(tmp_path / "b"))
-    assert filecmp.cmp(os.path.join(a, "tokenizer.json"), os.path.join(b, "tokenizer.json"),
-                       shallow=False)
+    assert filecmp.cmp(
+        os.path.join(a, "tokenizer.json"), os.path.join(b, "tokenizer.json"), shallow=False
+    )
 
 
 def test_missing_tokenizer_directory(tmp_path):

@@ -25,14 +25,15 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
 from jax.sharding import PartitionSpec as P
 
 from flowrl_jax.mesh import BATCH_AXES
 from flowrl_jax.models.families import DecoderConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
-_MASKED = -1e30  # finite, so a row with no visible key (a left-pad query) gives a uniform softmax, not NaN
+_MASKED = (
+    -1e30
+)  # finite, so a row with no visible key (a left-pad query) gives a uniform softmax, not NaN
 
 
 class DecoderOutput(NamedTuple):
@@ -53,8 +54,12 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", _INIT, (x.shape[-1], self.features), self.param_dtype)
-        y = jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype),
-                       preferred_element_type=jnp.float32)
+        y = jnp.einsum(
+            "...d,df->...f",
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            preferred_element_type=jnp.float32,
+        )
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         return y.astype(self.out_dtype or self.dtype)
@@ -136,8 +141,9 @@ class Attention(nn.Module):
             cache = (k, v)
         # GQA without copying kv: query head h = k·R + r belongs to kv head k (HF's repeat_kv order).
         q = q.reshape(B, T, K, H // K, Dh)  # [B, T, K, R, Dh]
-        scores = jnp.einsum("btkrd,bskd->bkrts", q, k.astype(dt),
-                            preferred_element_type=jnp.float32) / math.sqrt(Dh)  # [B, K, R, T, S]
+        scores = jnp.einsum(
+            "btkrd,bskd->bkrts", q, k.astype(dt), preferred_element_type=jnp.float32
+        ) / math.sqrt(Dh)  # [B, K, R, T, S]
         scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         out = jnp.einsum("bkrts,bskd->btkrd", probs, v.astype(dt)).reshape(B, T, H * Dh)
@@ -178,8 +184,13 @@ class DecoderLayer(nn.Module):
         x = constrain_batch(x)
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         h, cache = Attention(cfg, name="attn")(
-            RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x), mask, cos, sin, cache,
-            cache_index)
+            RMSNorm(cfg.rms_norm_eps, dt, pdt, name="input_norm")(x),
+            mask,
+            cos,
+            sin,
+            cache,
+            cache_index,
+        )
         x = x + h
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x))
         return x, cache
@@ -210,8 +221,9 @@ class Decoder(nn.Module):
     def setup(self):
         cfg = self.cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=_INIT,
-                              dtype=dt, param_dtype=pdt)
+        self.embed = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, embedding_init=_INIT, dtype=dt, param_dtype=pdt
+        )
         self.layers = _layer_stack(cfg)(cfg)
         self.final_norm = RMSNorm(cfg.rms_norm_eps, dt, pdt)
         if not cfg.tie_word_embeddings:

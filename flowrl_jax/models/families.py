@@ -56,21 +56,30 @@ def check_config(cfg: DecoderConfig) -> None:
     """Invariants checked before anything is built; each message names the offending key."""
     if cfg.family not in FAMILIES:
         raise ValueError(f"family={cfg.family!r} is not supported; choose one of {FAMILIES}")
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                "num_kv_heads", "head_dim"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+    ):
         if int(getattr(cfg, key)) < 1:
             raise ValueError(f"{key}={getattr(cfg, key)} must be a positive integer")
     if cfg.num_heads % cfg.num_kv_heads:
         raise ValueError(
             f"num_heads={cfg.num_heads} (num_attention_heads) is not divisible by "
             f"num_kv_heads={cfg.num_kv_heads} (num_key_value_heads): grouped-query attention needs "
-            "every kv head to serve the same number of query heads")
+            "every kv head to serve the same number of query heads"
+        )
     if cfg.head_dim % 2:
         raise ValueError(f"head_dim={cfg.head_dim} must be even for rotary embeddings")
     rope_type = cfg.rope.get("rope_type", "default")
     if rope_type not in ROPE_TYPES:
         raise NotImplementedError(
-            f"rope_scaling.rope_type={rope_type!r} is not implemented; supported: {ROPE_TYPES}")
+            f"rope_scaling.rope_type={rope_type!r} is not implemented; supported: {ROPE_TYPES}"
+        )
     if cfg.remat not in REMAT_POLICIES:
         raise ValueError(f"remat={cfg.remat!r} must be one of {REMAT_POLICIES}")
     for key in ("param_dtype", "dtype"):
@@ -79,8 +88,11 @@ def check_config(cfg: DecoderConfig) -> None:
 
 
 _MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama"}
-_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                  "llama": "LlamaForCausalLM"}
+_ARCHITECTURES = {
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "llama": "LlamaForCausalLM",
+}
 
 
 def _rope_from_hf(hf: dict) -> tuple[float, tuple]:
@@ -101,8 +113,10 @@ def config_from_hf(hf: dict, **overrides) -> DecoderConfig:
     """Map a parsed HF `config.json` to DecoderConfig. Unsupported features raise, naming the key."""
     model_type = hf.get("model_type")
     if model_type not in _MODEL_TYPES:
-        raise ValueError(f"config.json model_type={model_type!r} is not supported; "
-                         f"supported: {sorted(_MODEL_TYPES)}")
+        raise ValueError(
+            f"config.json model_type={model_type!r} is not supported; "
+            f"supported: {sorted(_MODEL_TYPES)}"
+        )
     family = _MODEL_TYPES[model_type]
     if hf.get("use_sliding_window"):
         raise NotImplementedError("config.json use_sliding_window=true is not implemented")
@@ -179,37 +193,95 @@ def read_hf_config(path: str | os.PathLike) -> dict:
 # bf16 value). The model cards round these (0.49B, 7.61B, 32.5B).
 KNOWN_SHAPES = {
     "qwen2.5-0.5b": dict(
-        hf=dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                max_position_embeddings=32768),
-        params=494_032_768),
+        hf=dict(
+            model_type="qwen2",
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            max_position_embeddings=32768,
+        ),
+        params=494_032_768,
+    ),
     "qwen2.5-7b": dict(
-        hf=dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                max_position_embeddings=131072),
-        params=7_615_616_512),
+        hf=dict(
+            model_type="qwen2",
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            max_position_embeddings=131072,
+        ),
+        params=7_615_616_512,
+    ),
     "qwen2.5-32b": dict(
-        hf=dict(model_type="qwen2", vocab_size=152064, hidden_size=5120, intermediate_size=27648,
-                num_hidden_layers=64, num_attention_heads=40, num_key_value_heads=8,
-                rope_theta=1000000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                max_position_embeddings=131072),
-        params=32_763_876_352),
+        hf=dict(
+            model_type="qwen2",
+            vocab_size=152064,
+            hidden_size=5120,
+            intermediate_size=27648,
+            num_hidden_layers=64,
+            num_attention_heads=40,
+            num_key_value_heads=8,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            max_position_embeddings=131072,
+        ),
+        params=32_763_876_352,
+    ),
     "qwen3-8b": dict(
-        hf=dict(model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
-                num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                attention_bias=False, max_position_embeddings=40960),
-        params=8_190_735_360),
+        hf=dict(
+            model_type="qwen3",
+            vocab_size=151936,
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            attention_bias=False,
+            max_position_embeddings=40960,
+        ),
+        params=8_190_735_360,
+    ),
     "llama-3.1-8b": dict(
-        hf=dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                attention_bias=False, max_position_embeddings=131072,
-                rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                  high_freq_factor=4.0, original_max_position_embeddings=8192)),
-        params=8_030_261_248),
+        hf=dict(
+            model_type="llama",
+            vocab_size=128256,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            rope_theta=500000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            attention_bias=False,
+            max_position_embeddings=131072,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=8192,
+            ),
+        ),
+        params=8_030_261_248,
+    ),
 }
 
 

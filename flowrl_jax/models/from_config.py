@@ -18,22 +18,25 @@ log = logging.getLogger(__name__)
 
 
 def default_config() -> ConfigDict:
-    return ConfigDict({
-        # A local HF checkpoint directory (config.json + *.safetensors). Empty: a tiny random model
-        # of `tiny_family` with a tokenizer built on the spot, so the job runs with no download.
-        "checkpoint": "",
-        "tokenizer": "",  # a local HF tokenizer directory; empty: the checkpoint's own
-        "tiny_family": "qwen3",
-        "dtype": "float32",  # compute dtype; bfloat16 on accelerators
-        "param_dtype": "",  # storage dtype; empty: same as dtype
-        "remat": "none",  # 'none' | 'full' | 'dots'
-    })
+    return ConfigDict(
+        {
+            # A local HF checkpoint directory (config.json + *.safetensors). Empty: a tiny random model
+            # of `tiny_family` with a tokenizer built on the spot, so the job runs with no download.
+            "checkpoint": "",
+            "tokenizer": "",  # a local HF tokenizer directory; empty: the checkpoint's own
+            "tiny_family": "qwen3",
+            "dtype": "float32",  # compute dtype; bfloat16 on accelerators
+            "param_dtype": "",  # storage dtype; empty: same as dtype
+            "remat": "none",  # 'none' | 'full' | 'dots'
+        }
+    )
 
 
 def build(config: ConfigDict, mesh: Mesh, workdir: str, seed: int = 0):
     """-> (Model on `mesh`, tokenizer)."""
-    overrides = dict(dtype=config.dtype, param_dtype=config.param_dtype or config.dtype,
-                     remat=config.remat)
+    overrides = dict(
+        dtype=config.dtype, param_dtype=config.param_dtype or config.dtype, remat=config.remat
+    )
     if config.checkpoint:
         model = load_hf(config.checkpoint, mesh=mesh, **overrides)
         tokenizer = load_tokenizer(config.tokenizer or config.checkpoint)
@@ -45,11 +48,17 @@ def build(config: ConfigDict, mesh: Mesh, workdir: str, seed: int = 0):
         testing.make_tiny_tokenizer(tok_dir)
     tokenizer = load_tokenizer(tok_dir)
     cfg = testing.tiny_config(config.tiny_family, vocab_size=len(tokenizer), **overrides)
-    shardings = partition.shardings(partition.rules_for(cfg.family),
-                                    jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))),
-                                    mesh)
+    shardings = partition.shardings(
+        partition.rules_for(cfg.family),
+        jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))),
+        mesh,
+    )
     params = jax.jit(init_params, static_argnums=0, out_shardings=shardings)(
-        cfg, jax.random.key(seed))
-    log.info("tiny random %s model, %d parameters", cfg.family,
-             sum(x.size for x in jax.tree.leaves(params)))
+        cfg, jax.random.key(seed)
+    )
+    log.info(
+        "tiny random %s model, %d parameters",
+        cfg.family,
+        sum(x.size for x in jax.tree.leaves(params)),
+    )
     return Model(cfg, params, mesh=mesh), tokenizer

@@ -90,7 +90,8 @@ def _open_shards(path: str) -> dict[str, safetensors_file.SafetensorsFile]:
             file = os.path.join(path, name)
             if not os.path.isfile(file):
                 raise FileNotFoundError(
-                    f"shard {name} listed in {index} is missing from the checkpoint directory")
+                    f"shard {name} listed in {index} is missing from the checkpoint directory"
+                )
             files[name] = safetensors_file.SafetensorsFile(file)
         for key, name in weight_map.items():
             if key not in files[name].header:
@@ -100,7 +101,8 @@ def _open_shards(path: str) -> dict[str, safetensors_file.SafetensorsFile]:
     if not os.path.isfile(single):
         raise FileNotFoundError(
             f"no model.safetensors or model.safetensors.index.json in {path} "
-            "(only safetensors checkpoints are supported)")
+            "(only safetensors checkpoints are supported)"
+        )
     f = safetensors_file.SafetensorsFile(single)
     return {key: f for key in f.keys()}
 
@@ -123,12 +125,14 @@ def _check_keys(entries: list[Entry], cfg: DecoderConfig, tensors: dict, shapes)
         raise ValueError(
             f"checkpoint does not match the {cfg.family} key map ({len(expected)} tensors expected, "
             f"{len(present)} found): missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
-            f"unexpected {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+            f"unexpected {extra[:8]}{' ...' if len(extra) > 8 else ''}"
+        )
     for name, shape in expected.items():
         found = tensors[name].shape(name)
         if found != shape:
-            raise ValueError(f"checkpoint tensor {name!r} has shape {found}, expected {shape} "
-                             f"from config.json")
+            raise ValueError(
+                f"checkpoint tensor {name!r} has shape {found}, expected {shape} from config.json"
+            )
 
 
 def _reader(entry: Entry, cfg: DecoderConfig, tensors: dict, dtype: np.dtype):
@@ -151,8 +155,15 @@ def _reader(entry: Entry, cfg: DecoderConfig, tensors: dict, dtype: np.dtype):
     return callback
 
 
-def load_hf(path: str, *, mesh: Mesh | None = None, dtype: str | None = None,
-            param_dtype: str | None = None, rules=None, **overrides) -> Model:
+def load_hf(
+    path: str,
+    *,
+    mesh: Mesh | None = None,
+    dtype: str | None = None,
+    param_dtype: str | None = None,
+    rules=None,
+    **overrides,
+) -> Model:
     """Load a local HF checkpoint directory into (sharded) parameters.
 
     dtype: compute dtype (default: float32); param_dtype: storage dtype (default: dtype).
@@ -176,8 +187,9 @@ def load_hf(path: str, *, mesh: Mesh | None = None, dtype: str | None = None,
     params: dict = {}
     for e in entries:
         shape = _tree_get(shapes, e.ours).shape
-        array = jax.make_array_from_callback(shape, _tree_get(sharding_tree, e.ours),
-                                             _reader(e, cfg, tensors, np_dtype))
+        array = jax.make_array_from_callback(
+            shape, _tree_get(sharding_tree, e.ours), _reader(e, cfg, tensors, np_dtype)
+        )
         _tree_set(params, e.ours, array)
     return Model(cfg, params, mesh=mesh, hf_config=hf)
 
@@ -187,6 +199,7 @@ def _host_layer(array: jax.Array, i: int | None) -> np.ndarray:
     part = array if i is None else array[i]
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         return np.asarray(multihost_utils.process_allgather(part, tiled=True))
     return np.asarray(jax.device_get(part))
 
@@ -200,8 +213,15 @@ def _export_plan(cfg: DecoderConfig, params, dtype) -> Iterator[tuple[str, tuple
             yield name, shape, dtype, (e, i if e.stacked else None)
 
 
-def save_hf(model: Model, path: str, *, tokenizer=None, dtype: str | None = None,
-            max_shard_bytes: int = 5 << 30, overwrite: bool = False) -> str:
+def save_hf(
+    model: Model,
+    path: str,
+    *,
+    tokenizer=None,
+    dtype: str | None = None,
+    max_shard_bytes: int = 5 << 30,
+    overwrite: bool = False,
+) -> str:
     """Write `model` as an HF checkpoint directory that `transformers` loads.
 
     Atomic: files are written to a temporary sibling directory that is renamed into place at the end,
@@ -232,10 +252,17 @@ def save_hf(model: Model, path: str, *, tokenizer=None, dtype: str | None = None
 
     writer = jax.process_index() == 0
     parent = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".partial-", dir=parent) if writer else None
+    tmp = (
+        tempfile.mkdtemp(prefix=os.path.basename(path) + ".partial-", dir=parent)
+        if writer
+        else None
+    )
     try:
-        files = (["model.safetensors"] if len(shards) == 1 else
-                 [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
+        files = (
+            ["model.safetensors"]
+            if len(shards) == 1
+            else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+        )
         for file, shard in zip(files, shards):
             if writer:
                 safetensors_file.write(os.path.join(tmp, file), [s[:3] for s in shard], fetch)
@@ -246,8 +273,10 @@ def save_hf(model: Model, path: str, *, tokenizer=None, dtype: str | None = None
             return path
         if len(files) > 1:
             total = sum(int(np.prod(s[1], dtype=np.int64)) * np_dtype.itemsize for s in plan)
-            index = {"metadata": {"total_size": total},
-                     "weight_map": {s[0]: f for f, shard in zip(files, shards) for s in shard}}
+            index = {
+                "metadata": {"total_size": total},
+                "weight_map": {s[0]: f for f, shard in zip(files, shards) for s in shard},
+            }
             with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
                 json.dump(index, f, indent=2)
         hf = config_to_hf(cfg.replace(param_dtype=str(np_dtype)), base=model.hf_config)

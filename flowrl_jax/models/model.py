@@ -16,15 +16,25 @@ import numpy as np
 from jax.sharding import Mesh
 
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.models.decoder import (Decoder, DecoderOutput, init_cache, init_params,
-                                       positions_from_mask)
+from flowrl_jax.models.decoder import (
+    Decoder,
+    DecoderOutput,
+    init_cache,
+    init_params,
+    positions_from_mask,
+)
 from flowrl_jax.models.families import DecoderConfig
 
 
 def forward(cfg: DecoderConfig, params, tokens, mask, return_logits: bool = True) -> DecoderOutput:
     """Full forward without cache. tokens, mask [B, T] (left padding); positions follow the mask."""
-    return Decoder(cfg).apply({"params": params}, tokens, positions_from_mask(mask),
-                              mask.astype(bool), return_logits=return_logits)
+    return Decoder(cfg).apply(
+        {"params": params},
+        tokens,
+        positions_from_mask(mask),
+        mask.astype(bool),
+        return_logits=return_logits,
+    )
 
 
 def greedy_generate(cfg: DecoderConfig, params, tokens, mask, steps: int):
@@ -79,8 +89,9 @@ class Model:
 
     def forward(self, input_ids, attention_mask=None, return_logits: bool = True) -> DecoderOutput:
         with self._context():
-            return _forward_jit(self.cfg, self.params, *self._inputs(input_ids, attention_mask),
-                                return_logits)
+            return _forward_jit(
+                self.cfg, self.params, *self._inputs(input_ids, attention_mask), return_logits
+            )
 
     def __call__(self, input_ids, attention_mask=None) -> jax.Array:
         """input_ids, attention_mask [B, T] (left-padded) -> float32 logits [B, T, V]."""
@@ -88,8 +99,9 @@ class Model:
 
     def generate_greedy(self, input_ids, attention_mask=None, steps: int = 32) -> np.ndarray:
         with self._context():
-            return np.asarray(_greedy_jit(self.cfg, self.params,
-                                          *self._inputs(input_ids, attention_mask), steps))
+            return np.asarray(
+                _greedy_jit(self.cfg, self.params, *self._inputs(input_ids, attention_mask), steps)
+            )
 
     @functools.cached_property
     def num_params(self) -> int:

@@ -67,8 +67,14 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh | None, name: str) -> P:
         names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
         size = math.prod(mesh.shape[a] for a in names)
         if names and dim % size:
-            log.warning("partition: %s dim %d (size %d) not divisible by mesh %s=%d; left unsplit",
-                        name, len(out), dim, names, size)
+            log.warning(
+                "partition: %s dim %d (size %d) not divisible by mesh %s=%d; left unsplit",
+                name,
+                len(out),
+                dim,
+                names,
+                size,
+            )
             axes = None
         out.append(axes)
     return P(*out)
@@ -82,13 +88,18 @@ def match(rules: Rules, params, mesh: Mesh | None = None):
         for pattern, spec in rules:
             if re.search(pattern, name):
                 return _fit(spec, tuple(leaf.shape), mesh, name)
-        raise ValueError(f"no partition rule matches parameter {name!r} {tuple(leaf.shape)}; "
-                         "add one to the family's table in flowrl_jax/models/partition.py")
+        raise ValueError(
+            f"no partition rule matches parameter {name!r} {tuple(leaf.shape)}; "
+            "add one to the family's table in flowrl_jax/models/partition.py"
+        )
 
     return jax.tree_util.tree_map_with_path(one, params)
 
 
 def shardings(rules: Rules, params, mesh: Mesh):
     """Pytree of NamedShardings for `params` on `mesh`."""
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), match(rules, params, mesh),
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(
+        lambda s: NamedSharding(mesh, s),
+        match(rules, params, mesh),
+        is_leaf=lambda x: isinstance(x, P),
+    )

@@ -19,9 +19,15 @@ import ml_dtypes
 import numpy as np
 
 DTYPES = {
-    "F64": np.dtype("float64"), "F32": np.dtype("float32"), "F16": np.dtype("float16"),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("int64"), "I32": np.dtype("int32"),
-    "I16": np.dtype("int16"), "I8": np.dtype("int8"), "U8": np.dtype("uint8"),
+    "F64": np.dtype("float64"),
+    "F32": np.dtype("float32"),
+    "F16": np.dtype("float16"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("int64"),
+    "I32": np.dtype("int32"),
+    "I16": np.dtype("int16"),
+    "I8": np.dtype("int8"),
+    "U8": np.dtype("uint8"),
     "BOOL": np.dtype("bool"),
 }
 _CODES = {v: k for k, v in DTYPES.items()}
@@ -48,7 +54,9 @@ class SafetensorsFile:
             if info["dtype"] not in DTYPES:
                 raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
             if self._data_start + info["data_offsets"][1] > size:
-                raise ValueError(f"{path} is truncated: tensor {key!r} runs past the end of the file")
+                raise ValueError(
+                    f"{path} is truncated: tensor {key!r} runs past the end of the file"
+                )
 
     def keys(self) -> list[str]:
         return list(self.header)
@@ -65,20 +73,28 @@ class SafetensorsFile:
         shape = tuple(info["shape"])
         if end == start:
             return np.zeros(shape, self.dtype(key))
-        return np.memmap(self.path, dtype=self.dtype(key), mode="r",
-                         offset=self._data_start + start, shape=shape)
+        return np.memmap(
+            self.path, dtype=self.dtype(key), mode="r", offset=self._data_start + start, shape=shape
+        )
 
 
-def write(path: str, specs: Iterable[tuple[str, tuple[int, ...], np.dtype]],
-          fetch: Callable[[str], np.ndarray], metadata: dict | None = None) -> None:
+def write(
+    path: str,
+    specs: Iterable[tuple[str, tuple[int, ...], np.dtype]],
+    fetch: Callable[[str], np.ndarray],
+    metadata: dict | None = None,
+) -> None:
     """Write tensors named in `specs` (name, shape, dtype); `fetch(name)` is called once per tensor,
     in order, so only one tensor needs to be in host memory at a time."""
     specs = list(specs)
     header, offset = {}, 0
     for name, shape, dtype in specs:
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        header[name] = {"dtype": _CODES[np.dtype(dtype)], "shape": list(shape),
-                        "data_offsets": [offset, offset + nbytes]}
+        header[name] = {
+            "dtype": _CODES[np.dtype(dtype)],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     header["__metadata__"] = metadata or {"format": "pt"}
     blob = json.dumps(header, separators=(",", ":")).encode()
