@@ -17,21 +17,13 @@ import time
 import jax
 import jax.numpy as jnp
 
-from flowrl_jax.models import DecoderConfig, forward, param_shapes
+from flowrl_jax import testing
+from flowrl_jax.models import DecoderConfig, config_from_hf, forward, param_shapes
 
 
 def config(layers: int) -> DecoderConfig:
-    return DecoderConfig(
-        family="qwen3",
-        vocab_size=2048,
-        hidden_size=512,
-        intermediate_size=2048,
-        num_layers=layers,
-        num_heads=8,
-        num_kv_heads=4,
-        head_dim=64,
-        qk_norm=True,
-    )
+    """The 'small' benchmark shape at the given depth."""
+    return config_from_hf(testing.BENCH_HF_CONFIGS["small"], num_layers=layers)
 
 
 def programs(cfg: DecoderConfig):

@@ -19,27 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SIZES = {  # HF config fields
-    "tiny": dict(
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        vocab_size=512,
-    ),
-    "small": dict(
-        hidden_size=512,
-        intermediate_size=2048,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=64,
-        vocab_size=2048,
-    ),
-}
-
 
 def matmul_peak(n: int = 2048) -> float:
     """fp32 FLOP/s of one jitted n x n matmul, best of 3."""
@@ -73,22 +52,16 @@ def main() -> None:
     import torch
     import transformers
 
+    from flowrl_jax import testing
     from flowrl_jax.models import load_hf
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--size", default="small", choices=sorted(SIZES))
+    parser.add_argument("--size", default="small", choices=sorted(testing.BENCH_HF_CONFIGS))
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
     args = parser.parse_args()
-    hf = dict(
-        SIZES[args.size],
-        model_type="qwen3",
-        rms_norm_eps=1e-6,
-        rope_theta=1e6,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-    )
+    hf = testing.BENCH_HF_CONFIGS[args.size]
     cfg_kwargs = {k: v for k, v in hf.items() if k != "model_type"}
     torch.manual_seed(0)
     reference = transformers.AutoModelForCausalLM.from_config(

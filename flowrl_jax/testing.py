@@ -107,6 +107,37 @@ TINY_HF_CONFIGS = {
 }
 FAMILIES = tuple(TINY_HF_CONFIGS)
 
+# The benchmark shapes the issues compare against transformers (Qwen3-shaped, fp32 on the CPU).
+BENCH_HF_CONFIGS = {
+    name: dict(
+        model_type="qwen3",
+        head_dim=64,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        **shape,
+    )
+    for name, shape in {
+        "tiny": dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=512,
+        ),
+        "small": dict(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            vocab_size=2048,
+        ),
+    }.items()
+}
+
 
 def tiny_config(family: str, **overrides):
     """Our DecoderConfig for the tiny model of `family`."""
