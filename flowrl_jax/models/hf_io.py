@@ -284,9 +284,9 @@ def save_hf(
             json.dump(hf, f, indent=2)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if os.path.exists(path):
-            old = path + ".old"
-            os.replace(path, old)
+        if os.path.exists(path):  # swap: the old directory goes only once the new one is in place
+            old = tempfile.mkdtemp(prefix=os.path.basename(path) + ".old-", dir=parent)
+            os.replace(path, os.path.join(old, "previous"))
             os.replace(tmp, path)
             shutil.rmtree(old)
         else:
