@@ -93,3 +93,27 @@ def run_bash(args):
 def test_tpu_launcher_without_arguments_prints_usage():
     out = run_bash(["launch/tpu_pod.sh"])
     assert out.returncode == 2 and "TPU_NAME ZONE" in out.stdout
+
+
+def test_main_job_on_a_local_hf_checkpoint(tmp_path):
+    """configs/hf_checkpoint.py with a checkpoint written by transformers (+ its tokenizer)."""
+    pytest.importorskip("torch")
+    from flowrl_jax import testing
+
+    ckpt = str(tmp_path / "ckpt")
+    testing.make_torch_checkpoint("llama", ckpt, seed=3)
+    testing.make_tiny_tokenizer(ckpt)
+    out = run(
+        [
+            "-m",
+            "flowrl_jax.train",
+            "--config=configs/hf_checkpoint.py",
+            f"--config.model.checkpoint={ckpt}",
+            f"--config.workdir={tmp_path / 'run'}",
+            "--config.smoke.new_tokens=4",
+        ]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "llama" in out.stdout and "bfloat16" in out.stdout
+    diff = [x for x in out.stdout.splitlines() if "export -> reload max |logit diff|" in x]
+    assert float(diff[0].split()[-1]) == 0.0
