@@ -39,7 +39,7 @@ _MASKED = (
 class DecoderOutput(NamedTuple):
     logits: jax.Array | None  # [B, T, V] float32, or None when return_logits=False
     hidden: jax.Array  # [B, T, D] final hidden states, after the final norm
-    cache: dict | None  # {'k', 'v'}: [L, B, S, K, Dh], updated; None without a cache
+    cache: dict | None  # {'k', 'v'}: [L, B, K, S, Dh], updated; None without a cache
 
 
 class Linear(nn.Module):
@@ -120,8 +120,10 @@ class Attention(nn.Module):
     cfg: DecoderConfig
 
     @nn.compact
-    def __call__(self, x, mask, cos, sin, cache, cache_index):
-        """x [B, T, D]; mask [B, T, S] bool; cache None or (k, v) each [B, S, K, Dh]."""
+    def __call__(self, x, mask, cos, sin, cache, layer, cache_index):
+        """x [B, T, D]; mask [B, T, S] bool; cache None, or the whole stack's (k, v), each
+        [L, B, K, S, Dh], of which this is layer `layer`, or (layer=None) this layer's own (k, v),
+        each [B, K, S, Dh]."""
         cfg = self.cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         B, T, _ = x.shape
@@ -133,20 +135,39 @@ class Attention(nn.Module):
             q = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            # Write this chunk into slots [cache_index, cache_index + T) and attend over the buffer.
-            k_buf, v_buf = cache
-            k = jax.lax.dynamic_update_slice(k_buf, k.astype(k_buf.dtype), (0, cache_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_buf, v.astype(v_buf.dtype), (0, cache_index, 0, 0))
-            cache = (k, v)
+        # Keys and values as [B, K, S, Dh]: with (b, k) leading, the attention dots need no transpose
+        # of the (large, in decode) key/value buffers; [B, S, K, Dh] costs a copy of them per step.
+        k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, Dh]
+        if cache is not None and layer is None:  # this layer's own buffers [B, K, S, Dh]
+            at = (0, 0, cache_index, 0)
+            cache = tuple(
+                jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), at)
+                for buf, new in zip(cache, (k, v))
+            )
+            k, v = cache
+        elif cache is not None:
+            # Write this chunk into slots [cache_index, cache_index + T) of this layer and attend over
+            # the layer's buffer. The stack is a loop carry updated in place: scanning it as per-layer
+            # inputs/outputs instead makes XLA copy the whole cache every decode step.
+            at = (layer, 0, 0, cache_index, 0)
+            cache = tuple(
+                jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype)[None], at)
+                for buf, new in zip(cache, (k, v))
+            )
+            k, v = (jax.lax.dynamic_index_in_dim(buf, layer, keepdims=False) for buf in cache)
         # GQA without copying kv: query head h = k·R + r belongs to kv head k (HF's repeat_kv order).
-        q = q.reshape(B, T, K, H // K, Dh)  # [B, T, K, R, Dh]
+        # Queries go to [B, K, T*R, Dh] so both dots are canonical batched matmuls over (b, k):
+        # XLA's CPU backend runs other dimension orders several times slower.
+        R = H // K
+        q = q.reshape(B, T, K, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, K, T * R, Dh)
         scores = jnp.einsum(
-            "btkrd,bskd->bkrts", q, k.astype(dt), preferred_element_type=jnp.float32
-        ) / math.sqrt(Dh)  # [B, K, R, T, S]
-        scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+            "bkqd,bksd->bkqs", q, k.astype(dt), preferred_element_type=jnp.float32
+        ) / math.sqrt(Dh)  # [B, K, T*R, S]
+        scores = scores.reshape(B, K, T, R, -1)
+        scores = jnp.where(mask[:, None, :, None, :], scores, _MASKED).reshape(B, K, T * R, -1)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bkrts,bskd->btkrd", probs, v.astype(dt)).reshape(B, T, H * Dh)
+        out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(dt))  # [B, K, T*R, Dh]
+        out = out.reshape(B, K, T, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H * Dh)
         return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
 
 
@@ -178,9 +199,10 @@ class DecoderLayer(nn.Module):
     cfg: DecoderConfig
 
     @nn.compact
-    def __call__(self, x, cache, mask, cos, sin, cache_index):
-        """The scan body: carry x [B, T, D], per-layer cache in and out."""
+    def __call__(self, carry, layer, mask, cos, sin, cache_index):
+        """The scan body: carry (x [B, T, D], cache stack or None), layer index in."""
         cfg = self.cfg
+        x, cache = carry
         x = constrain_batch(x)
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         h, cache = Attention(cfg, name="attn")(
@@ -189,11 +211,12 @@ class DecoderLayer(nn.Module):
             cos,
             sin,
             cache,
+            layer,
             cache_index,
         )
         x = x + h
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, pdt, name="post_attn_norm")(x))
-        return x, cache
+        return (x, cache), None
 
 
 _REMAT_POLICIES = {
@@ -231,19 +254,28 @@ class Decoder(nn.Module):
 
     def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0, return_logits=True):
         """tokens, positions [B, T] int32; kv_mask [B, S] bool, S = T without a cache, else the
-        buffer length; cache {'k', 'v'}: [L, B, S, K, Dh]; cache_index: first slot of this chunk."""
+        buffer length; cache {'k', 'v'}: [L, B, K, S, Dh]; cache_index: first slot of this chunk."""
+        x, mask, cos, sin = self.inputs(tokens, positions, kv_mask, cache_index)
+        layer_cache = None if cache is None else (cache["k"], cache["v"])
+        layers = jnp.arange(self.cfg.num_layers)
+        (x, layer_cache), _ = self.layers((x, layer_cache), layers, mask, cos, sin, cache_index)
+        new_cache = None if cache is None else {"k": layer_cache[0], "v": layer_cache[1]}
+        return self.outputs(x, new_cache, return_logits)
+
+    def inputs(self, tokens, positions, kv_mask, cache_index):
+        """Embeddings [B, T, D], the attention mask [B, T, S] and RoPE tables for the layers."""
         T, S = tokens.shape[1], kv_mask.shape[1]
         x = self.embed(tokens)  # [B, T, D]
         cos, sin = rope_cos_sin(positions, self.cfg, x.dtype)
         q_slot = cache_index + jnp.arange(T)  # [T]
         causal = jnp.arange(S)[None, :] <= q_slot[:, None]  # [T, S]
         mask = causal[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
-        layer_cache = None if cache is None else (cache["k"], cache["v"])
-        x, layer_cache = self.layers(x, layer_cache, mask, cos, sin, cache_index)
+        return x, mask, cos, sin
+
+    def outputs(self, x, cache, return_logits=True) -> DecoderOutput:
         hidden = self.final_norm(x)
-        new_cache = None if cache is None else {"k": layer_cache[0], "v": layer_cache[1]}
         logits = self.logits(hidden) if return_logits else None
-        return DecoderOutput(logits, hidden, new_cache)
+        return DecoderOutput(logits, hidden, cache)
 
     def logits(self, hidden):
         """hidden [..., D] -> float32 logits [..., V]; a method so chunked log-prob code can call it."""
@@ -253,9 +285,40 @@ class Decoder(nn.Module):
         return self.lm_head(hidden)
 
 
+def split_layers(params) -> list:
+    """The stacked layer parameters as one tree per layer (static slices). Inside a decode loop they
+    are loop-invariant, so XLA slices them once per rollout instead of once per step and layer."""
+    layers = params["layers"]
+    count = jax.tree.leaves(layers)[0].shape[0]
+    return [jax.tree.map(lambda x, i=i: x[i], layers) for i in range(count)]
+
+
+def decode_unrolled(
+    cfg: DecoderConfig, params, layer_params, caches, tokens, positions, kv_mask, cache_index
+) -> DecoderOutput:
+    """The cached forward with the layers unrolled: the decode loop's body.
+
+    layer_params: split_layers(params); caches: per layer (k, v), each [B, K, S, Dh]. In a decode
+    loop the scanned form copies each layer's weights and cache out of the stacks every step (no
+    views in XLA); here every layer reads its own buffers and updates its cache in place. Compile
+    time grows with depth, which is why the full forward stays scanned.
+    """
+    decoder = Decoder(cfg)
+    x, mask, cos, sin = decoder.apply(
+        {"params": params}, tokens, positions, kv_mask, cache_index, method=Decoder.inputs
+    )
+    new = []
+    for lp, cache in zip(layer_params, caches):
+        (x, cache), _ = DecoderLayer(cfg).apply(
+            {"params": lp}, (x, cache), None, mask, cos, sin, cache_index
+        )
+        new.append(cache)
+    return decoder.apply({"params": params}, x, new, method=Decoder.outputs)
+
+
 def init_cache(cfg: DecoderConfig, batch: int, length: int, dtype=None) -> dict:
-    """Zeroed KV buffers {'k', 'v'}: [L, B, S, K, Dh] in the compute dtype."""
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    """Zeroed KV buffers {'k', 'v'}: [L, B, K, S, Dh] in the compute dtype."""
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
     dt = jnp.dtype(dtype or cfg.dtype)
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
 

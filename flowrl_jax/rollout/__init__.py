@@ -1,0 +1,21 @@
+"""Rollout: the sampler and chunked log-prob recomputation."""
+
+from flowrl_jax.rollout.sampler import (
+    STOP_EOS,
+    STOP_LENGTH,
+    SampleOutput,
+    Sampler,
+    SamplingParams,
+    filter_logits,
+    generate,
+)
+
+__all__ = [
+    "STOP_EOS",
+    "STOP_LENGTH",
+    "SampleOutput",
+    "Sampler",
+    "SamplingParams",
+    "filter_logits",
+    "generate",
+]

@@ -1,0 +1,311 @@
+"""Rollout sampling: prefill, then a compiled decode loop (`lax.while_loop`) with the KV cache.
+
+`generate` is the pure function (jit it, or compose it into a larger program); `Sampler` is the host
+front end: it pads prompts into shape buckets so a run compiles a bounded number of programs, keeps
+one compiled program per bucket, logs each compilation, and strips the padding rows again.
+
+Rows: prompt i owns rows i*n ... i*n+n-1 (the group axis folded into the batch). Each row draws from
+its own key, `split(rng, rows)[r]` folded with the step, so a row's sample depends only on the seed,
+its index and its own history, not on the mesh or on the other rows.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from flowrl_jax import mesh as mesh_lib
+from flowrl_jax.models.decoder import (
+    Decoder,
+    decode_unrolled,
+    init_cache,
+    positions_from_mask,
+    split_layers,
+)
+from flowrl_jax.models.families import DecoderConfig
+
+log = logging.getLogger(__name__)
+
+STOP_EOS = 0  # the row emitted one of its stop tokens (kept as the last response token)
+STOP_LENGTH = 1  # the row reached max_new_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Static per program: changing one compiles a new program (logged)."""
+
+    max_new_tokens: int
+    n: int = 1  # samples per prompt (the GRPO / FlowRL group size G)
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus mass, in (0, 1]; 1 = off
+    top_k: int = 0  # 0 = off
+    stop_tokens: tuple[int, ...] = ()  # EOS and any other stop ids
+    pad_id: int = 0  # written after a row stops (masked out)
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"sampling n={self.n}: the number of samples per prompt must be >= 1")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling max_new_tokens={self.max_new_tokens} must be >= 1")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"sampling top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"sampling top_k={self.top_k} must be >= 0 (0 = off)")
+        if self.temperature < 0:
+            raise ValueError(f"sampling temperature={self.temperature} must be >= 0 (0 = greedy)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class SampleOutput(NamedTuple):
+    prompt_tokens: jax.Array  # [R, P] left-padded, R = B * n
+    prompt_mask: jax.Array  # [R, P]
+    tokens: jax.Array  # [R, N] response, right-padded with pad_id after the stop
+    mask: jax.Array  # [R, N] 1 on response tokens (the stop token included)
+    logprobs: jax.Array  # [R, N] float32 log p(token) under logits / temperature; 0 where mask = 0
+    stop_reason: jax.Array  # [R] STOP_EOS or STOP_LENGTH
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Set logits outside the top-k / nucleus set to -inf. logits [R, V] float32."""
+    if top_k == 0 and top_p >= 1.0:
+        return logits
+    V = logits.shape[-1]
+    k = V if top_k == 0 else min(top_k, V)
+    values, index = jax.lax.top_k(logits, k)  # [R, k], sorted descending
+    keep = jnp.ones(values.shape, bool)
+    if top_p < 1.0:
+        probs = jax.nn.softmax(values, axis=-1)
+        # Keep a token while the mass before it is < top_p: the smallest prefix reaching top_p.
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    kept = jnp.where(keep, values, -jnp.inf)
+    rows = jnp.arange(logits.shape[0])[:, None]
+    return jnp.full_like(logits, -jnp.inf).at[rows, index].set(kept)
+
+
+def sample_token(logits, keys, sp: SamplingParams):
+    """logits [R, V] float32, keys [R] -> (tokens [R], log p [R] under logits / temperature)."""
+    if sp.greedy:
+        token = jnp.argmax(logits, axis=-1)
+        scaled = logits
+    else:
+        scaled = logits / sp.temperature
+        filtered = filter_logits(scaled, sp.top_k, sp.top_p)
+        token = jax.vmap(jax.random.categorical)(keys, filtered)
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], -1)[:, 0]
+
+
+def generate(
+    cfg: DecoderConfig, sp: SamplingParams, params, tokens, mask, live, rng, unroll: bool = True
+) -> SampleOutput:
+    """tokens, mask [B, P] left-padded prompts; live [B] bool (False: a padding row, never sampled
+    and never holding the loop open); rng: a PRNG key. Returns SampleOutput with R = B * n rows.
+
+    unroll: decode with the layers unrolled (decoder.decode_unrolled: in-place per-layer caches, 2-4x
+    faster steps on CPU) rather than scanned (compile time independent of depth)."""
+    n, N = sp.n, sp.max_new_tokens
+    tokens = jnp.repeat(tokens, n, axis=0)  # [R, P]
+    mask = jnp.repeat(mask, n, axis=0).astype(jnp.int32)
+    live = jnp.repeat(live, n, axis=0)
+    R, P = tokens.shape
+    decoder = Decoder(cfg)
+    stops = jnp.asarray(sp.stop_tokens or (-1,), jnp.int32)
+    row_keys = jax.random.split(rng, R)
+
+    kv_mask = jnp.concatenate([mask.astype(bool), jnp.zeros((R, N), bool)], axis=1)  # [R, P + N]
+    positions = positions_from_mask(mask)
+    out = decoder.apply(
+        {"params": params}, tokens, positions, kv_mask, init_cache(cfg, R, P + N), 0
+    )
+
+    def emit(state, logits):
+        """Sample this step's token from logits and record it."""
+        step, done = state["step"], state["done"]
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
+        token, logp = sample_token(logits, keys, sp)
+        active = ~done
+        token = jnp.where(active, token, sp.pad_id)
+        hit = active & jnp.isin(token, stops)
+        at = (0, step)
+        return dict(
+            state,
+            token=token,
+            done=done | hit,
+            stop_reason=jnp.where(hit, STOP_EOS, state["stop_reason"]),
+            tokens=jax.lax.dynamic_update_slice(state["tokens"], token[:, None], at),
+            mask=jax.lax.dynamic_update_slice(state["mask"], active[:, None].astype(jnp.int32), at),
+            logprobs=jax.lax.dynamic_update_slice(
+                state["logprobs"], jnp.where(active, logp, 0.0)[:, None], at
+            ),
+        )
+
+    if unroll:
+        layer_params = split_layers(params)
+        cache = [(k, v) for k, v in zip(out.cache["k"], out.cache["v"])]
+    else:
+        cache = out.cache
+
+    def decode(token, position, kv_mask, cache, slot):
+        if unroll:
+            return decode_unrolled(cfg, params, layer_params, cache, token, position, kv_mask, slot)
+        return decoder.apply({"params": params}, token, position, kv_mask, cache, slot)
+
+    state = dict(
+        step=jnp.int32(0),
+        cache=cache,
+        kv_mask=kv_mask,
+        position=positions[:, -1] + 1,  # left padding: the last column is each row's last token
+        done=~live,
+        stop_reason=jnp.full((R,), STOP_LENGTH, jnp.int32),
+        token=jnp.zeros((R,), jnp.int32),
+        tokens=jnp.full((R, N), sp.pad_id, jnp.int32),
+        mask=jnp.zeros((R, N), jnp.int32),
+        logprobs=jnp.zeros((R, N), jnp.float32),
+    )
+    state = emit(state, out.logits[:, -1])
+
+    def cond(state):
+        return (state["step"] < N - 1) & ~jnp.all(state["done"])
+
+    def body(state):
+        """Feed the last token (its slot is P + step), then sample the next one."""
+        slot = P + state["step"]
+        emitted = jax.lax.dynamic_slice_in_dim(state["mask"], state["step"], 1, axis=1)  # [R, 1]
+        kv_mask = jax.lax.dynamic_update_slice(state["kv_mask"], emitted.astype(bool), (0, slot))
+        out = decode(
+            state["token"][:, None], state["position"][:, None], kv_mask, state["cache"], slot
+        )
+        state = dict(
+            state,
+            cache=out.cache,
+            kv_mask=kv_mask,
+            position=state["position"] + 1,
+            step=state["step"] + 1,
+        )
+        return emit(state, out.logits[:, 0])
+
+    state = jax.lax.while_loop(cond, body, state)
+    return SampleOutput(
+        tokens, mask, state["tokens"], state["mask"], state["logprobs"], state["stop_reason"]
+    )
+
+
+DEFAULT_PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def default_config():
+    """config.rollout: what the trainer samples with."""
+    from ml_collections import ConfigDict
+
+    return ConfigDict(
+        {
+            "n": 8,  # G: samples per prompt (FlowRL paper: 8)
+            "max_new_tokens": 1024,  # paper: 8192 for math on Qwen2.5-7B
+            "temperature": 1.0,  # paper: 1.0 for math rollouts, 0.6 for code
+            "top_p": 1.0,
+            "top_k": 0,
+            "prompt_buckets": DEFAULT_PROMPT_BUCKETS,
+        }
+    )
+
+
+def _bucket(value: int, buckets, what: str) -> int:
+    i = bisect.bisect_left(buckets, value)
+    if i == len(buckets):
+        raise ValueError(
+            f"{what} {value} is longer than the largest bucket {buckets[-1]}; add a bucket "
+            f"(rollout.prompt_buckets) or shorten the input"
+        )
+    return buckets[i]
+
+
+class Sampler:
+    """Host front end of `generate`: bucketing, one compiled program per bucket, padding rows.
+
+    prompt_buckets: prompt lengths are left-padded up to the next bucket. Batches are padded up to
+    the next power of two times the mesh's data-parallel size, with rows that are never sampled.
+    """
+
+    def __init__(
+        self,
+        cfg: DecoderConfig,
+        mesh: Mesh | None = None,
+        prompt_buckets=DEFAULT_PROMPT_BUCKETS,
+        pad_id: int = 0,
+    ):
+        self.cfg, self.mesh, self.pad_id = cfg, mesh, pad_id
+        self.prompt_buckets = tuple(sorted(prompt_buckets))
+        self._programs: dict = {}
+        self.compile_seconds = 0.0
+
+    @property
+    def num_programs(self) -> int:
+        return len(self._programs)
+
+    def batch_bucket(self, batch: int) -> int:
+        unit = 1 if self.mesh is None else mesh_lib.batch_size_divisor(self.mesh)
+        size = unit
+        while size < batch:
+            size *= 2
+        return size
+
+    def pad(self, prompts: list[list[int]]):
+        """Token-id lists -> left-padded tokens, mask [Bb, Pb] and live [Bb] at the bucket shape."""
+        if not prompts:
+            raise ValueError("no prompts to sample from")
+        longest = max(len(p) for p in prompts)
+        if min(len(p) for p in prompts) == 0:
+            raise ValueError("an empty prompt: every prompt needs at least one token")
+        P = _bucket(longest, self.prompt_buckets, "prompt length")
+        B = self.batch_bucket(len(prompts))
+        tokens = np.full((B, P), self.pad_id, np.int32)
+        mask = np.zeros((B, P), np.int32)
+        for i, p in enumerate(prompts):
+            tokens[i, P - len(p) :] = p
+            mask[i, P - len(p) :] = 1
+        mask[len(prompts) :, -1] = 1  # padding rows see one (pad) token, so their math stays finite
+        live = np.arange(B) < len(prompts)
+        return tokens, mask, live
+
+    def _program(self, sp: SamplingParams, params, tokens, mask, live, rng):
+        key = (sp, tokens.shape)
+        if key not in self._programs:
+            t0 = time.perf_counter()
+            fn = jax.jit(generate, static_argnums=(0, 1))
+            self._programs[key] = fn.lower(self.cfg, sp, params, tokens, mask, live, rng).compile()
+            seconds = time.perf_counter() - t0
+            self.compile_seconds += seconds
+            log.info(
+                "sampler: compiled program %d (batch %d, prompt %d, new %d, n %d) in %.1f s",
+                len(self._programs),
+                tokens.shape[0],
+                tokens.shape[1],
+                sp.max_new_tokens,
+                sp.n,
+                seconds,
+            )
+        return self._programs[key]
+
+    def __call__(self, params, prompts: list[list[int]], rng, sp: SamplingParams) -> SampleOutput:
+        """Sample sp.n responses for each prompt (token-id lists). Returns host numpy arrays with
+        exactly len(prompts) * n rows, the padding rows removed."""
+        tokens, mask, live = self.pad(prompts)
+        if self.mesh is not None:
+            sharding = mesh_lib.batch_sharding(self.mesh)
+            tokens, mask = jax.device_put(tokens, sharding), jax.device_put(mask, sharding)
+            live = jax.device_put(live, mesh_lib.batch_sharding(self.mesh, 1))
+        program = self._program(sp, params, tokens, mask, live, rng)
+        out = jax.device_get(program(params, tokens, mask, live, rng))
+        rows = len(prompts) * sp.n
+        return SampleOutput(*(np.asarray(x)[:rows] for x in out))
