@@ -159,16 +159,47 @@ class Attention(nn.Module):
         # Queries go to [B, K, T*R, Dh] so both dots are canonical batched matmuls over (b, k):
         # XLA's CPU backend runs other dimension orders several times slower.
         R = H // K
-        q = q.reshape(B, T, K, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, K, T * R, Dh)
-        scores = jnp.einsum(
-            "bkqd,bksd->bkqs", q, k.astype(dt), preferred_element_type=jnp.float32
-        ) / math.sqrt(Dh)  # [B, K, T*R, S]
-        scores = scores.reshape(B, K, T, R, -1)
-        scores = jnp.where(mask[:, None, :, None, :], scores, _MASKED).reshape(B, K, T * R, -1)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(dt))  # [B, K, T*R, Dh]
+        q = q.reshape(B, T, K, R, Dh).transpose(0, 2, 1, 3, 4)  # [B, K, T, R, Dh]
+        block = cfg.attention_block
+        if block and T > block:
+            out = _blocked_attention(q, k.astype(dt), v.astype(dt), mask, block, dt)
+        else:
+            out = _attention(q.reshape(B, K, T * R, Dh), k.astype(dt), v.astype(dt), mask, dt)
         out = out.reshape(B, K, T, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H * Dh)
         return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
+
+
+def _attention(q, k, v, mask, dt):
+    """q [B, K, T*R, Dh] (query t, group member r at row t*R + r); k, v [B, K, S, Dh]; mask [B, T, S]
+    -> [B, K, T*R, Dh]. Scores and softmax in fp32."""
+    B, K, TR, Dh = q.shape
+    T = mask.shape[1]
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(Dh)
+    scores = scores.reshape(B, K, T, TR // T, -1)
+    scores = jnp.where(mask[:, None, :, None, :], scores, _MASKED).reshape(B, K, TR, -1)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    return jnp.einsum("bkqs,bksd->bkqd", probs, v)
+
+
+def _blocked_attention(q, k, v, mask, block, dt):
+    """`_attention` one block of `block` queries at a time: q [B, K, T, R, Dh] -> [B, K, T*R, Dh].
+    Each block is rematerialised, so forward and backward hold one block's [block*R, S] scores per
+    head instead of [T*R, S] (at T = 8192 the difference between 128 MB and 7.5 GB for a 7B model).
+    Every block still reads all S keys: the saving is memory, not FLOPs."""
+    B, K, T, R, Dh = q.shape
+    pad = -T % block
+    q = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))  # padded queries see nothing: uniform, dropped
+    n = (T + pad) // block
+    q = q.reshape(B, K, n, block * R, Dh).transpose(2, 0, 1, 3, 4)  # [n, B, K, block*R, Dh]
+    mask = mask.reshape(B, n, block, -1).swapaxes(0, 1)  # [n, B, block, S]
+
+    @jax.checkpoint
+    def body(_, xs):
+        return None, _attention(xs[0], k, v, xs[1], dt)
+
+    _, out = jax.lax.scan(body, None, (q, mask))  # [n, B, K, block*R, Dh]
+    return out.transpose(1, 2, 0, 3, 4).reshape(B, K, (T + pad) * R, Dh)[:, :, : T * R]
 
 
 class MLP(nn.Module):

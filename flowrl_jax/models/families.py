@@ -40,6 +40,9 @@ class DecoderConfig:
     param_dtype: str = "float32"  # storage dtype of the parameters
     dtype: str = "float32"  # compute dtype of activations (softmax, norms and logits stay fp32)
     remat: str = "none"  # 'none' | 'full' | 'dots' (save matmul outputs, recompute the rest)
+    # Queries per attention block: a forward over T > attention_block positions computes attention one
+    # block of queries at a time (rematerialised), so the [T, S] scores never exist whole. 0 = never.
+    attention_block: int = 512
 
     def __post_init__(self):
         check_config(self)
@@ -80,6 +83,8 @@ def check_config(cfg: DecoderConfig) -> None:
         raise NotImplementedError(
             f"rope_scaling.rope_type={rope_type!r} is not implemented; supported: {ROPE_TYPES}"
         )
+    if cfg.attention_block < 0:
+        raise ValueError(f"attention_block={cfg.attention_block} must be >= 0 (0 = unblocked)")
     if cfg.remat not in REMAT_POLICIES:
         raise ValueError(f"remat={cfg.remat!r} must be one of {REMAT_POLICIES}")
     for key in ("param_dtype", "dtype"):

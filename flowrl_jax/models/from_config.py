@@ -28,6 +28,7 @@ def default_config() -> ConfigDict:
             "dtype": "float32",  # compute dtype; bfloat16 on accelerators
             "param_dtype": "",  # storage dtype; empty: same as dtype
             "remat": "none",  # 'none' | 'full' | 'dots'
+            "attention_block": 512,  # queries per attention block at long T; 0 = one block
         }
     )
 
@@ -35,7 +36,10 @@ def default_config() -> ConfigDict:
 def build(config: ConfigDict, mesh: Mesh, workdir: str, seed: int = 0):
     """-> (Model on `mesh`, tokenizer)."""
     overrides = dict(
-        dtype=config.dtype, param_dtype=config.param_dtype or config.dtype, remat=config.remat
+        dtype=config.dtype,
+        param_dtype=config.param_dtype or config.dtype,
+        remat=config.remat,
+        attention_block=config.attention_block,
     )
     if config.checkpoint:
         model = load_hf(config.checkpoint, mesh=mesh, **overrides)

@@ -1,5 +1,6 @@
 """Rollout: the sampler and chunked log-prob recomputation."""
 
+from flowrl_jax.rollout.logprobs import token_logprobs
 from flowrl_jax.rollout.sampler import (
     STOP_EOS,
     STOP_LENGTH,
@@ -18,4 +19,5 @@ __all__ = [
     "SamplingParams",
     "filter_logits",
     "generate",
+    "token_logprobs",
 ]
