@@ -39,7 +39,7 @@ _MASKED = (
 class DecoderOutput(NamedTuple):
     logits: jax.Array | None  # [B, T, V] float32, or None when return_logits=False
     hidden: jax.Array  # [B, T, D] final hidden states, after the final norm
-    cache: dict | None  # {'k', 'v'}: [L, B, K, S, Dh], updated; None without a cache
+    cache: dict | None  # {'k': [L, B, K, Dh, S], 'v': [L, B, K, S, Dh]}, updated; None without one
 
 
 class Linear(nn.Module):
@@ -121,9 +121,9 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, cos, sin, cache, layer, cache_index):
-        """x [B, T, D]; mask [B, T, S] bool; cache None, or the whole stack's (k, v), each
-        [L, B, K, S, Dh], of which this is layer `layer`, or (layer=None) this layer's own (k, v),
-        each [B, K, S, Dh]."""
+        """x [B, T, D]; mask [B, T, S] bool; cache None, or the whole stack's (k [L, B, K, Dh, S],
+        v [L, B, K, S, Dh]), of which this is layer `layer`, or (layer=None) this layer's own (k, v),
+        [B, K, Dh, S] and [B, K, S, Dh]."""
         cfg = self.cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         B, T, _ = x.shape
@@ -135,24 +135,37 @@ class Attention(nn.Module):
             q = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # Keys and values as [B, K, S, Dh]: with (b, k) leading, the attention dots need no transpose
-        # of the (large, in decode) key/value buffers; [B, S, K, Dh] costs a copy of them per step.
-        k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # [B, K, T, Dh]
-        if cache is not None and layer is None:  # this layer's own buffers [B, K, S, Dh]
-            at = (0, 0, cache_index, 0)
-            cache = tuple(
-                jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), at)
-                for buf, new in zip(cache, (k, v))
+        # Keys as [B, K, Dh, S] and values as [B, K, S, Dh] in the cache: both decode dots are then
+        # plain row-major batched matmuls over (b, k), q[R, Dh] @ k[Dh, S] and p[R, S] @ v[S, Dh]. On
+        # XLA's CPU backend a key buffer stored [S, Dh] (contracting its minor dim) runs 4-10x slower
+        # per decode step; without a cache the keys are fresh and stay [B, K, T, Dh].
+        v = v.swapaxes(1, 2)  # [B, K, T, Dh]
+        if cache is None:
+            k, k_minor = k.swapaxes(1, 2), False  # [B, K, T, Dh]
+        else:
+            k = k.transpose(0, 2, 3, 1)  # [B, K, Dh, T]
+            k_minor = True
+        if cache is not None and layer is None:  # this layer's own buffers, k [B, K, Dh, S]
+            cache = (
+                jax.lax.dynamic_update_slice(
+                    cache[0], k.astype(cache[0].dtype), (0, 0, 0, cache_index)
+                ),
+                jax.lax.dynamic_update_slice(
+                    cache[1], v.astype(cache[1].dtype), (0, 0, cache_index, 0)
+                ),
             )
             k, v = cache
         elif cache is not None:
             # Write this chunk into slots [cache_index, cache_index + T) of this layer and attend over
             # the layer's buffer. The stack is a loop carry updated in place: scanning it as per-layer
             # inputs/outputs instead makes XLA copy the whole cache every decode step.
-            at = (layer, 0, 0, cache_index, 0)
-            cache = tuple(
-                jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype)[None], at)
-                for buf, new in zip(cache, (k, v))
+            cache = (
+                jax.lax.dynamic_update_slice(
+                    cache[0], k.astype(cache[0].dtype)[None], (layer, 0, 0, 0, cache_index)
+                ),
+                jax.lax.dynamic_update_slice(
+                    cache[1], v.astype(cache[1].dtype)[None], (layer, 0, 0, cache_index, 0)
+                ),
             )
             k, v = (jax.lax.dynamic_index_in_dim(buf, layer, keepdims=False) for buf in cache)
         # GQA without copying kv: query head h = k·R + r belongs to kv head k (HF's repeat_kv order).
@@ -162,26 +175,28 @@ class Attention(nn.Module):
         q = q.reshape(B, T, K, R, Dh).transpose(0, 2, 1, 3, 4)  # [B, K, T, R, Dh]
         block = cfg.attention_block
         if block and T > block:
-            out = _blocked_attention(q, k.astype(dt), v.astype(dt), mask, block, dt)
+            out = _blocked_attention(q, k.astype(dt), v.astype(dt), mask, block, dt, k_minor)
         else:
-            out = _attention(q.reshape(B, K, T * R, Dh), k.astype(dt), v.astype(dt), mask, dt)
+            q = q.reshape(B, K, T * R, Dh)
+            out = _attention(q, k.astype(dt), v.astype(dt), mask, dt, k_minor)
         out = out.reshape(B, K, T, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H * Dh)
         return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
 
 
-def _attention(q, k, v, mask, dt):
-    """q [B, K, T*R, Dh] (query t, group member r at row t*R + r); k, v [B, K, S, Dh]; mask [B, T, S]
-    -> [B, K, T*R, Dh]. Scores and softmax in fp32."""
+def _attention(q, k, v, mask, dt, k_minor):
+    """q [B, K, T*R, Dh] (query t, group member r at row t*R + r); k [B, K, Dh, S] if k_minor else
+    [B, K, S, Dh]; v [B, K, S, Dh]; mask [B, T, S] -> [B, K, T*R, Dh]. Scores and softmax in fp32."""
     B, K, TR, Dh = q.shape
     T = mask.shape[1]
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(Dh)
+    spec = "bkqd,bkds->bkqs" if k_minor else "bkqd,bksd->bkqs"
+    scores = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) / math.sqrt(Dh)
     scores = scores.reshape(B, K, T, TR // T, -1)
     scores = jnp.where(mask[:, None, :, None, :], scores, _MASKED).reshape(B, K, TR, -1)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     return jnp.einsum("bkqs,bksd->bkqd", probs, v)
 
 
-def _blocked_attention(q, k, v, mask, block, dt):
+def _blocked_attention(q, k, v, mask, block, dt, k_minor):
     """`_attention` one block of `block` queries at a time: q [B, K, T, R, Dh] -> [B, K, T*R, Dh].
     Each block is rematerialised, so forward and backward hold one block's [block*R, S] scores per
     head instead of [T*R, S] (at T = 8192 the difference between 128 MB and 7.5 GB for a 7B model).
@@ -196,7 +211,7 @@ def _blocked_attention(q, k, v, mask, block, dt):
 
     @jax.checkpoint
     def body(_, xs):
-        return None, _attention(xs[0], k, v, xs[1], dt)
+        return None, _attention(xs[0], k, v, xs[1], dt, k_minor)
 
     _, out = jax.lax.scan(body, None, (q, mask))  # [n, B, K, block*R, Dh]
     return out.transpose(1, 2, 0, 3, 4).reshape(B, K, (T + pad) * R, Dh)[:, :, : T * R]
@@ -285,7 +300,7 @@ class Decoder(nn.Module):
 
     def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0, return_logits=True):
         """tokens, positions [B, T] int32; kv_mask [B, S] bool, S = T without a cache, else the
-        buffer length; cache {'k', 'v'}: [L, B, K, S, Dh]; cache_index: first slot of this chunk."""
+        buffer length; cache: init_cache's layout; cache_index: first slot of this chunk."""
         x, mask, cos, sin = self.inputs(tokens, positions, kv_mask, cache_index)
         layer_cache = None if cache is None else (cache["k"], cache["v"])
         layers = jnp.arange(self.cfg.num_layers)
@@ -329,7 +344,7 @@ def decode_unrolled(
 ) -> DecoderOutput:
     """The cached forward with the layers unrolled: the decode loop's body.
 
-    layer_params: split_layers(params); caches: per layer (k, v), each [B, K, S, Dh]. In a decode
+    layer_params: split_layers(params); caches: per layer (k [B, K, Dh, S], v [B, K, S, Dh]). In a decode
     loop the scanned form copies each layer's weights and cache out of the stacks every step (no
     views in XLA); here every layer reads its own buffers and updates its cache in place. Compile
     time grows with depth, which is why the full forward stays scanned.
@@ -348,10 +363,13 @@ def decode_unrolled(
 
 
 def init_cache(cfg: DecoderConfig, batch: int, length: int, dtype=None) -> dict:
-    """Zeroed KV buffers {'k', 'v'}: [L, B, K, S, Dh] in the compute dtype."""
-    shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
-    dt = jnp.dtype(dtype or cfg.dtype)
-    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+    """Zeroed KV buffers in the compute dtype: keys 'k' [L, B, K, Dh, S] (transposed, see Attention),
+    values 'v' [L, B, K, S, Dh]."""
+    L, K, Dh, dt = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(dtype or cfg.dtype)
+    return {
+        "k": jnp.zeros((L, batch, K, Dh, length), dt),
+        "v": jnp.zeros((L, batch, K, length, Dh), dt),
+    }
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
