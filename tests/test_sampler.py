@@ -118,9 +118,9 @@ def test_temperature_to_zero_is_greedy(family):
     np.testing.assert_array_equal(cold.tokens, greedy)
 
 
-def sample_with_stops(model, seed=0, mesh=None):
+def sample_with_stops(model, seed=0, mesh=None, segments=4):
     prompts = [[3, 4, 5], [6, 7, 8, 9, 10, 11, 12], [13], [14, 15, 16, 17]]
-    sampler = Sampler(model.cfg, mesh=mesh, prompt_buckets=(8, 16))
+    sampler = Sampler(model.cfg, mesh=mesh, prompt_buckets=(8, 16), cache_segments=segments)
     # Many stop tokens, so that rows stop early at different steps.
     sp = SamplingParams(max_new_tokens=24, n=2, temperature=0.9, stop_tokens=tuple(range(3, 15)))
     return sampler(model.params, prompts, jax.random.key(seed), sp), sp
@@ -145,6 +145,20 @@ def test_sampling_logprobs_equal_a_full_recomputation():
         ref = np.asarray(token_logprobs(cfg, model.params, seq, seq_mask, sp.temperature, chunk))
         valid = out.mask == 1
         np.testing.assert_allclose(out.logprobs[valid], ref[:, P:][valid], atol=1e-5, rtol=0)
+
+
+def test_cache_segments_do_not_change_the_samples():
+    """Decode phases only change which cache slots are read (the unfilled ones are masked anyway):
+    one segment, four and more segments than steps give the same samples for a seed."""
+    model = Model.random(testing.tiny_config("qwen2"), seed=5)
+    ref, _ = sample_with_stops(model, seed=1, segments=1)
+    for segments in (4, 30):
+        got, _ = sample_with_stops(model, seed=1, segments=segments)
+        np.testing.assert_array_equal(got.tokens, ref.tokens)
+        np.testing.assert_array_equal(got.stop_reason, ref.stop_reason)
+        np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="cache_segments=0"):
+        Sampler(model.cfg, cache_segments=0)
 
 
 def test_chunked_logprobs_and_entropy_equal_unchunked_numpy():

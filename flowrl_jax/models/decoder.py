@@ -42,6 +42,16 @@ class DecoderOutput(NamedTuple):
     cache: dict | None  # {'k': [L, B, K, Dh, S], 'v': [L, B, K, S, Dh]}, updated; None without one
 
 
+class Segments(NamedTuple):
+    """One layer's KV cache held as consecutive segments of slots (the sampler's decode layout).
+    Only the last segment is written (at slot `index` within it); attention reads every segment.
+    A decode phase that has filled S slots of P + N thus reads ~S of them, not all P + N."""
+
+    k: tuple  # per segment [B, K, Dh, S_i]
+    v: tuple  # per segment [B, K, S_i, Dh]
+    index: jax.Array  # int32: the write slot within the last segment
+
+
 class Linear(nn.Module):
     """y = x @ kernel (+ bias), kernel [in, out]; accumulates in fp32, returns `out_dtype`."""
 
@@ -145,6 +155,21 @@ class Attention(nn.Module):
         else:
             k = k.transpose(0, 2, 3, 1)  # [B, K, Dh, T]
             k_minor = True
+        if isinstance(cache, Segments):
+            last = (
+                jax.lax.dynamic_update_slice(
+                    cache.k[-1], k.astype(cache.k[-1].dtype), (0, 0, 0, cache.index)
+                ),
+                jax.lax.dynamic_update_slice(
+                    cache.v[-1], v.astype(cache.v[-1].dtype), (0, 0, cache.index, 0)
+                ),
+            )
+            cache = Segments(cache.k[:-1] + last[:1], cache.v[:-1] + last[1:], cache.index)
+            R = H // K
+            q = q.reshape(B, T, K, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, K, T * R, Dh)
+            out = _segmented_attention(q, cache.k, cache.v, mask, dt)
+            out = out.reshape(B, K, T, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H * Dh)
+            return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
         if cache is not None and layer is None:  # this layer's own buffers, k [B, K, Dh, S]
             cache = (
                 jax.lax.dynamic_update_slice(
@@ -194,6 +219,29 @@ def _attention(q, k, v, mask, dt, k_minor):
     scores = jnp.where(mask[:, None, :, None, :], scores, _MASKED).reshape(B, K, TR, -1)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     return jnp.einsum("bkqs,bksd->bkqd", probs, v)
+
+
+def _segmented_attention(q, ks, vs, mask, dt):
+    """`_attention` over keys/values held in segments (k_i [B, K, Dh, S_i], v_i [B, K, S_i, Dh]),
+    read in place: one dot per segment, the softmax over their concatenated scores."""
+    B, K, TR, Dh = q.shape
+    T = mask.shape[1]
+    scores = jnp.concatenate(
+        [
+            jnp.einsum("bkqd,bkds->bkqs", q, k.astype(dt), preferred_element_type=jnp.float32)
+            for k in ks
+        ],
+        axis=-1,
+    ) / math.sqrt(Dh)  # [B, K, T*R, S]
+    scores = scores.reshape(B, K, T, TR // T, -1)
+    scores = jnp.where(mask[:, None, :, None, :], scores, _MASKED).reshape(B, K, TR, -1)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out, start = 0, 0
+    for v in vs:
+        size = v.shape[2]
+        out = out + jnp.einsum("bkqs,bksd->bkqd", probs[..., start : start + size], v.astype(dt))
+        start += size
+    return out
 
 
 def _blocked_attention(q, k, v, mask, block, dt, k_minor):
@@ -344,10 +392,10 @@ def decode_unrolled(
 ) -> DecoderOutput:
     """The cached forward with the layers unrolled: the decode loop's body.
 
-    layer_params: split_layers(params); caches: per layer (k [B, K, Dh, S], v [B, K, S, Dh]). In a decode
-    loop the scanned form copies each layer's weights and cache out of the stacks every step (no
-    views in XLA); here every layer reads its own buffers and updates its cache in place. Compile
-    time grows with depth, which is why the full forward stays scanned.
+    layer_params: split_layers(params); caches: per layer, (k [B, K, Dh, S], v [B, K, S, Dh]) or
+    Segments. In a decode loop the scanned form copies each layer's weights and cache out of the
+    stacks every step (no views in XLA); here every layer reads its own buffers and updates its
+    cache in place. Compile time grows with depth, which is why the full forward stays scanned.
     """
     decoder = Decoder(cfg)
     x, mask, cos, sin = decoder.apply(

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.models.decoder import (
     Decoder,
+    Segments,
     decode_unrolled,
     init_cache,
     positions_from_mask,
@@ -106,14 +107,24 @@ def sample_token(logits, keys, sp: SamplingParams):
     return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], -1)[:, 0]
 
 
+def segment_sizes(max_new_tokens: int, segments: int) -> list[int]:
+    """Split the response slots into `segments` nearly equal decode phases (at least 1 slot each)."""
+    segments = max(1, min(segments, max_new_tokens))
+    base, extra = divmod(max_new_tokens, segments)
+    return [base + (i < extra) for i in range(segments)]
+
+
 def generate(
-    cfg: DecoderConfig, sp: SamplingParams, params, tokens, mask, live, rng, unroll: bool = True
+    cfg: DecoderConfig, sp: SamplingParams, params, tokens, mask, live, rng, segments: int = 4
 ) -> SampleOutput:
     """tokens, mask [B, P] left-padded prompts; live [B] bool (False: a padding row, never sampled
     and never holding the loop open); rng: a PRNG key. Returns SampleOutput with R = B * n rows.
 
-    unroll: decode with the layers unrolled (decoder.decode_unrolled: in-place per-layer caches, 2-4x
-    faster steps on CPU) rather than scanned (compile time independent of depth)."""
+    Decoding runs the layers unrolled (decoder.decode_unrolled) over a KV cache in segments: the
+    prompt's, then `segments` phases of the response, each its own while_loop that attends over the
+    segments filled so far. Decode is memory-bound and reads the whole cache every step, so this
+    reads about (P + N * (segments + 1) / (2 * segments)) slots a step instead of P + N; each phase
+    adds one copy of the decode body to the compiled program."""
     n, N = sp.n, sp.max_new_tokens
     tokens = jnp.repeat(tokens, n, axis=0)  # [R, P]
     mask = jnp.repeat(mask, n, axis=0).astype(jnp.int32)
@@ -126,8 +137,9 @@ def generate(
     kv_mask = jnp.concatenate([mask.astype(bool), jnp.zeros((R, N), bool)], axis=1)  # [R, P + N]
     positions = positions_from_mask(mask)
     out = decoder.apply(
-        {"params": params}, tokens, positions, kv_mask, init_cache(cfg, R, P + N), 0
+        {"params": params}, tokens, positions, mask.astype(bool), init_cache(cfg, R, P), 0
     )
+    layer_params = split_layers(params)
 
     def emit(state, logits):
         """Sample this step's token from logits and record it."""
@@ -150,20 +162,8 @@ def generate(
             ),
         )
 
-    if unroll:
-        layer_params = split_layers(params)
-        cache = [(k, v) for k, v in zip(out.cache["k"], out.cache["v"])]
-    else:
-        cache = out.cache
-
-    def decode(token, position, kv_mask, cache, slot):
-        if unroll:
-            return decode_unrolled(cfg, params, layer_params, cache, token, position, kv_mask, slot)
-        return decoder.apply({"params": params}, token, position, kv_mask, cache, slot)
-
     state = dict(
         step=jnp.int32(0),
-        cache=cache,
         kv_mask=kv_mask,
         position=positions[:, -1] + 1,  # left padding: the last column is each row's last token
         done=~live,
@@ -175,27 +175,64 @@ def generate(
     )
     state = emit(state, out.logits[:, -1])
 
-    def cond(state):
-        return (state["step"] < N - 1) & ~jnp.all(state["done"])
+    # The token emitted at step t is fed at step t + 1 into response slot t (cache slot P + t), so
+    # the last token needs no slot: phases cover feeding steps 1 .. N-1 (slots 0 .. N-2).
+    K, Dh, dt = cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype)
+    L = cfg.num_layers
+    # Per layer: k [R, K, Dh, S_i], v [R, K, S_i, Dh]. Loop buffers are carried per layer: a stacked
+    # [L, ...] carry would be rewritten whole every step.
+    done_segments = [(list(out.cache["k"]), list(out.cache["v"]))]
+    start = 0
+    for size in segment_sizes(max(N - 1, 1), segments) if N > 1 else []:
+        stop = start + size  # this phase writes slots [start, stop) and feeds steps start+1 .. stop
+        window = P + stop
 
-    def body(state):
-        """Feed the last token (its slot is P + step), then sample the next one."""
-        slot = P + state["step"]
-        emitted = jax.lax.dynamic_slice_in_dim(state["mask"], state["step"], 1, axis=1)  # [R, 1]
-        kv_mask = jax.lax.dynamic_update_slice(state["kv_mask"], emitted.astype(bool), (0, slot))
-        out = decode(
-            state["token"][:, None], state["position"][:, None], kv_mask, state["cache"], slot
-        )
+        def body(state, start=start, window=window):
+            """Feed the last token (response slot `step`), then sample the next one."""
+            slot = state["step"]
+            emitted = jax.lax.dynamic_slice_in_dim(state["mask"], slot, 1, axis=1)  # [R, 1]
+            kv_mask = jax.lax.dynamic_update_slice(
+                state["kv_mask"], emitted.astype(bool), (0, P + slot)
+            )
+            caches = [
+                Segments(
+                    tuple(seg[0][i] for seg in done_segments) + (state["k"][i],),
+                    tuple(seg[1][i] for seg in done_segments) + (state["v"][i],),
+                    slot - start,
+                )
+                for i in range(cfg.num_layers)
+            ]
+            out = decode_unrolled(
+                cfg,
+                params,
+                layer_params,
+                caches,
+                state["token"][:, None],
+                state["position"][:, None],
+                kv_mask[:, :window],
+                P + slot,
+            )
+            state = dict(
+                state,
+                k=[c.k[-1] for c in out.cache],
+                v=[c.v[-1] for c in out.cache],
+                kv_mask=kv_mask,
+                position=state["position"] + 1,
+                step=state["step"] + 1,
+            )
+            return emit(state, out.logits[:, 0])
+
+        def cond(state, stop=stop):
+            return (state["step"] < stop) & ~jnp.all(state["done"])
+
         state = dict(
             state,
-            cache=out.cache,
-            kv_mask=kv_mask,
-            position=state["position"] + 1,
-            step=state["step"] + 1,
+            k=[jnp.zeros((R, K, Dh, size), dt) for _ in range(L)],
+            v=[jnp.zeros((R, K, size, Dh), dt) for _ in range(L)],
         )
-        return emit(state, out.logits[:, 0])
-
-    state = jax.lax.while_loop(cond, body, state)
+        state = jax.lax.while_loop(cond, body, state)
+        done_segments.append((state.pop("k"), state.pop("v")))
+        start = stop
     return SampleOutput(
         tokens, mask, state["tokens"], state["mask"], state["logprobs"], state["stop_reason"]
     )
@@ -216,6 +253,7 @@ def default_config():
             "top_p": 1.0,
             "top_k": 0,
             "prompt_buckets": DEFAULT_PROMPT_BUCKETS,
+            "cache_segments": 4,  # decode phases, each attending only over the slots filled so far
         }
     )
 
@@ -243,8 +281,12 @@ class Sampler:
         mesh: Mesh | None = None,
         prompt_buckets=DEFAULT_PROMPT_BUCKETS,
         pad_id: int = 0,
+        cache_segments: int = 4,
     ):
+        if cache_segments < 1:
+            raise ValueError(f"rollout.cache_segments={cache_segments} must be >= 1")
         self.cfg, self.mesh, self.pad_id = cfg, mesh, pad_id
+        self.cache_segments = cache_segments
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self._programs: dict = {}
         self.compile_seconds = 0.0
@@ -282,8 +324,10 @@ class Sampler:
         key = (sp, tokens.shape)
         if key not in self._programs:
             t0 = time.perf_counter()
-            fn = jax.jit(generate, static_argnums=(0, 1))
-            self._programs[key] = fn.lower(self.cfg, sp, params, tokens, mask, live, rng).compile()
+            fn = jax.jit(generate, static_argnums=(0, 1, 7))
+            self._programs[key] = fn.lower(
+                self.cfg, sp, params, tokens, mask, live, rng, self.cache_segments
+            ).compile()
             seconds = time.perf_counter() - t0
             self.compile_seconds += seconds
             log.info(
