@@ -5,7 +5,8 @@
 Temperature 1, top-k and top-p off, EOS suppressed (every row runs max_new_tokens), fp32 on the CPU.
 tiny: 64 sequences, prompt 32, 128 new tokens; small: 32 sequences, prompt 64, 256 new tokens
 (shapes from flowrl_jax.testing.BENCH_HF_CONFIGS). Rows alternate ours / transformers after one
-warm-up call each; our compile time is reported apart. The last line reads
+warm-up call each, with the fp32 matmul peak measured beside each pair for MFU (FLOPs: prefill, the
+weights per new token and attention over each token's prefix); our compile time is reported apart. The last line reads
 `ratio_vs_transformers tiny=<x> small=<y>` (median of our tokens/s over theirs).
 """
 
@@ -26,6 +27,7 @@ def run_size(name: str, pairs: int) -> float:
     import torch
     import transformers
 
+    from benchmarks.forward import forward_flops, matmul_peak
     from flowrl_jax import testing
     from flowrl_jax.models import load_hf
     from flowrl_jax.rollout import Sampler, SamplingParams
@@ -71,28 +73,48 @@ def run_size(name: str, pairs: int) -> float:
     first = time.perf_counter() - t0
     run_theirs()
     tokens = batch * new
+    flops = generate_flops(testing.BENCH_HF_CONFIGS[name], batch, prompt_len, new, forward_flops)
     rows = []
     for i in range(pairs):
         t0 = time.perf_counter()
         run_ours(i + 1)
         t1 = time.perf_counter()
-        run_theirs()
+        peak = matmul_peak()
         t2 = time.perf_counter()
-        rows.append((tokens / (t1 - t0), tokens / (t2 - t1)))
+        run_theirs()
+        t3 = time.perf_counter()
+        rows.append((tokens / (t1 - t0), tokens / (t3 - t2), peak))
     print(
         f"\n{name}: {batch} sequences x (prompt {prompt_len} + {new} new), fp32; our first "
         f"call {first:.2f} s of which compile {sampler.compile_seconds:.2f} s"
     )
-    print(f"{'pair':>4} {'ours tok/s':>11} {'transformers tok/s':>19} {'ratio':>6}")
-    for i, (a, b) in enumerate(rows):
-        print(f"{i:>4} {a:>11,.0f} {b:>19,.0f} {a / b:>6.2f}")
-    ratios = sorted(a / b for a, b in rows)
+    print(
+        f"{'pair':>4} {'ours tok/s':>11} {'transformers tok/s':>19} {'ratio':>6} "
+        f"{'peak GFLOP/s':>13} {'our MFU':>8} {'their MFU':>10}"
+    )
+    mfu = lambda rate, peak: flops * rate / tokens / peak
+    for i, (a, b, peak) in enumerate(rows):
+        print(
+            f"{i:>4} {a:>11,.0f} {b:>19,.0f} {a / b:>6.2f} {peak / 1e9:>13.1f} "
+            f"{mfu(a, peak):>8.1%} {mfu(b, peak):>10.1%}"
+        )
+    ratios = sorted(a / b for a, b, _ in rows)
     med = [statistics.median(c) for c in zip(*rows)]
     print(
         f"median: ours {med[0]:,.0f} tok/s, transformers {med[1]:,.0f} tok/s, ratio "
-        f"{statistics.median(ratios):.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f})"
+        f"{statistics.median(ratios):.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f}); "
+        f"{flops / 1e9:.1f} GFLOP per call; at 3x transformers we would run at "
+        f"{mfu(3 * med[1], med[2]):.0%} of the matmul peak"
     )
     return statistics.median(ratios)
+
+
+def generate_flops(hf: dict, batch: int, prompt: int, new: int, forward_flops) -> float:
+    """Prefill of the prompt plus `new` single-token steps, each attending over its prefix."""
+    L, h, dh = hf["num_hidden_layers"], hf["num_attention_heads"], hf["head_dim"]
+    per_step = forward_flops(hf, batch, 1) - 2 * batch * L * 2 * h * dh  # weights only
+    attention = 2 * batch * L * 2 * h * dh * sum(prompt + t for t in range(new))
+    return forward_flops(hf, batch, prompt) + new * per_step + attention
 
 
 def main() -> None:
