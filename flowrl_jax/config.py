@@ -9,6 +9,7 @@ from ml_collections import ConfigDict
 
 from flowrl_jax import mesh
 from flowrl_jax.models import from_config
+from flowrl_jax.rollout import sampler
 
 
 def get_config() -> ConfigDict:
@@ -22,7 +23,7 @@ def get_config() -> ConfigDict:
     config.distributed = ConfigDict(
         {"enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1}
     )
-    config.smoke = ConfigDict(
-        {"new_tokens": 24}
-    )  # greedy tokens decoded by the foundation smoke run
+    config.rollout = sampler.default_config()
+    # The smoke run (until the trainer lands): greedy and sampled tokens per response.
+    config.smoke = ConfigDict({"new_tokens": 24})
     return config
