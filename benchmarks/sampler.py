@@ -6,8 +6,8 @@ Temperature 1, top-k and top-p off, EOS suppressed (every row runs max_new_token
 tiny: 64 sequences, prompt 32, 128 new tokens; small: 32 sequences, prompt 64, 256 new tokens
 (shapes from flowrl_jax.testing.BENCH_HF_CONFIGS). Rows alternate ours / transformers after one
 warm-up call each, with the fp32 matmul peak measured beside each pair for MFU (FLOPs: prefill, the
-weights per new token and attention over each token's prefix); our compile time is reported apart. The last line reads
-`ratio_vs_transformers tiny=<x> small=<y>` (median of our tokens/s over theirs).
+weights per new token and attention over each token's prefix); our compile time is reported apart.
+The last line reads `ratio_vs_transformers tiny=<x> small=<y>` (median of our tokens/s over theirs).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def run_size(name: str, pairs: int) -> float:
     import torch
     import transformers
 
-    from benchmarks.forward import forward_flops, matmul_peak
+    from benchmarks.forward import matmul_peak
     from flowrl_jax import testing
     from flowrl_jax.models import load_hf
     from flowrl_jax.rollout import Sampler, SamplingParams
@@ -73,7 +73,7 @@ def run_size(name: str, pairs: int) -> float:
     first = time.perf_counter() - t0
     run_theirs()
     tokens = batch * new
-    flops = generate_flops(testing.BENCH_HF_CONFIGS[name], batch, prompt_len, new, forward_flops)
+    flops = generate_flops(testing.BENCH_HF_CONFIGS[name], batch, prompt_len, new)
     rows = []
     for i in range(pairs):
         t0 = time.perf_counter()
@@ -109,8 +109,10 @@ def run_size(name: str, pairs: int) -> float:
     return statistics.median(ratios)
 
 
-def generate_flops(hf: dict, batch: int, prompt: int, new: int, forward_flops) -> float:
+def generate_flops(hf: dict, batch: int, prompt: int, new: int) -> float:
     """Prefill of the prompt plus `new` single-token steps, each attending over its prefix."""
+    from benchmarks.forward import forward_flops
+
     L, h, dh = hf["num_hidden_layers"], hf["num_attention_heads"], hf["head_dim"]
     per_step = forward_flops(hf, batch, 1) - 2 * batch * L * 2 * h * dh  # weights only
     attention = 2 * batch * L * 2 * h * dh * sum(prompt + t for t in range(new))

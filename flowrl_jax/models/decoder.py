@@ -19,6 +19,7 @@ Parameter tree (kernels are [in, out], the transpose of torch's Linear weights):
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -150,49 +151,24 @@ class Attention(nn.Module):
         # XLA's CPU backend a key buffer stored [S, Dh] (contracting its minor dim) runs 4-10x slower
         # per decode step; without a cache the keys are fresh and stay [B, K, T, Dh].
         v = v.swapaxes(1, 2)  # [B, K, T, Dh]
+        k_minor = cache is not None
+        k = k.transpose(0, 2, 3, 1) if k_minor else k.swapaxes(1, 2)  # [B, K, Dh|T, T|Dh]
         if cache is None:
-            k, k_minor = k.swapaxes(1, 2), False  # [B, K, T, Dh]
-        else:
-            k = k.transpose(0, 2, 3, 1)  # [B, K, Dh, T]
-            k_minor = True
-        if isinstance(cache, Segments):
-            last = (
-                jax.lax.dynamic_update_slice(
-                    cache.k[-1], k.astype(cache.k[-1].dtype), (0, 0, 0, cache.index)
-                ),
-                jax.lax.dynamic_update_slice(
-                    cache.v[-1], v.astype(cache.v[-1].dtype), (0, 0, cache.index, 0)
-                ),
-            )
+            ks, vs = (k,), (v,)
+        elif isinstance(cache, Segments):
+            last = _write_kv(cache.k[-1], cache.v[-1], k, v, cache.index)
             cache = Segments(cache.k[:-1] + last[:1], cache.v[:-1] + last[1:], cache.index)
-            R = H // K
-            q = q.reshape(B, T, K, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, K, T * R, Dh)
-            out = _segmented_attention(q, cache.k, cache.v, mask, dt)
-            out = out.reshape(B, K, T, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H * Dh)
-            return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
-        if cache is not None and layer is None:  # this layer's own buffers, k [B, K, Dh, S]
-            cache = (
-                jax.lax.dynamic_update_slice(
-                    cache[0], k.astype(cache[0].dtype), (0, 0, 0, cache_index)
-                ),
-                jax.lax.dynamic_update_slice(
-                    cache[1], v.astype(cache[1].dtype), (0, 0, cache_index, 0)
-                ),
-            )
-            k, v = cache
-        elif cache is not None:
+            ks, vs = cache.k, cache.v
+        elif layer is None:  # this layer's own buffers
+            cache = _write_kv(*cache, k, v, cache_index)
+            ks, vs = cache[:1], cache[1:]
+        else:
             # Write this chunk into slots [cache_index, cache_index + T) of this layer and attend over
             # the layer's buffer. The stack is a loop carry updated in place: scanning it as per-layer
             # inputs/outputs instead makes XLA copy the whole cache every decode step.
-            cache = (
-                jax.lax.dynamic_update_slice(
-                    cache[0], k.astype(cache[0].dtype)[None], (layer, 0, 0, 0, cache_index)
-                ),
-                jax.lax.dynamic_update_slice(
-                    cache[1], v.astype(cache[1].dtype)[None], (layer, 0, 0, cache_index, 0)
-                ),
-            )
-            k, v = (jax.lax.dynamic_index_in_dim(buf, layer, keepdims=False) for buf in cache)
+            cache = _write_kv(*cache, k, v, cache_index, layer)
+            ks, vs = ((jax.lax.dynamic_index_in_dim(buf, layer, keepdims=False),) for buf in cache)
+        ks, vs = tuple(x.astype(dt) for x in ks), tuple(x.astype(dt) for x in vs)
         # GQA without copying kv: query head h = k·R + r belongs to kv head k (HF's repeat_kv order).
         # Queries go to [B, K, T*R, Dh] so both dots are canonical batched matmuls over (b, k):
         # XLA's CPU backend runs other dimension orders several times slower.
@@ -200,51 +176,47 @@ class Attention(nn.Module):
         q = q.reshape(B, T, K, R, Dh).transpose(0, 2, 1, 3, 4)  # [B, K, T, R, Dh]
         block = cfg.attention_block
         if block and T > block:
-            out = _blocked_attention(q, k.astype(dt), v.astype(dt), mask, block, dt, k_minor)
+            out = _blocked_attention(q, ks, vs, mask, block, dt, k_minor)
         else:
-            q = q.reshape(B, K, T * R, Dh)
-            out = _attention(q, k.astype(dt), v.astype(dt), mask, dt, k_minor)
+            out = _attention(q.reshape(B, K, T * R, Dh), ks, vs, mask, dt, k_minor)
         out = out.reshape(B, K, T, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H * Dh)
         return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
 
 
-def _attention(q, k, v, mask, dt, k_minor):
-    """q [B, K, T*R, Dh] (query t, group member r at row t*R + r); k [B, K, Dh, S] if k_minor else
-    [B, K, S, Dh]; v [B, K, S, Dh]; mask [B, T, S] -> [B, K, T*R, Dh]. Scores and softmax in fp32."""
+def _write_kv(k_buf, v_buf, k, v, slot, layer=None):
+    """Write k [B, K, Dh, T], v [B, K, T, Dh] into slots [slot, slot + T) of the buffers (k_buf
+    [..., Dh, S], v_buf [..., S, Dh]; with `layer`, stacked [L, ...] buffers at that layer)."""
+    lead = () if layer is None else (layer,)
+    k, v = k.astype(k_buf.dtype), v.astype(v_buf.dtype)
+    if lead:
+        k, v = k[None], v[None]
+    return (
+        jax.lax.dynamic_update_slice(k_buf, k, (*lead, 0, 0, 0, slot)),
+        jax.lax.dynamic_update_slice(v_buf, v, (*lead, 0, 0, slot, 0)),
+    )
+
+
+def _attention(q, ks, vs, mask, dt, k_minor):
+    """q [B, K, T*R, Dh] (query t, group member r at row t*R + r); keys and values as consecutive
+    segments of slots, ks[i] [B, K, Dh, S_i] if k_minor else [B, K, S_i, Dh], vs[i] [B, K, S_i, Dh];
+    mask [B, T, S] over all S = sum S_i slots -> [B, K, T*R, Dh]. Each segment is read in place (one
+    dot each); scores and softmax in fp32."""
     B, K, TR, Dh = q.shape
     T = mask.shape[1]
     spec = "bkqd,bkds->bkqs" if k_minor else "bkqd,bksd->bkqs"
-    scores = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) / math.sqrt(Dh)
+    scores = [jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) for k in ks]
+    scores = jnp.concatenate(scores, axis=-1) / math.sqrt(Dh)  # [B, K, T*R, S]
     scores = scores.reshape(B, K, T, TR // T, -1)
     scores = jnp.where(mask[:, None, :, None, :], scores, _MASKED).reshape(B, K, TR, -1)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    return jnp.einsum("bkqs,bksd->bkqd", probs, v)
+    if len(vs) == 1:
+        return jnp.einsum("bkqs,bksd->bkqd", probs, vs[0])
+    bounds = list(itertools.accumulate(v.shape[2] for v in vs))[:-1]
+    parts = jnp.split(probs, bounds, axis=-1)
+    return sum(jnp.einsum("bkqs,bksd->bkqd", p, v) for p, v in zip(parts, vs))
 
 
-def _segmented_attention(q, ks, vs, mask, dt):
-    """`_attention` over keys/values held in segments (k_i [B, K, Dh, S_i], v_i [B, K, S_i, Dh]),
-    read in place: one dot per segment, the softmax over their concatenated scores."""
-    B, K, TR, Dh = q.shape
-    T = mask.shape[1]
-    scores = jnp.concatenate(
-        [
-            jnp.einsum("bkqd,bkds->bkqs", q, k.astype(dt), preferred_element_type=jnp.float32)
-            for k in ks
-        ],
-        axis=-1,
-    ) / math.sqrt(Dh)  # [B, K, T*R, S]
-    scores = scores.reshape(B, K, T, TR // T, -1)
-    scores = jnp.where(mask[:, None, :, None, :], scores, _MASKED).reshape(B, K, TR, -1)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out, start = 0, 0
-    for v in vs:
-        size = v.shape[2]
-        out = out + jnp.einsum("bkqs,bksd->bkqd", probs[..., start : start + size], v.astype(dt))
-        start += size
-    return out
-
-
-def _blocked_attention(q, k, v, mask, block, dt, k_minor):
+def _blocked_attention(q, ks, vs, mask, block, dt, k_minor):
     """`_attention` one block of `block` queries at a time: q [B, K, T, R, Dh] -> [B, K, T*R, Dh].
     Each block is rematerialised, so forward and backward hold one block's [block*R, S] scores per
     head instead of [T*R, S] (at T = 8192 the difference between 128 MB and 7.5 GB for a 7B model).
@@ -259,7 +231,7 @@ def _blocked_attention(q, k, v, mask, block, dt, k_minor):
 
     @jax.checkpoint
     def body(_, xs):
-        return None, _attention(xs[0], k, v, xs[1], dt, k_minor)
+        return None, _attention(xs[0], ks, vs, xs[1], dt, k_minor)
 
     _, out = jax.lax.scan(body, None, (q, mask))  # [n, B, K, block*R, Dh]
     return out.transpose(1, 2, 0, 3, 4).reshape(B, K, (T + pad) * R, Dh)[:, :, : T * R]

@@ -177,8 +177,7 @@ def generate(
 
     # The token emitted at step t is fed at step t + 1 into response slot t (cache slot P + t), so
     # the last token needs no slot: phases cover feeding steps 1 .. N-1 (slots 0 .. N-2).
-    K, Dh, dt = cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype)
-    L = cfg.num_layers
+    L, K, Dh, dt = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype)
     # Per layer: k [R, K, Dh, S_i], v [R, K, S_i, Dh]. Loop buffers are carried per layer: a stacked
     # [L, ...] carry would be rewritten whole every step.
     done_segments = [(list(out.cache["k"]), list(out.cache["v"]))]
@@ -200,7 +199,7 @@ def generate(
                     tuple(seg[1][i] for seg in done_segments) + (state["v"][i],),
                     slot - start,
                 )
-                for i in range(cfg.num_layers)
+                for i in range(L)
             ]
             out = decode_unrolled(
                 cfg,
