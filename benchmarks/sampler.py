@@ -7,6 +7,8 @@ tiny: 64 sequences, prompt 32, 128 new tokens; small: 32 sequences, prompt 64, 2
 (shapes from flowrl_jax.testing.BENCH_HF_CONFIGS). Rows alternate ours / transformers after one
 warm-up call each, with the fp32 matmul peak measured beside each pair for MFU (FLOPs: prefill, the
 weights per new token and attention over each token's prefix); our compile time is reported apart.
+Beside each pair it also times a floor: the decode steps' weight matmuls alone, in XLA, which bounds
+the ratio any XLA sampler could reach on this machine.
 The last line reads `ratio_vs_transformers tiny=<x> small=<y>` (median of our tokens/s over theirs).
 """
 
@@ -68,10 +70,13 @@ def run_size(name: str, pairs: int) -> float:
             )
         assert out.shape == (batch, prompt_len + new)
 
+    floors = [weight_matmuls(ours.params, batch, new, options) for options in FLOOR_OPTIONS]
     t0 = time.perf_counter()
     run_ours(0)
     first = time.perf_counter() - t0
     run_theirs()
+    for floor in floors:
+        floor()
     tokens = batch * new
     flops = generate_flops(testing.BENCH_HF_CONFIGS[name], batch, prompt_len, new)
     rows = []
@@ -80,25 +85,28 @@ def run_size(name: str, pairs: int) -> float:
         run_ours(i + 1)
         t1 = time.perf_counter()
         peak = matmul_peak()
+        floor_seconds = min(_seconds(floor) for floor in floors)
         t2 = time.perf_counter()
         run_theirs()
         t3 = time.perf_counter()
-        rows.append((tokens / (t1 - t0), tokens / (t3 - t2), peak))
+        rows.append((tokens / (t1 - t0), tokens / (t3 - t2), peak, tokens / floor_seconds))
     print(
         f"\n{name}: {batch} sequences x (prompt {prompt_len} + {new} new), fp32; our first "
         f"call {first:.2f} s of which compile {sampler.compile_seconds:.2f} s"
     )
     print(
         f"{'pair':>4} {'ours tok/s':>11} {'transformers tok/s':>19} {'ratio':>6} "
-        f"{'peak GFLOP/s':>13} {'our MFU':>8} {'their MFU':>10}"
+        f"{'peak GFLOP/s':>13} {'our MFU':>8} {'their MFU':>10} {'floor tok/s':>12} "
+        f"{'floor ratio':>12}"
     )
     mfu = lambda rate, peak: flops * rate / tokens / peak
-    for i, (a, b, peak) in enumerate(rows):
+    for i, (a, b, peak, floor) in enumerate(rows):
         print(
             f"{i:>4} {a:>11,.0f} {b:>19,.0f} {a / b:>6.2f} {peak / 1e9:>13.1f} "
-            f"{mfu(a, peak):>8.1%} {mfu(b, peak):>10.1%}"
+            f"{mfu(a, peak):>8.1%} {mfu(b, peak):>10.1%} {floor:>12,.0f} {floor / b:>12.2f}"
         )
-    ratios = sorted(a / b for a, b, _ in rows)
+    ratios = sorted(a / b for a, b, _, _ in rows)
+    floor_ratios = sorted(f / b for _, b, _, f in rows)
     med = [statistics.median(c) for c in zip(*rows)]
     print(
         f"median: ours {med[0]:,.0f} tok/s, transformers {med[1]:,.0f} tok/s, ratio "
@@ -106,7 +114,56 @@ def run_size(name: str, pairs: int) -> float:
         f"{flops / 1e9:.1f} GFLOP per call; at 3x transformers we would run at "
         f"{mfu(3 * med[1], med[2]):.0%} of the matmul peak"
     )
+    print(
+        f"floor: the decode steps' weight matmuls alone run at {statistics.median(floor_ratios):.2f}x "
+        f"transformers (min {floor_ratios[0]:.2f}, max {floor_ratios[-1]:.2f}): an XLA sampler "
+        f"on this machine cannot exceed that ratio"
+    )
     return statistics.median(ratios)
+
+
+# The floor is timed under both CPU dot paths, and the faster counts: XLA's default (ynn library
+# fusions) and its own Eigen dots, which run these small-batch matmuls faster here.
+FLOOR_OPTIONS = ({}, {"xla_cpu_experimental_ynn_fusion_type": ""})
+
+
+def weight_matmuls(params, batch: int, steps: int, options: dict):
+    """A compiled program that runs only the matmuls of `steps` decode steps of `batch` rows with
+    the model's own weights (q, k, v, o, gate, up, down per layer, then the LM head), chained
+    through a cheap normalisation so none can be skipped. No attention, sampling or cache: its
+    time is a lower bound on any XLA sampler's decode time here. Returns a call that blocks."""
+    from flowrl_jax.models.decoder import split_layers
+
+    layers = split_layers(params)
+    if "lm_head" in params:
+        head = params["lm_head"]["kernel"]
+    else:
+        head = params["embed"]["embedding"].T
+    x0 = jax.numpy.ones((batch, head.shape[0]), jax.numpy.float32)
+
+    def step(_, x):
+        for lp in layers:
+            attn, mlp = lp["attn"], lp["mlp"]
+            kernel = lambda tree, name: tree[name]["kernel"]
+            k, v = x @ kernel(attn, "k_proj"), x @ kernel(attn, "v_proj")
+            o = (x @ kernel(attn, "q_proj")) @ kernel(attn, "o_proj")
+            x = x + 1e-3 * (o + k.mean(-1, keepdims=True) + v.mean(-1, keepdims=True))
+            gated = jax.nn.silu(x @ kernel(mlp, "gate_proj")) * (x @ kernel(mlp, "up_proj"))
+            x = x + 1e-3 * (gated @ kernel(mlp, "down_proj"))
+            x = x * jax.lax.rsqrt(jax.numpy.mean(x * x, -1, keepdims=True))
+        return x + 1e-6 * (x @ head)[:, :1]
+
+    program = jax.jit(
+        lambda layers, head, x: jax.lax.fori_loop(0, steps, step, x), compiler_options=options
+    )
+    program = program.lower(layers, head, x0).compile()
+    return lambda: program(layers, head, x0).block_until_ready()
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def generate_flops(hf: dict, batch: int, prompt: int, new: int) -> float:
