@@ -1,0 +1,55 @@
+"""DAPO (arXiv 2503.14476): clip-higher (ε_low 0.2, ε_high 0.28), token-level loss aggregation, no
+KL, an overlong penalty in the reward, and dynamic sampling (groups whose rewards are all equal are
+dropped and refilled by the loop: `advantages.varied_groups`)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from flowrl_jax.algorithms import advantages as A
+from flowrl_jax.algorithms.grpo import clipped_policy_loss
+from flowrl_jax.algorithms.registry import Algorithm, Batch, register
+
+
+def default_config() -> ConfigDict:
+    return ConfigDict(
+        {
+            "clip_eps_low": 0.2,  # ε_low (paper)
+            "clip_eps_high": 0.28,  # ε_high: clip-higher keeps low-probability tokens exploring
+            "norm_eps": 1e-6,
+            "loss_agg": "token-mean",  # token-level aggregation (paper)
+            "overlong_penalty": True,  # soft overlong punishment (paper section 3.4)
+            # L_cache: the penalty ramps from 0 to -overlong_penalty_factor over the last
+            # L_cache slots before L_max (the response width). Paper: 4096 of 20480.
+            "overlong_buffer": 4096,
+            "overlong_penalty_factor": 1.0,
+            "dynamic_sampling": True,  # drop all-equal groups and sample more (the loop does it)
+            "max_refills": 8,  # rollout batches drawn at most per step to fill the batch
+        }
+    )
+
+
+def overlong_penalty(length, max_len: int, buffer: int, factor: float):
+    """DAPO's R_length: 0 up to L_max − L_cache, then linear down to −factor at L_max."""
+    buffer = min(buffer, max_len)
+    start = max_len - buffer
+    return -factor * jnp.clip((length - start) / max(buffer, 1), 0.0, 1.0)
+
+
+def prepare(batch: Batch, cfg) -> Batch:
+    rewards = batch.rewards
+    if cfg.overlong_penalty:
+        T = batch.mask.shape[-1]
+        rewards = rewards + overlong_penalty(
+            A.lengths(batch.mask), T, cfg.overlong_buffer, cfg.overlong_penalty_factor
+        )
+    adv = A.group_normalize(rewards, batch.group, cfg.norm_eps)
+    return batch._replace(scores=rewards, advantages=adv[:, None] * batch.mask)
+
+
+def loss(batch: Batch, cfg):
+    return clipped_policy_loss(batch, cfg, cfg.clip_eps_low, cfg.clip_eps_high, 0.0)
+
+
+ALGORITHM = register(Algorithm("dapo", default_config, prepare, loss))
