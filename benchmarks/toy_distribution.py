@@ -204,14 +204,14 @@ def main() -> None:
     )
     for name, r in rows.items():
         print(
-            f"{name:>9} {r['tv']:>10.2g} {r['entropy']:>8.3f} {r['kept']:>10}/{r['optimal']:<2} "
+            f"{name:>9} {r['tv']:>10.3g} {r['entropy']:>8.3f} {r['kept']:>10}/{r['optimal']:<2} "
             f"{r['min_optimal_ratio']:>20.3f} {r['mass_on_optimal']:>16.3f} {r['seconds']:>8.1f}"
         )
     plot(args.out, tables, curves)
     print(f"plot: {args.out}")
     f, g = rows["flowrl"], rows["grpo"]
     print(
-        f"flowrl_tv={f['tv']:.4f} grpo_tv={g['tv']:.4f} grpo_optimal_kept={g['kept']}/{g['optimal']}"
+        f"flowrl_tv={f['tv']:.3g} grpo_tv={g['tv']:.3g} grpo_optimal_kept={g['kept']}/{g['optimal']}"
     )
 
 

@@ -7,9 +7,11 @@ exist (`--config.modle.dtype=...`) is an error, not a new key.
 
 from ml_collections import ConfigDict
 
-from flowrl_jax import mesh
+from flowrl_jax import algorithms, mesh
+from flowrl_jax.algorithms import heads
 from flowrl_jax.models import from_config
 from flowrl_jax.rollout import sampler
+from flowrl_jax.trainer import loop, step
 
 
 def get_config() -> ConfigDict:
@@ -24,6 +26,15 @@ def get_config() -> ConfigDict:
         {"enabled": False, "coordinator_address": "", "num_processes": 0, "process_id": -1}
     )
     config.rollout = sampler.default_config()
-    # The smoke run (until the trainer lands): greedy and sampled tokens per response.
+    config.algorithm = algorithms.default_config()  # --config.algorithm.name=grpo switches it
+    config.heads = heads.default_config()
+    config.optimizer = step.optimizer_config()
+    config.train = loop.default_config()
+    # The embedded default is a tiny random model on the CPU: short responses, small groups, and a
+    # learning rate a random tiny model notices (the paper's 1e-6 is for 7B checkpoints).
+    config.rollout.n = 4
+    config.rollout.max_new_tokens = 16
+    config.optimizer.learning_rate = 1e-4
+    # The smoke run: greedy and sampled tokens per response.
     config.smoke = ConfigDict({"new_tokens": 24})
     return config

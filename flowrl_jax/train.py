@@ -4,10 +4,12 @@
     python -m flowrl_jax.train --config=configs/default.py --config.mesh.tensor=2
     python -m flowrl_jax.train --config=configs/hf_checkpoint.py --config.model.checkpoint=/ckpt
 
-Until the RL trainer lands (issues #4, #5, #9) this runs the foundation end to end: build the mesh,
-load (or build) the policy and tokenizer sharded on it, decode greedily with the KV cache from a chat
-prompt, sample a group of responses and recompute their log-probs in one pass, export an HF
-checkpoint to `<workdir>/export`, reload it sharded and check the logits agree.
+Builds the mesh, loads (or builds) the policy and tokenizer sharded on it, and checks the
+foundation end to end (greedy decode with the KV cache, a sampled group whose log-probs match a
+recomputation, HF export and sharded reload). Then it runs `train.steps` RL steps of
+`algorithm.name` (flowrl by default; grpo, ppo, reinforce_pp, dapo, gspo) on a synthetic task whose
+reward is the fraction of response tokens that are digits. (Issue #5 adds checkpoints, logs and
+real tasks.)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ml_collections import config_flags
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.models import from_config, load_hf, save_hf
 from flowrl_jax.rollout import Sampler, SamplingParams, token_logprobs
+from flowrl_jax.trainer import Trainer, check_sizes
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "config.py"), "ml_collections config file"
@@ -128,6 +131,58 @@ def sample_and_recompute(config, model, tokenizer, prompt: str, mesh) -> dict:
     }
 
 
+def digit_reward(tokenizer):
+    """The synthetic task's reward: the fraction of a response's tokens that are all digits."""
+    vocab = len(tokenizer)
+    digits = np.array([tokenizer.decode([i]).strip().isdigit() for i in range(vocab)])
+
+    def reward(out, group):
+        del group
+        hits = digits[np.clip(out.tokens, 0, vocab - 1)] * out.mask
+        return hits.sum(1) / np.maximum(out.mask.sum(1), 1)
+
+    return reward
+
+
+def train(config, mesh) -> list[dict]:
+    """`config.train.steps` RL steps on the synthetic task; returns each step's metrics."""
+    check_sizes(config, mesh)  # before anything is built or compiled
+    model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+    trainer = Trainer(config, model, tokenizer, mesh, digit_reward(tokenizer))
+    questions = [f"What is {a} + {b}?" for a in range(10) for b in range(10)]
+    position = 0
+
+    def next_prompts():
+        nonlocal position
+        batch = []
+        for _ in range(config.train.prompts_per_step):
+            message = [{"role": "user", "content": questions[position % len(questions)]}]
+            text = tokenizer.apply_chat_template(
+                message, add_generation_prompt=True, tokenize=False
+            )
+            batch.append(tokenizer(text)["input_ids"])
+            position += 1
+        return batch
+
+    history = []
+    for i in range(config.train.steps):
+        t0 = time.perf_counter()
+        metrics = trainer.step(next_prompts)
+        metrics["seconds"] = time.perf_counter() - t0
+        history.append(metrics)
+        log.info(
+            "step %d/%d %s: loss %.4f reward %.3f grad norm %.3f (%.1f s)",
+            i + 1,
+            config.train.steps,
+            config.algorithm.name,
+            metrics["loss"],
+            metrics["reward/mean"],
+            metrics["grad_norm"],
+            metrics["seconds"],
+        )
+    return history
+
+
 def main(argv) -> None:
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -135,13 +190,21 @@ def main(argv) -> None:
     init_distributed(config.distributed)
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     os.makedirs(config.workdir, exist_ok=True)
+    check_sizes(config, mesh)
     with jax.set_mesh(mesh):  # the context mesh: bare PartitionSpecs resolve against it
         figures = smoke(config, mesh)
+        history = train(config, mesh)
     if jax.process_index() == 0:
         width = max(map(len, figures))
-        print("\nflowrl-jax smoke run: decoder, sampler, log-probs, export (no trainer yet)")
+        print("\nflowrl-jax: decoder, sampler, log-probs, export")
         for key, value in figures.items():
             print(f"  {key:<{width}}  {value}")
+        print(f"\n{config.algorithm.name}: {len(history)} RL steps on the digits task")
+        for i, m in enumerate(history):
+            print(
+                f"  step {i + 1}: loss {m['loss']:.4f}  reward {m['reward/mean']:.3f}  "
+                f"grad norm {m['grad_norm']:.3f}  {m['seconds']:.1f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,17 @@ def token_logprobs(
     logprobs[:, t] = log p(tokens[:, t] | tokens[:, :t]) under logits / temperature, and 0 at t = 0.
     With with_entropy, also the entropy [B, T] of that same distribution (0 at t = 0).
     Positions whose mask is 0 hold meaningless values: mask them."""
+    hidden = forward(cfg, params, tokens, mask, return_logits=False).hidden  # [B, T, D]
+    return logprobs_from_hidden(cfg, params, hidden, tokens, temperature, chunk, with_entropy)
+
+
+def logprobs_from_hidden(
+    cfg, params, hidden, tokens, temperature=1.0, chunk=256, with_entropy=False
+):
+    """`token_logprobs` from the final hidden states [B, T, D] of a forward already run (the train
+    step also feeds them to the log-Z and value heads)."""
     B, T = tokens.shape
-    hidden = forward(cfg, params, tokens, mask, return_logits=False).hidden[:, :-1]  # [B, T-1, D]
+    hidden = hidden[:, :-1]  # [B, T-1, D]
     targets = tokens[:, 1:]  # [B, T-1]
     chunk = max(1, min(chunk, T - 1))
     pad = -(T - 1) % chunk
