@@ -64,7 +64,7 @@ class ValueHead(nn.Module):
 def pool_prompt(hidden, prompt_mask, drop_last: bool = False):
     """Mean of hidden [B, P, D] over each row's prompt tokens (prompt_mask [B, P], left padding);
     drop_last leaves out the last prompt token (the reference code's slice). -> [B, D] float32."""
-    m = prompt_mask.astype(jnp.float32)
+    m = jnp.asarray(prompt_mask, jnp.float32)
     if drop_last:  # left padding: the last column is every row's last prompt token
         m = m.at[:, -1].set(0.0)
     total = jnp.einsum("bpd,bp->bd", hidden.astype(jnp.float32), m)
