@@ -2,6 +2,7 @@
 
 import glob
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +21,8 @@ def run(args, **kw):
 
 
 def test_main_job_runs_on_its_embedded_default(tmp_path):
-    """`python -m flowrl_jax.train` end to end on 8 CPU devices (fsdp=4, tensor=2)."""
+    """`python -m flowrl_jax.train` end to end on 8 CPU devices (fsdp=4, tensor=2), with the
+    algorithm switched by its one config key."""
     out = run(
         [
             "-m",
@@ -28,9 +30,13 @@ def test_main_job_runs_on_its_embedded_default(tmp_path):
             f"--config.workdir={tmp_path}",
             "--config.mesh.tensor=2",
             "--config.smoke.new_tokens=8",
+            "--config.algorithm.name=gspo",
         ]
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "gspo: 2 RL steps" in out.stdout
+    losses = [float(x.split()[3]) for x in out.stdout.splitlines() if x.startswith("  step ")]
+    assert len(losses) == 2 and all(map(math.isfinite, losses)), out.stdout[-2000:]
     assert "'data': 1, 'fsdp': 4, 'tensor': 2" in out.stdout
     diff = [x for x in out.stdout.splitlines() if "export -> reload max |logit diff|" in x]
     assert float(diff[0].split()[-1]) == 0.0
