@@ -25,7 +25,8 @@ from ml_collections import config_flags
 
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.models import from_config, load_hf, save_hf
-from flowrl_jax.rollout import Sampler, SamplingParams, token_logprobs
+from flowrl_jax.rollout import sampler as sampler_lib
+from flowrl_jax.rollout import token_logprobs
 from flowrl_jax.trainer import Trainer, check_sizes
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -47,11 +48,8 @@ def init_distributed(config) -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def smoke(config, mesh) -> dict:
+def smoke(config, mesh, model, tokenizer, t_build: float) -> dict:
     """The foundation run; returns the figures it prints."""
-    t0 = time.perf_counter()
-    model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
-    t_build = time.perf_counter() - t0
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 12 + 30?"}],
         add_generation_prompt=True,
@@ -90,22 +88,8 @@ def smoke(config, mesh) -> dict:
 
 def sample_and_recompute(config, model, tokenizer, prompt: str, mesh) -> dict:
     """Sample config.rollout.n responses to `prompt` and recompute their log-probs in one pass."""
-    rc = config.rollout
-    sampler = Sampler(
-        model.cfg,
-        mesh=mesh,
-        prompt_buckets=tuple(rc.prompt_buckets),
-        pad_id=tokenizer.pad_token_id,
-        cache_segments=rc.cache_segments,
-    )
-    sp = SamplingParams(
-        max_new_tokens=config.smoke.new_tokens,
-        n=rc.n,
-        temperature=rc.temperature,
-        top_p=rc.top_p,
-        top_k=rc.top_k,
-        stop_tokens=(tokenizer.eos_token_id,),
-        pad_id=tokenizer.pad_token_id,
+    sampler, sp = sampler_lib.from_config(
+        model.cfg, config.rollout, mesh, tokenizer, config.smoke.new_tokens
     )
     ids = tokenizer(prompt)["input_ids"]
     t0 = time.perf_counter()
@@ -123,7 +107,7 @@ def sample_and_recompute(config, model, tokenizer, prompt: str, mesh) -> dict:
     P = out.prompt_tokens.shape[1]
     diff = np.abs(np.asarray(recomputed)[: len(out.tokens), P:] - out.logprobs)[out.mask == 1]
     return {
-        f"sampled {rc.n} x {sp.max_new_tokens} tokens at T={sp.temperature} incl. compile (s)": (
+        f"sampled {sp.n} x {sp.max_new_tokens} tokens at T={sp.temperature} incl. compile (s)": (
             f"{t_sample:.2f}"
         ),
         "sampled response lengths": str(out.mask.sum(1).tolist()),
@@ -144,10 +128,11 @@ def digit_reward(tokenizer):
     return reward
 
 
-def train(config, mesh) -> list[dict]:
+def train(config, mesh, model=None, tokenizer=None) -> list[dict]:
     """`config.train.steps` RL steps on the synthetic task; returns each step's metrics."""
     check_sizes(config, mesh)  # before anything is built or compiled
-    model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+    if model is None:
+        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
     trainer = Trainer(config, model, tokenizer, mesh, digit_reward(tokenizer))
     questions = [f"What is {a} + {b}?" for a in range(10) for b in range(10)]
     position = 0
@@ -192,8 +177,11 @@ def main(argv) -> None:
     os.makedirs(config.workdir, exist_ok=True)
     check_sizes(config, mesh)
     with jax.set_mesh(mesh):  # the context mesh: bare PartitionSpecs resolve against it
-        figures = smoke(config, mesh)
-        history = train(config, mesh)
+        t0 = time.perf_counter()
+        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        figures = smoke(config, mesh, model, tokenizer, time.perf_counter() - t0)
+        # The trainer starts from the same (immutable) parameters the smoke checks used.
+        history = train(config, mesh, model, tokenizer)
     if jax.process_index() == 0:
         width = max(map(len, figures))
         print("\nflowrl-jax: decoder, sampler, log-probs, export")

@@ -352,3 +352,24 @@ class Sampler:
         out = jax.device_get(program(params, tokens, mask, live, rng))
         rows = len(prompts) * sp.n
         return SampleOutput(*(np.asarray(x)[:rows] for x in out))
+
+
+def from_config(model_cfg: DecoderConfig, rollout, mesh, tokenizer, max_new_tokens=None):
+    """(Sampler, SamplingParams) for `config.rollout`, stopping on the tokenizer's EOS."""
+    sampler = Sampler(
+        model_cfg,
+        mesh=mesh,
+        prompt_buckets=tuple(rollout.prompt_buckets),
+        pad_id=tokenizer.pad_token_id,
+        cache_segments=rollout.cache_segments,
+    )
+    sp = SamplingParams(
+        max_new_tokens=max_new_tokens or rollout.max_new_tokens,
+        n=rollout.n,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        top_k=rollout.top_k,
+        stop_tokens=(tokenizer.eos_token_id,),
+        pad_id=tokenizer.pad_token_id,
+    )
+    return sampler, sp

@@ -18,7 +18,8 @@ from ml_collections import ConfigDict
 
 from flowrl_jax import algorithms
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.rollout import SampleOutput, Sampler, SamplingParams
+from flowrl_jax.rollout import SampleOutput
+from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.trainer import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -63,24 +64,8 @@ class Trainer:
     def __init__(self, config: ConfigDict, model, tokenizer, mesh, reward_fn: Callable):
         """reward_fn(SampleOutput, prompt_indices) -> rewards [rows] float (host)."""
         self.minibatch = check_sizes(config, mesh)
-        self.config, self.model, self.mesh, self.reward_fn = config, model, mesh, reward_fn
-        rc = config.rollout
-        self.sampler = Sampler(
-            model.cfg,
-            mesh=mesh,
-            prompt_buckets=tuple(rc.prompt_buckets),
-            pad_id=tokenizer.pad_token_id,
-            cache_segments=rc.cache_segments,
-        )
-        self.sp = SamplingParams(
-            max_new_tokens=rc.max_new_tokens,
-            n=rc.n,
-            temperature=rc.temperature,
-            top_p=rc.top_p,
-            top_k=rc.top_k,
-            stop_tokens=(tokenizer.eos_token_id,),
-            pad_id=tokenizer.pad_token_id,
-        )
+        self.config, self.model, self.reward_fn = config, model, reward_fn
+        self.sampler, self.sp = sampler_lib.from_config(model.cfg, config.rollout, mesh, tokenizer)
         name = config.algorithm.name
         self.algo_cfg = config.algorithm[name]
         self.optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
