@@ -1,0 +1,60 @@
+"""FlowRL on Qwen2.5-32B for math: the 7B recipe (FLOWRL_SPEC.md, "Reference hyper-parameters")
+on the 32B base model, with tensor parallelism. The checkpoint path is a placeholder and MUST be
+given:
+
+    python -m flowrl_jax.train --config=configs/qwen2_5_32b_math.py \
+        --config.model.checkpoint=/data/Qwen2.5-32B --config.workdir=/mnt/shared/runs/32b-flowrl
+
+Each baseline is the same run with one override (the rest of the recipe stays identical):
+
+    python -m flowrl_jax.train --config=configs/qwen2_5_32b_math.py \
+        --config.model.checkpoint=/data/Qwen2.5-32B --config.algorithm.name=grpo
+    # ... or ppo | reinforce_pp | dapo | gspo
+
+The device count must be a multiple of mesh.tensor = 4 (e.g. a v5p-64 slice or 4 x 8 H100) and
+256 / (devices / 4) a whole number (the mini-batch splits over the fsdp axis).
+Not here yet (no config key exists): the math dataset, the number of RL steps for the paper's run
+(train.steps keeps the default; pass --config.train.steps=N), gradient accumulation, checkpointing.
+"""
+
+from flowrl_jax.config import get_config as _default
+
+
+def get_config():
+    config = _default()
+    config.workdir = "runs/qwen2_5_32b_math"  # multi-host: a path every host can write (NFS)
+
+    # REQUIRED override: a local copy of the HF checkpoint Qwen/Qwen2.5-32B (the base model, paper).
+    config.model.checkpoint = "/path/to/Qwen/Qwen2.5-32B"  # must be overridden
+    config.model.dtype = "bfloat16"  # compute in bf16 (paper: bf16 training)
+    # Master weights in fp32 (as the paper's verl actor): at lr 1e-6 a bf16-stored weight would
+    # round every AdamW update away. 32.8B x (4 param + 8 Adam + 4 grad) bytes = 524 GB, sharded.
+    config.model.param_dtype = "float32"
+    config.model.remat = "full"  # 8192-token responses: recompute activations in the backward
+    # Tensor parallel 4 (our choice, not the paper's): Qwen2.5-32B has 40 query and 8 KV heads,
+    # so 4 shards keep whole heads (10 q, 2 kv per shard; 8 would leave 1 kv head, 16 would split
+    # one); 4 chips is one TPU v4 / v5p host and half a GPU node, so the per-layer all-reduces stay
+    # on the host's fast links. It cuts each device's share of the bf16 weights that decoding reads
+    # every token to 16 GB, and of the KV cache to 2 of 8 heads. FSDP takes the remaining devices.
+    config.mesh.data = 1
+    config.mesh.fsdp = -1
+    config.mesh.tensor = 4
+
+    config.rollout.n = 8  # G = 8 samples per prompt (paper)
+    config.rollout.max_new_tokens = 8192  # max response length (paper)
+    config.rollout.temperature = 1.0  # rollout temperature (paper)
+    config.rollout.top_p = 1.0  # no nucleus truncation (paper)
+    config.rollout.top_k = 0  # no top-k truncation (paper samples the full distribution)
+
+    config.train.prompts_per_step = 512  # prompts per rollout batch (paper)
+    # 32 prompts x 8 samples per optimiser step (paper): 16 steps per rollout batch.
+    config.train.minibatch_size = 32 * 8
+    config.train.epochs = 1  # one pass over each rollout batch: the paper's 16 steps per batch
+
+    config.optimizer.learning_rate = 1e-6  # AdamW lr (paper)
+    config.optimizer.warmup_steps = 10  # linear warm-up, then constant (paper)
+    config.optimizer.weight_decay = 0.1  # AdamW weight decay (paper)
+    config.optimizer.grad_clip = 1.0  # global-norm clip over all parameters, heads included (paper)
+
+    config.algorithm.name = "flowrl"  # beta = 15, clip(w, 0.8, 1.2): the defaults are the paper's
+    return config

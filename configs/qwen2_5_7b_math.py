@@ -1,0 +1,55 @@
+"""FlowRL on Qwen2.5-7B for math: the paper's main recipe (FLOWRL_SPEC.md, "Reference
+hyper-parameters"). The checkpoint path is a placeholder and MUST be given:
+
+    python -m flowrl_jax.train --config=configs/qwen2_5_7b_math.py \
+        --config.model.checkpoint=/data/Qwen2.5-7B --config.workdir=/mnt/shared/runs/7b-flowrl
+
+Each baseline is the same run with one override (the rest of the recipe stays identical):
+
+    python -m flowrl_jax.train --config=configs/qwen2_5_7b_math.py \
+        --config.model.checkpoint=/data/Qwen2.5-7B --config.algorithm.name=grpo
+    # ... or ppo | reinforce_pp | dapo | gspo
+
+Multi-host: launch/tpu_pod.sh (TPU) or launch/multi_gpu.sh (GPU, SLURM) with the same flags.
+Not here yet (no config key exists): the math dataset, the number of RL steps for the paper's run
+(train.steps keeps the default; pass --config.train.steps=N), gradient accumulation, checkpointing.
+"""
+
+from flowrl_jax.config import get_config as _default
+
+
+def get_config():
+    config = _default()
+    config.workdir = "runs/qwen2_5_7b_math"  # multi-host: a path every host can write (NFS)
+
+    # REQUIRED override: a local copy of the HF checkpoint Qwen/Qwen2.5-7B (the base model, paper).
+    config.model.checkpoint = "/path/to/Qwen/Qwen2.5-7B"  # must be overridden
+    config.model.dtype = "bfloat16"  # compute in bf16 (paper: bf16 training)
+    # Master weights in fp32, as the paper's verl trainer keeps its actor: an AdamW step at lr 1e-6
+    # moves a weight of ~1e-2 by ~1e-6, below half a bf16 ulp there (~6e-5), so bf16 storage would
+    # round every update away.
+    config.model.param_dtype = "float32"
+    config.model.remat = "full"  # 8192-token responses: recompute activations in the backward
+    config.mesh.data = 1
+    config.mesh.fsdp = -1  # all devices shard parameters and optimiser state (7B fits without TP)
+    config.mesh.tensor = 1
+
+    config.rollout.n = 8  # G = 8 samples per prompt (paper)
+    config.rollout.max_new_tokens = 8192  # max response length (paper)
+    config.rollout.temperature = 1.0  # rollout temperature (paper)
+    config.rollout.top_p = 1.0  # no nucleus truncation (paper)
+    config.rollout.top_k = 0  # no top-k truncation (paper samples the full distribution)
+
+    config.train.prompts_per_step = 512  # prompts per rollout batch (paper)
+    # 32 prompts x 8 samples per optimiser step (paper): 512 / 32 = 16 steps per rollout batch, so
+    # pi_old != pi_theta after the first.
+    config.train.minibatch_size = 32 * 8
+    config.train.epochs = 1  # one pass over each rollout batch: the paper's 16 steps per batch
+
+    config.optimizer.learning_rate = 1e-6  # AdamW lr (paper)
+    config.optimizer.warmup_steps = 10  # linear warm-up, then constant (paper)
+    config.optimizer.weight_decay = 0.1  # AdamW weight decay (paper)
+    config.optimizer.grad_clip = 1.0  # global-norm clip over all parameters, heads included (paper)
+
+    config.algorithm.name = "flowrl"  # beta = 15, clip(w, 0.8, 1.2): the defaults are the paper's
+    return config
