@@ -11,7 +11,7 @@ from flowrl_jax import algorithms, mesh
 from flowrl_jax.algorithms import heads
 from flowrl_jax.models import from_config
 from flowrl_jax.rollout import sampler
-from flowrl_jax.trainer import loop, step
+from flowrl_jax.trainer import checkpoint, loop, step
 
 
 def get_config() -> ConfigDict:
@@ -30,11 +30,13 @@ def get_config() -> ConfigDict:
     config.heads = heads.default_config()
     config.optimizer = step.optimizer_config()
     config.train = loop.default_config()
+    config.checkpoint = checkpoint.default_config()
+    config.task = ConfigDict({"name": "digits"})
     # The embedded default is a tiny random model on the CPU: short responses, small groups, and a
     # learning rate a random tiny model notices (the paper's 1e-6 is for 7B checkpoints).
     config.rollout.n = 4
     config.rollout.max_new_tokens = 16
     config.optimizer.learning_rate = 1e-4
     # The smoke run: greedy and sampled tokens per response.
-    config.smoke = ConfigDict({"new_tokens": 24})
+    config.smoke = ConfigDict({"enabled": True, "new_tokens": 24})
     return config

@@ -92,6 +92,22 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def to_device(x, sharding: NamedSharding) -> jax.Array:
+    """A host array every process holds whole -> a global array; each process places only its
+    own devices' slices (works on one host and on many)."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x) -> np.ndarray:
+    """A global array -> the whole value as numpy on every process (gathers across hosts)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def default_config():
     """config.mesh: axis sizes; -1 takes the devices the others leave."""
     from ml_collections import ConfigDict

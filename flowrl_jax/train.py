@@ -2,14 +2,17 @@
 
     python -m flowrl_jax.train                                  # embedded default (tiny model, CPU)
     python -m flowrl_jax.train --config=configs/default.py --config.mesh.tensor=2
-    python -m flowrl_jax.train --config=configs/hf_checkpoint.py --config.model.checkpoint=/ckpt
+    python -m flowrl_jax.train --config=configs/hf_checkpoint.py --config.model.checkpoint=/ckpt \
+        --workdir=runs/qwen7b
 
-Builds the mesh, loads (or builds) the policy and tokenizer sharded on it, and checks the
-foundation end to end (greedy decode with the KV cache, a sampled group whose log-probs match a
-recomputation, HF export and sharded reload). Then it runs `train.steps` RL steps of
-`algorithm.name` (flowrl by default; grpo, ppo, reinforce_pp, dapo, gspo) on a synthetic task whose
-reward is the fraction of response tokens that are digits. (Issue #5 adds checkpoints, logs and
-real tasks.)
+Builds the mesh, loads (or builds) the policy and tokenizer sharded on it, and (`smoke.enabled`)
+checks the foundation end to end: greedy decode with the KV cache, a sampled group whose log-probs
+match a recomputation, HF export and sharded reload. Then it trains `algorithm.name` (flowrl by
+default; grpo, ppo, reinforce_pp, dapo, gspo) on `task.name` for `train.steps` RL steps in the
+workdir, resuming from its latest checkpoint (trainer/run.py). The default task, `digits`, rewards
+the fraction of a response's characters that are digits: no download needed.
+
+Run the same command again to resume; SIGTERM saves a checkpoint and exits with status 0.
 """
 
 from __future__ import annotations
@@ -20,24 +23,29 @@ import time
 
 import jax
 import numpy as np
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 from flowrl_jax import mesh as mesh_lib
+from flowrl_jax import tasks
 from flowrl_jax.models import from_config, load_hf, save_hf
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.rollout import token_logprobs
-from flowrl_jax.trainer import Trainer, check_sizes
+from flowrl_jax.trainer import check_sizes
+from flowrl_jax.trainer import run as run_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "config.py"), "ml_collections config file"
 )
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (overrides config.workdir)")
 log = logging.getLogger("flowrl_jax")
 
 
 def init_distributed(config) -> None:
     if not config.enabled:
         return
+    # CPU processes need a collectives backend to talk to each other (GPUs and TPUs have their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if config.coordinator_address:
         kwargs = dict(
@@ -115,84 +123,56 @@ def sample_and_recompute(config, model, tokenizer, prompt: str, mesh) -> dict:
     }
 
 
-def digit_reward(tokenizer):
-    """The synthetic task's reward: the fraction of a response's tokens that are all digits."""
-    vocab = len(tokenizer)
-    digits = np.array([tokenizer.decode([i]).strip().isdigit() for i in range(vocab)])
-
-    def reward(out, group):
-        del group
-        hits = digits[np.clip(out.tokens, 0, vocab - 1)] * out.mask
-        return hits.sum(1) / np.maximum(out.mask.sum(1), 1)
-
-    return reward
-
-
-def train(config, mesh, model=None, tokenizer=None) -> list[dict]:
-    """`config.train.steps` RL steps on the synthetic task; returns each step's metrics."""
+def train(config, mesh, model=None, tokenizer=None) -> run_lib.RunResult:
+    """Train on `config.task` in `config.workdir` (resuming from its latest checkpoint)."""
     check_sizes(config, mesh)  # before anything is built or compiled
+    task = tasks.get(config.task.name)
     if model is None:
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
-    trainer = Trainer(config, model, tokenizer, mesh, digit_reward(tokenizer))
-    questions = [f"What is {a} + {b}?" for a in range(10) for b in range(10)]
-    position = 0
-
-    def next_prompts():
-        nonlocal position
-        batch = []
-        for _ in range(config.train.prompts_per_step):
-            message = [{"role": "user", "content": questions[position % len(questions)]}]
-            text = tokenizer.apply_chat_template(
-                message, add_generation_prompt=True, tokenize=False
-            )
-            batch.append(tokenizer(text)["input_ids"])
-            position += 1
-        return batch
-
-    history = []
-    for i in range(config.train.steps):
-        t0 = time.perf_counter()
-        metrics = trainer.step(next_prompts)
-        metrics["seconds"] = time.perf_counter() - t0
-        history.append(metrics)
-        log.info(
-            "step %d/%d %s: loss %.4f reward %.3f grad norm %.3f (%.1f s)",
-            i + 1,
-            config.train.steps,
-            config.algorithm.name,
-            metrics["loss"],
-            metrics["reward/mean"],
-            metrics["grad_norm"],
-            metrics["seconds"],
-        )
-    return history
+    return run_lib.run(config, mesh, model, tokenizer, task)
 
 
 def main(argv) -> None:
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
     config = _CONFIG.value
+    if _WORKDIR.value:
+        config.workdir = _WORKDIR.value
     init_distributed(config.distributed)
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     os.makedirs(config.workdir, exist_ok=True)
     check_sizes(config, mesh)
+    tasks.get(config.task.name)  # an unknown task fails here, before the model is built
+    # A workdir of another model or algorithm fails here, before any weight is read.
+    model_cfg, _ = from_config.model_config(config.model, config.workdir)
+    run_lib.claim_workdir(config.workdir, run_lib.signature(model_cfg, config.algorithm.name))
     with jax.set_mesh(mesh):  # the context mesh: bare PartitionSpecs resolve against it
         t0 = time.perf_counter()
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
-        figures = smoke(config, mesh, model, tokenizer, time.perf_counter() - t0)
+        figures = {}
+        if config.smoke.enabled:
+            figures = smoke(config, mesh, model, tokenizer, time.perf_counter() - t0)
         # The trainer starts from the same (immutable) parameters the smoke checks used.
-        history = train(config, mesh, model, tokenizer)
-    if jax.process_index() == 0:
+        result = train(config, mesh, model, tokenizer)
+    if jax.process_index() != 0:
+        return
+    if figures:
         width = max(map(len, figures))
         print("\nflowrl-jax: decoder, sampler, log-probs, export")
         for key, value in figures.items():
             print(f"  {key:<{width}}  {value}")
-        print(f"\n{config.algorithm.name}: {len(history)} RL steps on the digits task")
-        for i, m in enumerate(history):
-            print(
-                f"  step {i + 1}: loss {m['loss']:.4f}  reward {m['reward/mean']:.3f}  "
-                f"grad norm {m['grad_norm']:.3f}  {m['seconds']:.1f} s"
-            )
+    print(
+        f"\n{config.algorithm.name}: RL steps {result.first_step + 1}-{result.last_step} of "
+        f"{config.train.steps} on the {config.task.name} task (workdir {config.workdir})"
+    )
+    for i, m in enumerate(result.history, result.first_step + 1):
+        print(
+            f"  step {i}: loss {m['loss']:.4f}  reward {m['reward/mean']:.3f}  "
+            f"grad norm {m['grad_norm']:.3f}  {m['time/step']:.1f} s"
+        )
+    if result.preempted:
+        print(f"stopped by SIGTERM after step {result.last_step}; run the same command to resume")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_main_job_runs_on_its_embedded_default(tmp_path):
         ]
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "gspo: 2 RL steps" in out.stdout
+    assert "gspo: RL steps 1-2 of 2" in out.stdout
     losses = [float(x.split()[3]) for x in out.stdout.splitlines() if x.startswith("  step ")]
     assert len(losses) == 2 and all(map(math.isfinite, losses)), out.stdout[-2000:]
     assert "'data': 1, 'fsdp': 4, 'tensor': 2" in out.stdout

@@ -11,6 +11,7 @@ from ml_collections import ConfigDict
 
 from flowrl_jax.models import partition
 from flowrl_jax.models.decoder import init_params
+from flowrl_jax.models.families import config_from_hf, read_hf_config
 from flowrl_jax.models.hf_io import load_hf, load_tokenizer
 from flowrl_jax.models.model import Model
 
@@ -33,25 +34,39 @@ def default_config() -> ConfigDict:
     )
 
 
-def build(config: ConfigDict, mesh: Mesh, workdir: str, seed: int = 0):
-    """-> (Model on `mesh`, tokenizer)."""
-    overrides = dict(
+def _overrides(config: ConfigDict) -> dict:
+    return dict(
         dtype=config.dtype,
         param_dtype=config.param_dtype or config.dtype,
         remat=config.remat,
         attention_block=config.attention_block,
     )
+
+
+def model_config(config: ConfigDict, workdir: str):
+    """-> (DecoderConfig, tokenizer) without reading or building any weights."""
     if config.checkpoint:
-        model = load_hf(config.checkpoint, mesh=mesh, **overrides)
-        tokenizer = load_tokenizer(config.tokenizer or config.checkpoint)
-        return model, tokenizer
+        cfg = config_from_hf(read_hf_config(config.checkpoint), **_overrides(config))
+        return cfg, load_tokenizer(config.tokenizer or config.checkpoint)
     from flowrl_jax import testing
 
-    tok_dir = config.tokenizer or os.path.join(workdir, "tokenizer")
+    # Each process writes its own copy (the tiny tokenizer is deterministic): no cross-host race.
+    own = "tokenizer" if jax.process_count() == 1 else f"tokenizer.{jax.process_index()}"
+    tok_dir = config.tokenizer or os.path.join(workdir, own)
     if not config.tokenizer:
         testing.make_tiny_tokenizer(tok_dir)
     tokenizer = load_tokenizer(tok_dir)
-    cfg = testing.tiny_config(config.tiny_family, vocab_size=len(tokenizer), **overrides)
+    cfg = testing.tiny_config(config.tiny_family, vocab_size=len(tokenizer), **_overrides(config))
+    return cfg, tokenizer
+
+
+def build(config: ConfigDict, mesh: Mesh, workdir: str, seed: int = 0):
+    """-> (Model on `mesh`, tokenizer)."""
+    if config.checkpoint:
+        model = load_hf(config.checkpoint, mesh=mesh, **_overrides(config))
+        tokenizer = load_tokenizer(config.tokenizer or config.checkpoint)
+        return model, tokenizer
+    cfg, tokenizer = model_config(config, workdir)
     shardings = partition.shardings(
         partition.rules_for(cfg.family),
         jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))),

@@ -346,12 +346,13 @@ class Sampler:
         tokens, mask, live = self.pad(prompts)
         if self.mesh is not None:
             sharding = mesh_lib.batch_sharding(self.mesh)
-            tokens, mask = jax.device_put(tokens, sharding), jax.device_put(mask, sharding)
-            live = jax.device_put(live, mesh_lib.batch_sharding(self.mesh, 1))
+            tokens = mesh_lib.to_device(tokens, sharding)
+            mask = mesh_lib.to_device(mask, sharding)
+            live = mesh_lib.to_device(live, mesh_lib.batch_sharding(self.mesh, 1))
         program = self._program(sp, params, tokens, mask, live, rng)
-        out = jax.device_get(program(params, tokens, mask, live, rng))
+        out = program(params, tokens, mask, live, rng)
         rows = len(prompts) * sp.n
-        return SampleOutput(*(np.asarray(x)[:rows] for x in out))
+        return SampleOutput(*(mesh_lib.to_host(x)[:rows] for x in out))
 
 
 def from_config(model_cfg: DecoderConfig, rollout, mesh, tokenizer, max_new_tokens=None):

@@ -1,18 +1,20 @@
-"""The host loop of one RL step, phase by phase: sample a group per prompt, score the responses on
-the host, compute reference log-probs and old values, the algorithm's advantages, then optimiser
-steps over mini-batches of whole groups. Host Python does the rewards and nothing else compiled.
-
-(Issue #5 grows this into the full trainer: checkpoints, logs, evaluation; issue #9 fuses the
-phases into one program.)
+"""One RL step, phase by phase: sample a group per prompt (jitted), reward the responses on the host
+(a thread pool), compute reference log-probs and old values (jitted), the algorithm's advantages,
+then optimiser steps over mini-batches of whole groups (jitted, state donated). Host Python does the
+rewards and the bookkeeping, nothing that compiles. Each phase is timed; `trainer/run.py` drives the
+steps, checkpoints and logs.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
@@ -20,6 +22,8 @@ from flowrl_jax import algorithms
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.rollout import SampleOutput
 from flowrl_jax.rollout import sampler as sampler_lib
+from flowrl_jax.tasks import Task
+from flowrl_jax.trainer import metrics as metrics_lib
 from flowrl_jax.trainer import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,11 @@ def default_config() -> ConfigDict:
             # prompts x 8); 0 = the whole rollout batch in one step.
             "minibatch_size": 0,
             "epochs": 1,  # passes over each rollout batch
+            "shuffle": True,  # draw prompts in a seeded random order per epoch of the dataset
+            "reward_workers": 8,  # host threads scoring responses
+            # FLOP/s of one device for MFU; 0 = the data sheet's bf16 figure for TPUs and GPUs, a
+            # measured fp32 matmul on the CPU
+            "peak_flops": 0.0,
         }
     )
 
@@ -61,20 +70,23 @@ def check_sizes(config: ConfigDict, mesh) -> int:
 class Trainer:
     """Holds the train state, the frozen reference parameters and the compiled phases."""
 
-    def __init__(self, config: ConfigDict, model, tokenizer, mesh, reward_fn: Callable):
-        """reward_fn(SampleOutput, prompt_indices) -> rewards [rows] float (host)."""
+    def __init__(self, config: ConfigDict, model, tokenizer, mesh, task: Task):
         self.minibatch = check_sizes(config, mesh)
-        self.config, self.model, self.reward_fn = config, model, reward_fn
+        self.config, self.model, self.tokenizer, self.mesh = config, model, tokenizer, mesh
+        self.task = task
         self.sampler, self.sp = sampler_lib.from_config(model.cfg, config.rollout, mesh, tokenizer)
         name = config.algorithm.name
         self.algo_cfg = config.algorithm[name]
         self.optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
         spec = self._spec(0)
-        self.state = step_lib.init_state(
-            spec, model.params, self.optimizer, jax.random.key(config.seed)
-        )
-        self.ref_params = model.params  # frozen: the policy's arrays are never updated in place
+        # The state owns its own copy of the policy: updates donate (overwrite) the state's buffers,
+        # and the reference model must keep the initial weights.
+        policy = jax.jit(lambda p: jax.tree.map(jnp.copy, p))(model.params)
+        self.state = step_lib.init_state(spec, policy, self.optimizer, jax.random.key(config.seed))
+        self.ref_params = model.params if algorithms.needs_ref(self.alg, self.algo_cfg) else None
         self._phases: dict[int, tuple] = {}
+        self._pool = ThreadPoolExecutor(config.train.reward_workers)
+        self.peak, self.peak_source = metrics_lib.mesh_peak_flops(mesh, config.train.peak_flops)
 
     def _spec(self, prompt_len: int) -> step_lib.StepSpec:
         return step_lib.StepSpec(
@@ -93,33 +105,56 @@ class Trainer:
             self._phases[prompt_len] = (
                 jax.jit(functools.partial(step_lib.score, spec)),
                 jax.jit(functools.partial(step_lib.prepare, spec)),
-                jax.jit(functools.partial(step_lib.update, spec, self.optimizer)),
+                jax.jit(functools.partial(step_lib.update, spec, self.optimizer), donate_argnums=0),
             )
         return self._phases[prompt_len]
 
-    def sample(self, prompts: list[list[int]], rng) -> tuple[SampleOutput, np.ndarray]:
-        out = self.sampler(self.state.params["policy"], prompts, rng, self.sp)
-        group = np.repeat(np.arange(len(prompts)), self.sp.n)
-        return out, np.asarray(self.reward_fn(out, group), np.float32)
+    def rewards(self, out: SampleOutput, rows: list[int]) -> np.ndarray:
+        """Decode each response and score it with the task's reward, in parallel threads."""
+        texts = self.tokenizer.batch_decode(
+            [t[m == 1].tolist() for t, m in zip(out.tokens, out.mask)], skip_special_tokens=True
+        )
 
-    def rollout(self, next_prompts: Callable[[], list[list[int]]]):
+        def one(i):
+            try:
+                return float(self.task.reward(texts[i], rows[i]))
+            except Exception as e:
+                raise RuntimeError(
+                    f"task {self.task.name!r}: the reward function failed on dataset row {rows[i]} "
+                    f"(response {texts[i][:200]!r}): {type(e).__name__}: {e}"
+                ) from e
+
+        return np.asarray(list(self._pool.map(one, range(len(texts)))), np.float32)
+
+    def rollout(self, next_prompts: Callable[[], tuple[list[list[int]], list[int]]], times: dict):
         """Sample and reward one rollout batch of `train.prompts_per_step` groups. With dynamic
         sampling (DAPO) groups whose rewards are all equal are dropped and more prompts drawn, at
         most `max_refills` rollouts; if the batch is still short, equal groups fill it (logged).
-        -> (tokens, mask [R, P + N], out, rewards [R], group [R])."""
+        next_prompts() -> (token-id lists, dataset rows). -> (tokens, mask [R, P + N], out,
+        rewards [R], group [R])."""
         want, n = self.config.train.prompts_per_step, self.sp.n
         dynamic = self.algo_cfg.get("dynamic_sampling", False)
         kept, spare = [], []
         attempts = self.algo_cfg.get("max_refills", 1) if dynamic else 1
         for attempt in range(attempts):
-            prompts = next_prompts()
+            prompts, rows = next_prompts()
             key = 1_000_000 * (attempt + 1) + int(self.state.step)
-            out, rewards = self.sample(prompts, jax.random.fold_in(self.state.rng, key))
+            t0 = time.perf_counter()
+            out = self.sampler(
+                self.state.params["policy"],
+                prompts,
+                jax.random.fold_in(self.state.rng, key),
+                self.sp,
+            )
+            t1 = time.perf_counter()
+            rewards = self.rewards(out, np.repeat(rows, n).tolist())
+            times["rollout"] += t1 - t0
+            times["reward"] += time.perf_counter() - t1
             for g in range(len(prompts)):
-                rows = slice(g * n, (g + 1) * n)
-                part = (SampleOutput(*(np.asarray(x)[rows] for x in out)), rewards[rows])
-                varied = np.ptp(rewards[rows]) > 0
-                (kept if varied or not dynamic else spare).append(part)
+                part = slice(g * n, (g + 1) * n)
+                group = (SampleOutput(*(np.asarray(x)[part] for x in out)), rewards[part])
+                varied = np.ptp(rewards[part]) > 0
+                (kept if varied or not dynamic else spare).append(group)
             if len(kept) >= want:
                 break
         if len(kept) < want:
@@ -147,12 +182,17 @@ class Trainer:
         mask = np.concatenate([out.prompt_mask, out.mask], 1)
         return tokens, mask, out, rewards, group
 
-    def step(self, next_prompts: Callable[[], list[list[int]]]) -> dict:
+    def step(self, next_prompts: Callable[[], tuple[list[list[int]], list[int]]]) -> dict:
         """One RL step: sample (and refill), reward, score, prepare, update over mini-batches.
-        next_prompts() gives the next `train.prompts_per_step` prompts as token-id lists."""
-        tokens, mask, out, rewards, group = self.rollout(next_prompts)
+        next_prompts() gives the next `train.prompts_per_step` prompts as token-id lists and their
+        dataset rows. -> the step's metrics (algorithm diagnostics averaged over mini-batches)."""
+        t_start = time.perf_counter()
+        times = {"rollout": 0.0, "reward": 0.0}
+        tokens, mask, out, rewards, group = self.rollout(next_prompts, times)
         score, prepare, update = self._compiled(out.prompt_tokens.shape[1])
-        ref, old_values = score(self.state.params, self.ref_params, tokens, mask)
+        on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(self.mesh, np.ndim(x)))
+        t0 = time.perf_counter()
+        ref, old_values = score(self.state.params, self.ref_params, on_mesh(tokens), on_mesh(mask))
         batch = algorithms.Batch(
             logp=None,
             old_logp=out.logprobs,  # the sampler's log-probs equal a recomputation (tested)
@@ -162,13 +202,41 @@ class Trainer:
             ref_logp=ref,
             old_values=old_values,
         )
-        batch = prepare(batch)
+        batch = jax.tree.map(mesh_lib.to_host, prepare(jax.tree.map(on_mesh, batch)))
+        times["logprobs"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         metrics = []
-        order = np.arange(len(rewards))
         for _ in range(self.config.train.epochs):
-            for start in range(0, len(order), self.minibatch):
-                rows = order[start : start + self.minibatch]
-                part = jax.tree.map(lambda x, rows=rows: x[rows], batch)
-                self.state, m = update(self.state, tokens[rows], mask[rows], part)
+            for start in range(0, len(rewards), self.minibatch):
+                rows = slice(start, start + self.minibatch)
+                part = jax.tree.map(lambda x, rows=rows: on_mesh(x[rows]), batch)
+                self.state, m = update(self.state, on_mesh(tokens[rows]), on_mesh(mask[rows]), part)
                 metrics.append(m)
-        return {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+        metrics = {k: float(np.mean([mesh_lib.to_host(m[k]) for m in metrics])) for k in metrics[0]}
+        times["update"] = time.perf_counter() - t0
+        times["step"] = time.perf_counter() - t_start
+        return metrics | self._step_metrics(tokens, mask, out, rewards, times)
+
+    def _step_metrics(self, tokens, mask, out, rewards, times) -> dict:
+        lengths = out.mask.sum(1)
+        real = float(mask.sum())  # prompt + response tokens, padding left out
+        epochs = self.config.train.epochs
+        fwd = metrics_lib.forward_flops(self.model.cfg, real)
+        scored = fwd * (algorithms.needs_ref(self.alg, self.algo_cfg) + self.alg.needs_values)
+        # rollout: one forward per token (the KV cache); update: forward + backward = 3 forwards
+        flops = fwd + scored + 3 * fwd * epochs
+        peak = self.peak
+        return {
+            "accuracy": float(np.mean(rewards >= self.task.solved)),
+            "response/length_max": float(lengths.max()),
+            "response/clipped_fraction": float(np.mean(out.stop_reason == sampler_lib.STOP_LENGTH)),
+            "rollout/tokens_per_s": float(lengths.sum()) / max(times["rollout"], 1e-9),
+            "train/tokens_per_s": real * epochs / max(times["update"], 1e-9),
+            **{f"time/{k}": v for k, v in times.items()},
+            "perf/mfu": flops / (times["step"] * peak),
+            "perf/mfu_update": 3 * fwd * epochs / (times["update"] * peak),
+        }
+
+    @property
+    def alg(self) -> algorithms.Algorithm:
+        return algorithms.get(self.config.algorithm.name)

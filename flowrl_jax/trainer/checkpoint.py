@@ -1,0 +1,167 @@
+"""Checkpoints of a run, with Orbax: the whole train state (policy, heads, optimiser state, step, PRNG
+key) plus a JSON record (the RL step, the data position, the config, the model signature).
+
+Saves are asynchronous: the arrays are copied off the devices, then written in the background while
+training goes on. Orbax writes each step into a temporary directory and renames it when complete, so
+a run killed mid-save leaves a temporary directory, never a half-written step. Each save also stores a
+fingerprint of every array (sum and sum of squares); a step whose arrays fail to read or disagree with
+their fingerprint is skipped with a warning naming it, and the next older step is tried.
+
+    <workdir>/checkpoints/<step>/state   the TrainState arrays (OCDBT)
+    <workdir>/checkpoints/<step>/record  JSON: rl_step, data, config, signature, fingerprint
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from ml_collections import ConfigDict
+
+from flowrl_jax.trainer.step import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def default_config() -> ConfigDict:
+    return ConfigDict(
+        {
+            "every": 2,  # save every N RL steps; 0 = only at the end (and on SIGTERM, always)
+            "keep": 3,  # the newest N checkpoints are kept
+            "async_save": True,  # write in the background while training goes on
+        }
+    )
+
+
+def _arrays(state: TrainState) -> dict:
+    """TrainState -> a tree of plain arrays (a typed PRNG key is stored as its key data)."""
+    return {
+        "step": state.step,
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "rng": jax.random.key_data(state.rng),
+    }
+
+
+def _target(like: TrainState) -> dict:
+    """The restore target: shapes, dtypes and shardings of `like` (arrays or ShapeDtypeStructs
+    with shardings)."""
+    rng = like.rng
+    data = jax.eval_shape(jax.random.key_data, rng)
+    rng = jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=rng.sharding)
+    tree = {"step": like.step, "params": like.params, "opt_state": like.opt_state}
+    tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    return tree | {"rng": rng}
+
+
+@jax.jit
+def fingerprint(tree) -> jax.Array:
+    """[leaves, 2] float32: each array's sum and sum of squares."""
+    rows = [
+        jnp.stack([jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))])
+        for x in jax.tree.leaves(tree)
+    ]
+    return jnp.stack(rows)
+
+
+class Checkpoints:
+    """Save and restore a run's train state under `<workdir>/checkpoints`."""
+
+    def __init__(self, workdir: str, cfg: ConfigDict):
+        self.cfg = cfg
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        if os.path.isdir(self.directory):
+            for name in sorted(os.listdir(self.directory)):
+                if not name.isdigit():  # what a killed save leaves; Orbax deletes it below
+                    log.warning(
+                        "checkpoint %s is incomplete (a save that did not finish); ignored",
+                        os.path.join(self.directory, name),
+                    )
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=cfg.keep,
+            enable_async_checkpointing=cfg.async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def due(self, rl_step: int) -> bool:
+        return self.cfg.every > 0 and rl_step % self.cfg.every == 0
+
+    def save(self, rl_step: int, state: TrainState, record: dict) -> None:
+        """Start saving (returns once the arrays are off the devices). record: JSON-able."""
+        arrays = _arrays(state)
+        record = record | {
+            "rl_step": rl_step,
+            "fingerprint": np.asarray(fingerprint(arrays)).tolist(),
+        }
+        self.manager.save(
+            rl_step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)
+            ),
+            force=True,
+        )
+
+    def steps(self) -> list[int]:
+        self.manager.reload()  # other processes or runs may have written since
+        return sorted(self.manager.all_steps())
+
+    def restore_latest(
+        self, like: TrainState, step: int | None = None
+    ) -> tuple[TrainState, dict] | None:
+        """The newest readable checkpoint as (state placed like `like`, record), or None if there is
+        none. Unreadable or corrupt steps are skipped with a warning. like: a TrainState of arrays
+        or of ShapeDtypeStructs with shardings. step: that step only."""
+        target = _target(like)
+        steps = reversed(self.steps()) if step is None else [step]
+        if step is not None and step not in self.steps():
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {self.directory}: {self.steps()}"
+            )
+        for step in steps:  # noqa: B020 -- the argument is consumed above
+            path = os.path.join(self.directory, str(step))
+            try:
+                got = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
+                    ),
+                )
+                arrays, record = got["state"], got["record"]
+                expected = np.asarray(record["fingerprint"], np.float32)
+                actual = np.asarray(fingerprint(arrays))
+                if expected.shape != actual.shape or not np.allclose(
+                    actual, expected, rtol=1e-5, atol=1e-6
+                ):
+                    bad = np.flatnonzero(
+                        ~np.isclose(actual, expected, rtol=1e-5, atol=1e-6).all(-1)
+                    )
+                    raise ValueError(f"arrays {bad.tolist()} differ from the fingerprint saved")
+            except Exception as e:  # noqa: BLE001 -- any failure means: do not load this step
+                log.warning(
+                    "checkpoint %s is unreadable or corrupt, skipped: %s: %s",
+                    path,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:300] if str(e) else "",
+                )
+                continue
+            state = TrainState(
+                arrays["step"],
+                arrays["params"],
+                arrays["opt_state"],
+                jax.random.wrap_key_data(arrays["rng"]),  # the default impl, as jax.random.key
+            )
+            log.info("restored checkpoint %s (RL step %d)", path, record["rl_step"])
+            return state, record
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

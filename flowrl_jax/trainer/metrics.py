@@ -1,0 +1,170 @@
+"""Where a run's numbers go: `<workdir>/metrics.jsonl` (one JSON object per RL step), TensorBoard
+event files under `<workdir>/tensorboard`, and one console line per step with a progress bar, ETA
+and rates. Also the FLOP counts and device peaks behind the MFU figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+from flowrl_jax.models.families import DecoderConfig
+
+log = logging.getLogger("flowrl_jax")
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (matched on device_kind).
+PEAK_FLOPS = (
+    ("TPU v6", 918e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 197e12),  # v5e ('TPU v5 lite')
+    ("TPU v4", 275e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+)
+
+
+def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of an fp32 n×n matmul on the default device (the CPU has no data-sheet figure)."""
+    a = jax.device_put(np.random.default_rng(0).standard_normal((n, n), np.float32))
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def mesh_peak_flops(mesh, configured: float = 0.0) -> tuple[float, str]:
+    """(peak FLOP/s of the whole mesh, where the figure comes from). configured: per device."""
+    if configured > 0:
+        return configured * mesh.size, "config"
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS:
+        if name in kind:
+            return flops * mesh.size, f"{mesh.size} x {kind} data sheet (bf16)"
+    # The CPU: virtual devices share the host's cores, so the host's matmul rate is the peak.
+    return measured_matmul_peak() * jax.process_count(), f"{kind}: measured fp32 matmul per host"
+
+
+def matmul_params(cfg: DecoderConfig) -> int:
+    """Parameters that take part in a matmul per token: the layers' projections and the LM head
+    (the embedding lookup is not a matmul)."""
+    D, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    return L * (D * q + 2 * D * kv + q * D + 3 * D * F) + D * cfg.vocab_size
+
+
+def forward_flops(cfg: DecoderConfig, tokens: int) -> float:
+    """2·N per token (attention's score and value products are left out: small at these lengths)."""
+    return 2.0 * matmul_params(cfg) * tokens
+
+
+class MetricsLog:
+    """Writes each RL step's metrics; only process 0 writes files and prints."""
+
+    def __init__(self, workdir: str, total_steps: int, first_step: int = 0):
+        self.total, self.first = total_steps, first_step
+        self.enabled = jax.process_index() == 0
+        self.start = time.perf_counter()
+        if not self.enabled:
+            return
+        path = os.path.join(workdir, "metrics.jsonl")
+        kept = []
+        if os.path.exists(path):  # a resumed run recomputes the steps after its checkpoint
+            with open(path) as f:
+                kept = [
+                    line for line in f if line.strip() and json.loads(line)["step"] <= first_step
+                ]
+        with open(path, "w") as f:
+            f.writelines(kept)
+        self.jsonl = open(path, "a")  # noqa: SIM115 -- closed in close()
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self.events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        values = [
+            summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+            for k, v in metrics.items()
+            if isinstance(v, int | float)
+        ]
+        self.events.add_event(
+            event_pb2.Event(
+                wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)
+            )
+        )
+        self.events.flush()
+        log.info(self.progress(step, metrics))
+
+    def progress(self, step: int, m: dict) -> str:
+        done = step - self.first
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(done, 1) * (self.total - step)
+        width = 20
+        filled = round(width * step / max(self.total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        return (
+            f"step {step}/{self.total} [{bar}] {m['time/step']:.1f} s/step, ETA {_clock(eta)} | "
+            f"reward {m['reward/mean']:.3f} acc {m['accuracy']:.3f} loss {m['loss']:.4f} | "
+            f"rollout {m['rollout/tokens_per_s']:,.0f} tok/s, train {m['train/tokens_per_s']:,.0f} "
+            f"tok/s, MFU {m['perf/mfu']:.1%}"
+        )
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.events.close()
+
+
+PLOTTED = ("reward/mean", "accuracy", "loss", "response/length_mean", "entropy", "grad_norm")
+
+
+def plot(workdir: str) -> str | None:
+    """`<workdir>/metrics.png`: the main curves of metrics.jsonl against the RL step."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if jax.process_index() != 0 or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    keys = [k for k in PLOTTED if any(k in r for r in rows)]
+    if not rows or not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        steps = [r["step"] for r in rows if key in r]
+        ax.plot(steps, [r[key] for r in rows if key in r], marker="." if len(steps) < 50 else None)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("RL step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(os.path.basename(os.path.abspath(workdir)), fontsize=9)
+    fig.tight_layout()
+    out = os.path.join(workdir, "metrics.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"

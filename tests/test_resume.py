@@ -1,0 +1,180 @@
+"""Exact resume: a run killed with SIGKILL mid-training and started again on the same workdir, then
+stopped with SIGTERM and started again, ends with the same parameters and the same per-step metrics
+as an uninterrupted run of the same seed, bit for bit (CPU, fp32). Corrupt and partial checkpoints
+are skipped, and a workdir refuses a run of another model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from flowrl_jax.config import get_config
+from flowrl_jax.export import export
+from flowrl_jax.models import load_hf
+from flowrl_jax.trainer import checkpoint as checkpoint_lib
+from flowrl_jax.trainer.run import claim_workdir, signature
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 8
+TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
+
+
+def start(workdir, *extra):
+    argv = [
+        sys.executable,
+        "-m",
+        "flowrl_jax.train",
+        f"--workdir={workdir}",
+        "--config.smoke.enabled=False",
+        f"--config.train.steps={STEPS}",
+        "--config.checkpoint.every=2",
+        *extra,
+    ]
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def run_until(proc, line_start: str) -> str:
+    """Read the job's output until a line contains `line_start`; returns what was read."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line_start in line:
+            return "".join(seen)
+    proc.wait()
+    raise AssertionError(f"the job ended before {line_start!r}:\n" + "".join(seen)[-3000:])
+
+
+def finish(proc) -> str:
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def metrics(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def final_arrays(workdir):
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+        assert manager.latest_step() == STEPS
+        got = manager.restore(STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return got["state"]
+
+
+def test_killed_and_preempted_run_resumes_exactly(tmp_path):
+    plain, broken = str(tmp_path / "plain"), str(tmp_path / "broken")
+    finish(start(plain))
+
+    # SIGKILL during step 5. Step 4's save waited for step 2's to finish, so a complete checkpoint
+    # exists (2, or 4 if its background write got done) and maybe a half-written one.
+    job = start(broken)
+    run_until(job, f"step 5/{STEPS}")
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    complete = [int(d) for d in os.listdir(os.path.join(broken, "checkpoints")) if d.isdigit()]
+    assert max(complete) in (2, 4), complete
+
+    job = start(broken)  # resumes; SIGTERM as soon as it has run a step
+    resumed = max(complete)
+    out = run_until(job, f"resuming after RL step {resumed}")
+    out += run_until(job, f"step {resumed + 1}/{STEPS}")
+    job.send_signal(signal.SIGTERM)
+    out += finish(job)
+    assert "stopped by SIGTERM after step" in out, out[-2000:]
+    stopped = int(out.split("stopped by SIGTERM after step ")[1].split(";")[0])
+    assert resumed < stopped < STEPS
+    assert str(stopped) in os.listdir(os.path.join(broken, "checkpoints"))
+
+    out = finish(start(broken))  # runs the rest
+    assert f"resuming after RL step {stopped}" in out
+
+    a, b = metrics(plain), metrics(broken)
+    assert [r["step"] for r in b] == list(range(1, STEPS + 1))
+    assert a == b  # every algorithm diagnostic, reward, accuracy and length, bit for bit
+    pa, pb = final_arrays(plain), final_arrays(broken)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+
+    # The export of the last checkpoint holds exactly the trained policy (no heads).
+    exported = load_hf(export(broken))
+    for (path, x), y in zip(
+        jax.tree_util.tree_leaves_with_path(pb["params"]["policy"]),
+        jax.tree.leaves(exported.params),
+    ):
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(x), err_msg=str(path))
+    assert "logz_head" in pb["params"]
+
+
+def test_corrupt_and_partial_checkpoints_are_skipped(tmp_path, caplog):
+    """A step whose data files are damaged, or whose arrays disagree with their fingerprint, is
+    skipped with a warning naming it; an unfinished save's temporary directory is ignored."""
+    cfg = get_config().checkpoint
+    cfg.async_save = False
+    like = _tiny_state()
+    ck = checkpoint_lib.Checkpoints(str(tmp_path), cfg)
+    for step in (2, 4, 6):
+        bumped = like._replace(step=like.step + step)
+        ck.save(step, bumped, {"data": {"position": step}})
+    ck.close()
+    root = tmp_path / "checkpoints"
+    # Step 6: truncate every data file. Step 4: rewrite the saved fingerprint (as if bits flipped).
+    for dirpath, _, files in os.walk(root / "6" / "state"):
+        for name in files:
+            if "ocdbt" in dirpath or name.startswith("manifest"):
+                open(os.path.join(dirpath, name), "wb").close()
+    record = root / "4" / "record" / "metadata"
+    data = json.loads(record.read_text())
+    row = next(i for i, (_, squares) in enumerate(data["fingerprint"]) if squares > 0)
+    data["fingerprint"][row][1] *= 1.001
+    record.write_text(json.dumps(data))
+    (root / "8.orbax-checkpoint-tmp-1234").mkdir()  # what a killed save leaves
+
+    with caplog.at_level("WARNING"):
+        ck = checkpoint_lib.Checkpoints(str(tmp_path), cfg)
+        state, record = ck.restore_latest(like)
+        ck.close()
+    assert record["data"] == {"position": 2} and int(state.step) == int(like.step) + 2
+    text = caplog.text
+    assert "8.orbax-checkpoint-tmp-1234 is incomplete" in text
+    assert f"{root / '6'} is unreadable or corrupt" in text
+    assert f"{root / '4'} is unreadable or corrupt" in text and "fingerprint" in text
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(like.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_workdir_of_another_model_or_algorithm_is_refused(tmp_path):
+    from flowrl_jax import testing
+
+    qwen3 = testing.tiny_config("qwen3")
+    claim_workdir(str(tmp_path), signature(qwen3, "flowrl"))
+    claim_workdir(str(tmp_path), signature(qwen3.replace(remat="full"), "flowrl"))  # same weights
+    with pytest.raises(ValueError, match=r"different model.*hidden_size: 64 there, 96 here"):
+        claim_workdir(str(tmp_path), signature(qwen3.replace(hidden_size=96), "flowrl"))
+    with pytest.raises(ValueError, match=r"algorithm: 'flowrl' there, 'grpo' here"):
+        claim_workdir(str(tmp_path), signature(qwen3, "grpo"))
+
+
+def _tiny_state():
+    from flowrl_jax import testing
+    from flowrl_jax.models import Model
+    from flowrl_jax.trainer import step as step_lib
+
+    config = get_config()
+    cfg = testing.tiny_config("qwen3")
+    spec = step_lib.StepSpec(
+        cfg, "flowrl", config.algorithm.flowrl, config.heads, prompt_len=4, temperature=1.0
+    )
+    optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
+    params = Model.random(cfg, seed=1).params
+    return step_lib.init_state(spec, params, optimizer, jax.random.key(5))

@@ -1,0 +1,124 @@
+"""The trainer on a mesh computes what it computes on one device: 3 RL steps of the tiny model on 8
+CPU devices (fsdp=4, tensor=2) against one device, and 2 processes (2 CPU devices each, gloo
+collectives) against one process with 4 devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from flowrl_jax import mesh as mesh_lib
+from flowrl_jax.config import get_config
+from flowrl_jax.models import from_config
+from flowrl_jax.tasks import digits
+from flowrl_jax.trainer.run import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
+
+
+def config_for(workdir, steps):
+    config = get_config()
+    config.workdir = str(workdir)
+    config.train.steps = steps
+    config.checkpoint.every = 0  # the end only
+    return config
+
+
+def train_on(mesh, workdir, steps):
+    config = config_for(workdir, steps)
+    with jax.set_mesh(mesh):
+        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        return run(config, mesh, model, tokenizer, digits.task())
+
+
+def metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def assert_metrics_close(a, b):
+    """To 1e-5, absolute (some diagnostics are ~0 up to rounding, e.g. flowrl/logz_optimal of
+    group-normalised rewards) and relative (the FlowRL loss is ~170)."""
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            np.testing.assert_allclose(rb[k], ra[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def assert_trees_close(a, b):
+    leaves_b = jax.tree.leaves(b)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), leaves_b):
+        np.testing.assert_allclose(
+            mesh_lib.to_host(y), mesh_lib.to_host(x), atol=1e-5, rtol=0, err_msg=str(path)
+        )
+
+
+def test_eight_devices_equal_one(tmp_path):
+    one = mesh_lib.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
+    eight = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})
+    a = train_on(one, tmp_path / "one", steps=3)
+    b = train_on(eight, tmp_path / "eight", steps=3)
+    q = b.state.params["policy"]["layers"]["attn"]["q_proj"]["kernel"]
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert len(q.sharding.device_set) == 8
+    assert_metrics_close(metrics(tmp_path / "one"), metrics(tmp_path / "eight"))
+    assert_trees_close(a.state.params, b.state.params)
+    assert_trees_close(a.state.opt_state, b.state.opt_state)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tmp_path):
+    steps, shape = 2, {"fsdp": 2, "tensor": 2}
+    reference = train_on(mesh_lib.make_mesh(shape, jax.devices()[:4]), tmp_path / "one", steps)
+    port, workdir = free_port(), tmp_path / "two"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env |= {"PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flowrl_jax.train",
+                f"--workdir={workdir}",
+                "--config.smoke.enabled=False",
+                f"--config.train.steps={steps}",
+                "--config.checkpoint.every=0",
+                "--config.mesh.fsdp=2",
+                "--config.mesh.tensor=2",
+                "--config.distributed.enabled=True",
+                f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                "--config.distributed.num_processes=2",
+                f"--config.distributed.process_id={rank}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    assert "RL steps 1-2" in outputs[0] and "RL steps 1-2" not in outputs[1]  # process 0 prints
+    assert_metrics_close(metrics(tmp_path / "one"), metrics(workdir))
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+        saved = manager.restore(steps, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    saved = saved["state"]
+    assert int(saved["step"]) == int(reference.state.step)
+    assert_trees_close(reference.state.params, saved["params"])
+    assert_trees_close(reference.state.opt_state, saved["opt_state"])
