@@ -129,3 +129,16 @@ def test_unsupported_features_are_named():
         config_from_hf(dict(testing.TINY_HF_CONFIGS["qwen2"], use_sliding_window=True))
     with pytest.raises(ValueError, match="remat='some'"):
         DecoderConfig("qwen3", 8, 8, 8, 1, 2, 1, 4, remat="some")
+
+
+def test_config_placeholder_and_unknown_task(tmp_path):
+    from flowrl_jax import tasks
+    from flowrl_jax.config import get_config
+    from flowrl_jax.models import from_config
+
+    config = get_config()
+    config.model.checkpoint = "/path/to/Qwen/Qwen2.5-7B"
+    with pytest.raises(ValueError, match="still the config's placeholder; pass --config.model"):
+        from_config.model_config(config.model, str(tmp_path))
+    with pytest.raises(ValueError, match=r"task.name='gsm9k' is not a known task; known: \["):
+        tasks.get("gsm9k")

@@ -45,6 +45,11 @@ def _overrides(config: ConfigDict) -> dict:
 
 def model_config(config: ConfigDict, workdir: str):
     """-> (DecoderConfig, tokenizer) without reading or building any weights."""
+    if config.checkpoint.startswith("/path/to/"):  # the shipped configs' placeholder
+        raise ValueError(
+            f"model.checkpoint={config.checkpoint!r} is still the config's placeholder; pass "
+            "--config.model.checkpoint=DIR (a local Hugging Face checkpoint directory)"
+        )
     if config.checkpoint:
         cfg = config_from_hf(read_hf_config(config.checkpoint), **_overrides(config))
         return cfg, load_tokenizer(config.tokenizer or config.checkpoint)
