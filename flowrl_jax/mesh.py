@@ -94,7 +94,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def to_device(x, sharding: NamedSharding) -> jax.Array:
     """A host array every process holds whole -> a global array; each process places only its
-    own devices' slices (works on one host and on many)."""
+    own devices' slices (works on one host and on many). A jax.Array is resharded if need be."""
+    if isinstance(x, jax.Array):
+        return x if x.sharding == sharding else jax.device_put(x, sharding)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 

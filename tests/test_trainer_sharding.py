@@ -10,12 +10,12 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.config import get_config
 from flowrl_jax.models import from_config
 from flowrl_jax.tasks import digits
+from flowrl_jax.trainer.checkpoint import Checkpoints
 from flowrl_jax.trainer.run import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,9 +116,9 @@ def test_two_processes_equal_one(tmp_path):
         assert p.returncode == 0, out[-3000:]
     assert "RL steps 1-2" in outputs[0] and "RL steps 1-2" not in outputs[1]  # process 0 prints
     assert_metrics_close(metrics(tmp_path / "one"), metrics(workdir))
-    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
-        saved = manager.restore(steps, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    saved = saved["state"]
-    assert int(saved["step"]) == int(reference.state.step)
-    assert_trees_close(reference.state.params, saved["params"])
-    assert_trees_close(reference.state.opt_state, saved["opt_state"])
+    checkpoints = Checkpoints(str(workdir), get_config().checkpoint)
+    saved, record = checkpoints.restore_latest(reference.state)  # onto this process's 4 devices
+    checkpoints.close()
+    assert record["rl_step"] == steps and int(saved.step) == int(reference.state.step)
+    assert_trees_close(reference.state.params, saved.params)
+    assert_trees_close(reference.state.opt_state, saved.opt_state)
