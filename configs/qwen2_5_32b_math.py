@@ -14,7 +14,7 @@ Each baseline is the same run with one override (the rest of the recipe stays id
 The device count must be a multiple of mesh.tensor = 4 (e.g. a v5p-64 slice or 4 x 8 H100) and
 256 / (devices / 4) a whole number (the mini-batch splits over the fsdp axis).
 Not here yet (no config key exists): the math dataset, the number of RL steps for the paper's run
-(train.steps keeps the default; pass --config.train.steps=N), gradient accumulation, checkpointing.
+(train.steps keeps the default; pass --config.train.steps=N), gradient accumulation.
 """
 
 from flowrl_jax.config import get_config as _default
@@ -57,4 +57,9 @@ def get_config():
     config.optimizer.grad_clip = 1.0  # global-norm clip over all parameters, heads included (paper)
 
     config.algorithm.name = "flowrl"  # beta = 15, clip(w, 0.8, 1.2): the defaults are the paper's
+    # Our choices (the paper gives none): no foundation checks (they write a full HF export on every
+    # start), and a checkpoint every 5 RL steps (each holds several optimiser steps), newest 3 kept.
+    config.smoke.enabled = False
+    config.checkpoint.every = 5
+    config.checkpoint.keep = 3
     return config

@@ -12,8 +12,7 @@ Each baseline is the same run with one override (the rest of the recipe stays id
     # ... or ppo | reinforce_pp | dapo | gspo
 
 Not here yet (no config key exists): the code dataset and its sandboxed test reward, the number of
-RL steps (train.steps keeps the default; pass --config.train.steps=N), gradient accumulation,
-checkpointing.
+RL steps (train.steps keeps the default; pass --config.train.steps=N), gradient accumulation.
 """
 
 from flowrl_jax.config import get_config as _default
@@ -55,4 +54,9 @@ def get_config():
     config.optimizer.grad_clip = 1.0  # global-norm clip over all parameters, heads included
 
     config.algorithm.name = "flowrl"  # beta = 15, clip(w, 0.8, 1.2): the defaults are the paper's
+    # Our choices (the paper gives none): no foundation checks (they write a full HF export on every
+    # start), and a checkpoint every 5 RL steps (each holds several optimiser steps), newest 3 kept.
+    config.smoke.enabled = False
+    config.checkpoint.every = 5
+    config.checkpoint.keep = 3
     return config
