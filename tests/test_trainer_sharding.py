@@ -72,6 +72,31 @@ def test_eight_devices_equal_one(tmp_path):
     assert_metrics_close(metrics(tmp_path / "one"), metrics(tmp_path / "eight"))
     assert_trees_close(a.state.params, b.state.params)
     assert_trees_close(a.state.opt_state, b.state.opt_state)
+    check_logs(tmp_path / "eight", a.history)
+
+
+def check_logs(workdir, history):
+    """metrics.jsonl and the TensorBoard events hold each step's figures; the plot is drawn."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    for key in (
+        "loss", "grad_norm", "reward/mean", "accuracy", "entropy", "flowrl/delta_abs",
+        "response/length_mean", "response/length_max", "response/clipped_fraction",
+        "rollout/tokens_per_s", "train/tokens_per_s", "time/rollout", "time/reward",
+        "time/logprobs", "time/update", "time/step", "perf/mfu",
+    ):  # fmt: skip
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert [r["accuracy"] for r in rows] == [m["accuracy"] for m in history]
+    for r in rows:
+        assert r["time/rollout"] + r["time/reward"] + r["time/update"] <= r["time/step"]
+        assert 0 < r["perf/mfu"] < 1 and 0 <= r["response/clipped_fraction"] <= 1
+    events = EventAccumulator(os.path.join(workdir, "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("reward/mean")
+    assert [e.step for e in logged] == [r["step"] for r in rows]
+    np.testing.assert_allclose([e.value for e in logged], [r["reward/mean"] for r in rows], 1e-6)
+    assert os.path.getsize(os.path.join(workdir, "metrics.png")) > 10_000
 
 
 def free_port() -> int:
