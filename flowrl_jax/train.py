@@ -76,7 +76,7 @@ def smoke(config, mesh, model, tokenizer, t_build: float) -> dict:
     t_decode = time.perf_counter() - t0
     rollout = sample_and_recompute(config, model, tokenizer, prompt, mesh)
     export = save_hf(
-        model, os.path.join(config.workdir, "export"), tokenizer=tokenizer, overwrite=True
+        model, os.path.join(config.workdir, "smoke_export"), tokenizer=tokenizer, overwrite=True
     )
     reloaded = load_hf(export, mesh=mesh, dtype=model.cfg.dtype)
     ref = np.asarray(model(batch["input_ids"], batch["attention_mask"]))
@@ -162,6 +162,12 @@ def main(argv) -> None:
         print("\nflowrl-jax: decoder, sampler, log-probs, export")
         for key, value in figures.items():
             print(f"  {key:<{width}}  {value}")
+    if not result.history:
+        print(
+            f"\nnothing to train: {config.workdir} already holds RL step {result.last_step} of "
+            f"{config.train.steps}; raise --config.train.steps to go on, or pass a new --workdir"
+        )
+        return
     print(
         f"\n{config.algorithm.name}: RL steps {result.first_step + 1}-{result.last_step} of "
         f"{config.train.steps} on the {config.task.name} task (workdir {config.workdir})"

@@ -42,7 +42,7 @@ def test_main_job_runs_on_its_embedded_default(tmp_path):
     assert float(diff[0].split()[-1]) == 0.0
     sampled = [x for x in out.stdout.splitlines() if "sampled vs recomputed" in x]
     assert float(sampled[0].split()[-1]) < 1e-5  # on the 8-device mesh
-    export = tmp_path / "export"
+    export = tmp_path / "smoke_export"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(export))
     model = load_hf(str(export))
     assert model.cfg.family == "qwen3" and model.num_params > 10_000
