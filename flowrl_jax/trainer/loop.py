@@ -110,9 +110,18 @@ class Trainer:
         return self._phases[prompt_len]
 
     def rewards(self, out: SampleOutput, rows: list[int]) -> np.ndarray:
-        """Decode each response and score it with the task's reward, in parallel threads."""
-        texts = self.tokenizer.batch_decode(
-            [t[m == 1].tolist() for t, m in zip(out.tokens, out.mask)], skip_special_tokens=True
+        """Decode each response and score it with the task's reward, in parallel threads. With
+        several processes each scores every process_count-th response and they share the results."""
+        count, index = jax.process_count(), jax.process_index()
+        mine = np.arange(len(rows))[index::count]
+        texts = dict(
+            zip(
+                mine,
+                self.tokenizer.batch_decode(
+                    [out.tokens[i][out.mask[i] == 1].tolist() for i in mine],
+                    skip_special_tokens=True,
+                ),
+            )
         )
 
         def one(i):
@@ -124,7 +133,13 @@ class Trainer:
                     f"(response {texts[i][:200]!r}): {type(e).__name__}: {e}"
                 ) from e
 
-        return np.asarray(list(self._pool.map(one, range(len(texts)))), np.float32)
+        rewards = np.zeros(len(rows), np.float32)
+        rewards[mine] = list(self._pool.map(one, mine))
+        if count > 1:  # each entry is non-zero on at most one process
+            from jax.experimental import multihost_utils
+
+            rewards = np.asarray(multihost_utils.process_allgather(rewards)).sum(0)
+        return rewards.astype(np.float32)
 
     def rollout(self, next_prompts: Callable[[], tuple[list[list[int]], list[int]]], times: dict):
         """Sample and reward one rollout batch of `train.prompts_per_step` groups. With dynamic
