@@ -1,18 +1,29 @@
-"""One config key switches the algorithm: a training step of the tiny model for each of the six,
-through the main job's own `train`, with no other change; and sizes that cannot work are refused
-before anything compiles."""
+"""The train step. One config key switches the algorithm: a training step of the tiny model for
+each of the six, through the main job's own `train`, with no other change; sizes that cannot work
+are refused before anything compiles. The compiled update: gradient accumulation over micro-batches
+equals one pass (gradient, loss, metrics) for every algorithm and aggregation; the learning-rate
+schedules against numpy; explicit shardings (fsdp=4, tensor=2) equal one device."""
 
+import dataclasses
+import functools
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
-from flowrl_jax import algorithms
+from flowrl_jax import algorithms, testing
 from flowrl_jax import mesh as mesh_lib
+from flowrl_jax.algorithms import heads
 from flowrl_jax.config import get_config
+from flowrl_jax.models import Model, partition
+from flowrl_jax.rollout import token_logprobs
 from flowrl_jax.train import train
 from flowrl_jax.trainer import check_sizes
+from flowrl_jax.trainer import step as step_lib
 
 # What each algorithm must log beside the shared diagnostics.
 OWN_METRICS = {
@@ -43,7 +54,7 @@ def test_switching_the_algorithm_runs_a_training_step(tmp_path, name):
     config = _config(tmp_path, name)
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     with jax.set_mesh(mesh):
-        [metrics] = train(config, mesh)
+        [metrics] = train(config, mesh).history
     assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0, metrics
     for key in OWN_METRICS[name] + ["reward/mean", "entropy", "loss"]:
         assert key in metrics, (key, sorted(metrics))
@@ -78,3 +89,320 @@ def test_minibatch_that_does_not_divide_the_rollout_batch_is_refused(tmp_path):
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     with pytest.raises(ValueError, match=r"does not divide the rollout batch"):
         check_sizes(config, mesh)
+
+
+# --- the compiled update: gradient accumulation, schedules, explicit shardings ---
+
+P_LEN, N_LEN, ROWS, GROUP = 8, 12, 8, 4  # prompt and response slots; 2 prompts x 4 samples
+
+
+def _setup(name, micro_batches=1, family="qwen3", changes=None, head_lr=0.0):
+    """A tiny model, its train state and a prepared mini-batch as the loop hands it to `update`:
+    left-padded prompts, right-padded responses of uneven lengths (row 3 has none), old and
+    reference log-probs near the current ones (so some ratios clip, and values for PPO), varied
+    rewards."""
+    config = get_config()
+    algo_cfg = config.algorithm[name]
+    for key, value in (changes or {}).items():
+        algo_cfg[key] = value
+    config.heads.logz.learning_rate = head_lr
+    cfg = testing.tiny_config(family)
+    params = Model.random(cfg, seed=1).params
+    spec = step_lib.StepSpec(
+        cfg, name, algo_cfg, config.heads, P_LEN, 0.9, chunk=8, micro_batches=micro_batches
+    )
+    optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
+    state = step_lib.init_state(spec, params, optimizer, jax.random.key(7))
+    rng = np.random.default_rng(5)
+    prompt, prompt_mask = testing.left_padded_batch(3, ROWS, P_LEN, cfg.vocab_size, min_len=3)
+    lengths = np.array([12, 5, 9, 0, 1, 12, 7, 3])
+    response_mask = (np.arange(N_LEN)[None] < lengths[:, None]).astype(np.int32)
+    response = rng.integers(3, cfg.vocab_size, (ROWS, N_LEN)) * response_mask
+    tokens = jnp.asarray(np.concatenate([prompt, response], 1), jnp.int32)
+    mask = jnp.asarray(np.concatenate([prompt_mask, response_mask], 1), jnp.int32)
+    ref_params = jax.tree.map(lambda x: x * 1.01, params)
+    ref, old_values = step_lib.score(spec, state.params, ref_params, tokens, mask)
+    if old_values is not None:  # rollout-time values off the current ones, so some clip (ε_v 0.2)
+        old_values = old_values + jnp.asarray(rng.normal(0, 0.3, (ROWS, N_LEN)), jnp.float32)
+    now = token_logprobs(cfg, params, tokens, mask, spec.temperature, spec.chunk)[:, P_LEN:]
+    batch = algorithms.Batch(
+        logp=None,
+        old_logp=now + jnp.asarray(rng.normal(0, 0.15, (ROWS, N_LEN)), jnp.float32),
+        mask=jnp.asarray(response_mask, jnp.float32),
+        rewards=jnp.asarray([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0]),
+        group=jnp.repeat(jnp.arange(ROWS // GROUP), GROUP).astype(jnp.int32),
+        ref_logp=ref,
+        old_values=old_values,
+    )
+    batch = step_lib.prepare(spec, batch)
+    return spec, optimizer, state, tokens, mask, batch
+
+
+def _one_pass(spec, state, tokens, mask, batch):
+    """The reference: jax.grad of the algorithm's loss over the whole mini-batch at once (no
+    micro-batches, no weights, no scan) -> (grads, loss, metrics)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    rows = jnp.arange(tokens.shape[0])
+
+    def loss(params):
+        outputs = step_lib.policy_outputs(spec, params, tokens, mask, rows, rng)
+        return spec.alg.loss(batch._replace(**outputs), spec.algo_cfg)
+
+    (value, metrics), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state.params)
+    return grads, value, metrics
+
+
+def _gradient_of_update(spec, state, tokens, mask, batch):
+    """`update` with an optimiser that leaves the parameters alone and keeps the gradient it is
+    given as its state: the gradient `update` computed, unrounded -> (gradient, metrics)."""
+    keep = optax.GradientTransformation(
+        lambda params: params,
+        lambda grads, _, params=None: (jax.tree.map(jnp.zeros_like, grads), grads),
+    )
+    state = state._replace(opt_state=keep.init(state.params))
+    new, metrics = jax.jit(functools.partial(step_lib.update, spec, keep))(
+        state, tokens, mask, batch
+    )
+    return new.opt_state, metrics
+
+
+# fp32 agreement of two evaluations of the same function in a different order (rows batched
+# differently, sums split): each gradient leaf to 1e-5 of its largest entry, as the long-context
+# tests compare gradients; metrics to 1e-5 relative. (The same reference run eagerly and jitted
+# already differs by 1.4e-6 of the leaf maximum for FlowRL, whose loss is ~175.)
+GRAD_TOL, METRIC_RTOL, METRIC_ATOL = 1e-5, 1e-5, 1e-7
+# Metrics decided by rounding: PPO counts a token as value-clipped when (V_old + clip(V - V_old) -
+# R)² > (V - R)², and for an unclipped token V_old + (V - V_old) differs from V in the last bit, so
+# the comparison is a coin toss there (a fix for algorithms/ppo.py: test |V - V_old| > ε_v).
+ROUNDING_DECIDED = {"ppo/value_clip_fraction"}
+
+
+def _grad_error(got, want) -> float:
+    """The largest |got - want| of any leaf, relative to that leaf's largest |want|."""
+    worst = 0.0
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        scale = float(jnp.max(jnp.abs(a))) or 1.0
+        worst = max(worst, float(jnp.max(jnp.abs(b - a))) / scale)
+    return worst
+
+
+ACCUMULATION_CASES = [
+    ("flowrl", {}),
+    ("grpo", {}),  # seq-mean-token-mean
+    ("grpo", {"loss_agg": "token-mean", "kl_coef": 0.04}),
+    ("grpo", {"loss_agg": "seq-mean-token-sum"}),
+    ("ppo", {}),  # token-mean, policy and value losses
+    ("ppo", {"loss_agg": "seq-mean-token-mean"}),
+    ("reinforce_pp", {}),
+    ("reinforce_pp", {"loss_agg": "seq-mean-token-mean"}),
+    ("dapo", {}),
+    ("dapo", {"loss_agg": "seq-mean-token-mean"}),
+    ("gspo", {}),
+]
+
+
+@pytest.mark.parametrize(
+    "name, changes", ACCUMULATION_CASES, ids=[f"{n}-{c}" for n, c in ACCUMULATION_CASES]
+)
+def test_micro_batches_give_the_gradient_and_metrics_of_one_pass(name, changes):
+    """1, 2 and 4 micro-batches against jax.grad of the loss over the whole mini-batch: the same
+    gradient and the same loss and metrics, in fp32. FlowRL runs with its log-Z dropout on: each
+    row's dropout mask must not depend on its micro-batch."""
+    spec, _, state, tokens, mask, batch = _setup(name, changes=changes)
+    grads, loss, metrics = _one_pass(spec, state, tokens, mask, batch)
+    for k in (1, 2, 4):
+        spec_k = dataclasses.replace(spec, micro_batches=k)
+        got_grads, got = _gradient_of_update(spec_k, state, tokens, mask, batch)
+        assert _grad_error(got_grads, grads) < GRAD_TOL, f"micro_batches={k}"
+        assert set(got) == set(metrics) | {"loss", "grad_norm"}
+        want = metrics | {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        for key, value in want.items():
+            if key in ROUNDING_DECIDED:
+                continue
+            np.testing.assert_allclose(
+                float(got[key]),
+                float(value),
+                rtol=METRIC_RTOL,
+                atol=METRIC_ATOL,
+                err_msg=f"{key} with micro_batches={k}",
+            )
+
+
+def test_an_unweighted_micro_batch_mean_would_be_caught(monkeypatch):
+    """The check above can fail: weighting every micro-batch equally (the mean of the micro-batch
+    token-means, not the mini-batch's token-mean) gives DAPO a gradient off by far more than the
+    tolerance."""
+    spec, _, state, tokens, mask, batch = _setup("dapo")
+    grads, _, _ = _one_pass(spec, state, tokens, mask, batch)
+    monkeypatch.setattr(step_lib, "loss_denominator", lambda cfg, m: jnp.float32(1.0))
+    spec = dataclasses.replace(spec, micro_batches=2)
+    got, _ = _gradient_of_update(spec, state, tokens, mask, batch)
+    assert _grad_error(got, grads) > 1000 * GRAD_TOL
+
+
+def test_micro_batches_that_do_not_divide_are_refused():
+    spec, optimizer, state, tokens, mask, batch = _setup("grpo", micro_batches=3)
+    message = (
+        r"train.micro_batches=3 does not divide the mini-batch of 8 rows \(train.minibatch_size\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        jax.eval_shape(
+            functools.partial(step_lib.update, spec, optimizer), state, tokens, mask, batch
+        )
+    with pytest.raises(ValueError, match=r"train.micro_batches=0 must be >= 1"):
+        step_lib.check_micro_batches(8, 0)
+    # 16 rows in 4 micro-batches of 4: each cannot spread over the 8 data-parallel devices.
+    mesh = mesh_lib.make_mesh({"fsdp": 8})
+    with pytest.raises(ValueError, match=r"train.minibatch_size / train.micro_batches=4 is not"):
+        step_lib.check_micro_batches(16, 4, mesh)
+    assert step_lib.check_micro_batches(16, 2, mesh) == 8
+
+
+# Schedules: the rate at optimiser step s, by hand.
+def np_schedule(s, peak, warmup, schedule="constant", total=None, min_ratio=0.0):
+    s = np.asarray(s, np.float64)
+    warm = peak * s / warmup
+    if schedule == "constant":
+        after = np.full_like(s, peak)
+    else:
+        progress = np.clip((s - warmup) / (total - warmup), 0.0, 1.0)
+        end = peak * min_ratio
+        after = end + (peak - end) * 0.5 * (1.0 + np.cos(np.pi * progress))
+    return np.where(s < warmup, warm, after)
+
+
+@pytest.mark.parametrize(
+    "schedule, total, min_ratio",
+    [("constant", None, 0.0), ("cosine", 40, 0.0), ("cosine", 25, 0.1)],
+)
+def test_learning_rate_schedules_match_numpy(schedule, total, min_ratio):
+    cfg = step_lib.optimizer_config()
+    cfg.learning_rate, cfg.warmup_steps = 3e-4, 10
+    cfg.schedule, cfg.min_lr_ratio = schedule, min_ratio
+    fn = step_lib.learning_rate_schedule(cfg, cfg.learning_rate, total)
+    steps = np.arange(60)
+    want = np_schedule(steps, 3e-4, 10, schedule, total, min_ratio)
+    # fp32 against float64: 1e-6 of the peak (the cosine's tail cancels in 1 + cos).
+    got = [float(fn(s)) for s in steps]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * cfg.learning_rate)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_optimizer_steps_at_the_scheduled_rate(schedule):
+    """Through make_optimizer: with a constant gradient, no decay and a loose clip, Adam's step is
+    -lr_s · g / (|g| + ε) per weight, so each update reads back the rate (the policy's and, at its
+    own peak, the log-Z head's)."""
+    config = get_config()
+    cfg, heads_cfg = config.optimizer, config.heads
+    cfg.learning_rate, cfg.warmup_steps, cfg.weight_decay, cfg.grad_clip = 2e-3, 4, 0.0, 1e6
+    cfg.schedule, cfg.min_lr_ratio = schedule, 0.2
+    heads_cfg.logz.learning_rate = 5e-3
+    total = 12
+    optimizer = step_lib.make_optimizer(cfg, heads_cfg, total_steps=total)
+    params = {"policy": jnp.zeros(3), "logz_head": jnp.zeros(2)}
+    grads = {"policy": jnp.full(3, 0.5), "logz_head": jnp.full(2, 0.5)}
+    state = optimizer.init(params)
+    for s in range(total + 3):
+        updates, state = optimizer.update(grads, state, params)
+        for key, peak in (("policy", 2e-3), ("logz_head", 5e-3)):
+            want = np_schedule(s, peak, 4, schedule, total, 0.2) * 0.5 / (0.5 + 1e-8)
+            # rtol: optax's bias correction 1 - 0.999^t cancels in fp32 (t = 1: 6e-5 relative
+            # in v, 3e-5 in its square root).
+            np.testing.assert_allclose(np.asarray(updates[key]), -want, rtol=1e-4, atol=1e-12)
+
+
+def test_bad_schedules_are_refused():
+    cfg = step_lib.optimizer_config()
+    heads_cfg = get_config().heads
+    cfg.schedule = "cosine"
+    with pytest.raises(ValueError, match=r"optimizer.schedule='cosine' .* needs total_steps"):
+        step_lib.make_optimizer(cfg, heads_cfg)
+    with pytest.raises(ValueError, match=r"total_steps=10 leaves nothing to decay"):
+        step_lib.make_optimizer(cfg, heads_cfg, total_steps=10)
+    cfg.min_lr_ratio = 1.5
+    with pytest.raises(ValueError, match=r"optimizer.min_lr_ratio=1.5 must be in \[0, 1\]"):
+        step_lib.make_optimizer(cfg, heads_cfg, total_steps=100)
+    cfg.schedule = "linear"
+    with pytest.raises(ValueError, match=r"optimizer.schedule='linear'; known: constant, cosine"):
+        step_lib.make_optimizer(cfg, heads_cfg)
+
+
+@pytest.mark.parametrize(
+    "name, head_lr", [("flowrl", 0.0), ("flowrl", 1e-3), ("ppo", 0.0)], ids=str
+)
+def test_sharded_update_equals_single_device(name, head_lr):
+    """jit_update on 8 devices (fsdp=4, tensor=2), 2 micro-batches, against `update` jitted on one
+    device: the same state after two steps (to 1e-5), metrics too, and every output array sharded
+    as its input was."""
+    spec, optimizer, state, tokens, mask, batch = _setup(
+        name, micro_batches=2, family="llama", head_lr=head_lr
+    )
+    adamw_lr = 1e-3  # large enough that two steps move the weights visibly
+    config = get_config()
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = adamw_lr, 1
+    config.heads.logz.learning_rate = head_lr
+    optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
+    state = state._replace(opt_state=optimizer.init(state.params))
+
+    single = jax.jit(functools.partial(step_lib.update, spec, optimizer))
+    want, want_metrics = state, []
+    for _ in range(2):
+        want, m = single(want, tokens, mask, batch)
+        want_metrics.append(m)
+
+    mesh = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})
+    sharding = step_lib.state_shardings(mesh, state, spec.model.family)
+    update = step_lib.jit_update(spec, optimizer, mesh, sharding)
+    rows = mesh_lib.batch_sharding(mesh, 1)
+    with jax.set_mesh(mesh):
+        got = jax.device_put(state, sharding)
+        inputs = jax.device_put((tokens, mask, batch), rows)
+        for i in range(2):
+            got, m = update(got, *inputs)
+            for key, value in want_metrics[i].items():
+                if key in ROUNDING_DECIDED:
+                    continue
+                np.testing.assert_allclose(
+                    float(m[key]), float(value), rtol=METRIC_RTOL, atol=METRIC_ATOL, err_msg=key
+                )
+
+    for (path, a), b, s in zip(
+        jax.tree_util.tree_leaves_with_path(want),
+        jax.tree.leaves(got),
+        jax.tree.leaves(sharding),
+        strict=True,
+    ):
+        where = jax.tree_util.keystr(path)
+        assert b.sharding == s, where
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0, err_msg=where)
+    # Adam's moments are laid out as their parameters (under multi_transform too).
+    moments = [
+        (partition.path_str(p), s.spec)
+        for p, s in jax.tree_util.tree_leaves_with_path(sharding.opt_state)
+        if partition.path_str(p).endswith("policy/embed/embedding")
+    ]
+    assert len(moments) == 2 and all(spec == P("tensor", "fsdp") for _, spec in moments), moments
+    # The weights really are split: the embedding over all 8 devices, the head's [D, D] rows too.
+    emb = got.params["policy"]["embed"]["embedding"]
+    assert emb.addressable_shards[0].data.size == emb.size // 8
+    if name == "flowrl":
+        kernel = got.params["logz_head"]["Dense_0"]["kernel"]
+        assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 8, kernel.shape[1])
+
+
+def test_every_head_parameter_has_a_rule_and_a_miss_is_an_error():
+    config = get_config()
+    params = {"policy": {}} | heads.init(jax.random.key(0), 64, config.heads, True, True)
+    mesh = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})
+    shardings = step_lib.param_shardings(mesh, params, "qwen2")
+    specs = {
+        partition.path_str(p): s.spec for p, s in jax.tree_util.tree_leaves_with_path(shardings)
+    }
+    assert specs["logz_head/Dense_0/kernel"] == P(("fsdp", "tensor"), None)
+    assert specs["logz_head/LayerNorm_0/scale"] == P(None)
+    assert specs["value_head/Dense_0/kernel"] == P(None, None)
+    params["logz_head"]["Extra_0"] = {"kernel": np.zeros((64, 64))}
+    with pytest.raises(ValueError, match="no partition rule matches parameter 'logz_head/Extra_0"):
+        step_lib.param_shardings(mesh, params, "qwen2")

@@ -43,6 +43,18 @@ FAMILY_RULES: dict[str, Rules] = {
 }
 
 
+# The heads trained beside the policy (algorithms/heads.py), matched against paths inside
+# params['logz_head'] / params['value_head'] with the prefix kept ('logz_head/Dense_0/kernel').
+# The log-Z head's kernels ([D, D] per block, then [D, 1]) split their input rows over every
+# model-sharding device, like the policy's matrices are split over fsdp x tensor: the rows because
+# the last kernel's single output column cannot be split, and one rule serves every depth.
+HEAD_RULES: Rules = (
+    (r"^logz_head/Dense_\d+/kernel$", P(("fsdp", "tensor"), None)),  # [D, D] and the last [D, 1]
+    (r"^logz_head/(Dense|LayerNorm)_\d+/(bias|scale)$", P()),  # [D] or [1]: tiny, replicated
+    (r"^value_head/Dense_0/(kernel|bias)$", P()),  # [D, 1] and [1]: D floats, replicated
+)
+
+
 def rules_for(family: str) -> Rules:
     if family not in FAMILY_RULES:
         raise KeyError(f"no partition rules for family {family!r}; known: {sorted(FAMILY_RULES)}")

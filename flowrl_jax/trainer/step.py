@@ -1,6 +1,8 @@
 """The training phases as pure functions of arrays (jit them with the static pieces bound by
 `functools.partial`): `score` (reference log-probs and old values, no gradient), `prepare` (the
-algorithm's advantages) and `update` (forward, the registered loss, one optimiser step).
+algorithm's advantages) and `update` (forward, the registered loss, one optimiser step, the gradient
+accumulated over `StepSpec.micro_batches`). `jit_update` compiles `update` with explicit shardings
+(`state_shardings`) and the state donated.
 
 No branch per algorithm: the step asks the algorithm which inputs it needs (reference log-probs,
 log Z, values) and hands every loss the same `algorithms.Batch`.
@@ -9,25 +11,35 @@ log Z, values) and hands every loss the same `algorithms.Batch`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from flowrl_jax import algorithms
+from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.algorithms import heads
+from flowrl_jax.models import partition
 from flowrl_jax.models.families import DecoderConfig
 from flowrl_jax.models.model import forward
 from flowrl_jax.rollout.logprobs import logprobs_from_hidden, token_logprobs
+
+SCHEDULES = ("constant", "cosine")
 
 
 def optimizer_config() -> ConfigDict:
     return ConfigDict(
         {
             "learning_rate": 1e-6,  # paper (Qwen2.5-7B math)
-            "warmup_steps": 10,  # linear warm-up, then constant (paper)
+            "warmup_steps": 10,  # linear warm-up from 0 over this many optimiser steps (paper)
+            # After the warm-up: 'constant' (paper) or 'cosine' decay to min_lr_ratio x the rate at
+            # the run's last optimiser step (make_optimizer's total_steps).
+            "schedule": "constant",
+            "min_lr_ratio": 0.0,  # the cosine's floor as a fraction of the peak (verl's default)
             "weight_decay": 0.1,  # AdamW (paper)
             "grad_clip": 1.0,  # global norm over all parameters, heads included (paper)
         }
@@ -52,16 +64,54 @@ class StepSpec:
     prompt_len: int  # P: tokens[:, :P] is the (left-padded) prompt, the rest the response
     temperature: float  # log-probs are of logits / temperature, as sampled
     chunk: int = 256  # positions per chunk of the log-prob computation
+    # Gradient accumulation: `update` runs the mini-batch as this many micro-batches in a scan, so
+    # it holds one micro-batch's activations; the result equals one pass over the mini-batch.
+    micro_batches: int = 1
 
     @property
     def alg(self) -> algorithms.Algorithm:
         return algorithms.get(self.algorithm)
 
 
-def make_optimizer(cfg: ConfigDict, heads_cfg: ConfigDict) -> optax.GradientTransformation:
+# --- optimiser ---
+
+
+def learning_rate_schedule(cfg: ConfigDict, peak: float, total_steps: int | None = None):
+    """optimiser step -> learning rate: linear warm-up from 0 to `peak` over cfg.warmup_steps, then
+    constant or a cosine down to cfg.min_lr_ratio x peak at `total_steps` (warm-up included)."""
+    warmup = max(cfg.warmup_steps, 1)
+    schedule = cfg.get("schedule", "constant")
+    if schedule == "constant":
+        return optax.warmup_constant_schedule(0.0, peak, warmup)
+    if schedule != "cosine":
+        raise ValueError(f"optimizer.schedule={schedule!r}; known: {', '.join(SCHEDULES)}")
+    if total_steps is None:
+        raise ValueError(
+            "optimizer.schedule='cosine' decays over the run: make_optimizer needs total_steps, "
+            "the run's optimiser steps (train.steps x train.epochs x mini-batches per rollout batch)"
+        )
+    if total_steps <= warmup:
+        raise ValueError(
+            f"optimizer.schedule='cosine': total_steps={total_steps} leaves nothing to decay after "
+            f"optimizer.warmup_steps={cfg.warmup_steps}"
+        )
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise ValueError(f"optimizer.min_lr_ratio={cfg.min_lr_ratio} must be in [0, 1]")
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup, total_steps, end_value=peak * cfg.min_lr_ratio
+    )
+
+
+def make_optimizer(
+    cfg: ConfigDict, heads_cfg: ConfigDict, total_steps: int | None = None
+) -> optax.GradientTransformation:
+    """Global-norm clip, then AdamW on `learning_rate_schedule`. total_steps: the run's optimiser
+    steps, needed by the cosine schedule only."""
+
     def adamw(lr):
-        schedule = optax.warmup_constant_schedule(0.0, lr, max(cfg.warmup_steps, 1))
-        return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+        return optax.adamw(
+            learning_rate_schedule(cfg, lr, total_steps), weight_decay=cfg.weight_decay
+        )
 
     inner = adamw(cfg.learning_rate)
     if heads_cfg.logz.learning_rate > 0:  # the log-Z head at its own rate, same clip and decay
@@ -79,6 +129,9 @@ def init_state(spec: StepSpec, policy_params, optimizer, rng) -> TrainState:
         head_rng, spec.model.hidden_size, spec.heads_cfg, alg.needs_logz, alg.needs_values
     )
     return TrainState(jnp.int32(0), params, optimizer.init(params), rng)
+
+
+# --- phases ---
 
 
 def _values(spec: StepSpec, params, hidden):
@@ -108,34 +161,173 @@ def prepare(spec: StepSpec, batch: algorithms.Batch) -> algorithms.Batch:
     return spec.alg.prepare(batch, spec.algo_cfg)
 
 
-def loss_fn(spec: StepSpec, params, tokens, mask, batch: algorithms.Batch, rng):
+def policy_outputs(spec: StepSpec, params, tokens, mask, rows, rng) -> dict:
+    """The Batch fields the current parameters compute, differentiable: logp [B, N], entropy [B, N]
+    (detached), and logz [B] / values [B, N] where the algorithm has them. tokens, mask [B, P + N];
+    rows [B] int: each row's index in the mini-batch, which seeds its log-Z dropout, so a row's
+    mask does not depend on which micro-batch it is in."""
     P = spec.prompt_len
     hidden = forward(spec.model, params["policy"], tokens, mask, return_logits=False).hidden
     logp, entropy = logprobs_from_hidden(
         spec.model, params["policy"], hidden, tokens, spec.temperature, spec.chunk, True
     )
-    batch = batch._replace(logp=logp[:, P:], entropy=jax.lax.stop_gradient(entropy[:, P:]))
+    out = {"logp": logp[:, P:], "entropy": jax.lax.stop_gradient(entropy[:, P:])}
     if spec.alg.needs_logz:
         zc = spec.heads_cfg.logz
         pooled = heads.pool_prompt(hidden[:, :P], mask[:, :P], zc.drop_last_prompt_token)
         if zc.detach_backbone:
             pooled = jax.lax.stop_gradient(pooled)
-        logz = heads.LogZHead(zc.depth, zc.dropout).apply(
-            {"params": params["logz_head"]}, pooled, deterministic=False, rngs={"dropout": rng}
-        )
-        batch = batch._replace(logz=logz)
+        head = heads.LogZHead(zc.depth, zc.dropout)
+
+        def one_row(x, key):  # x [D] -> log Z (scalar), with this row's own dropout key
+            variables = {"params": params["logz_head"]}
+            return head.apply(variables, x[None], deterministic=False, rngs={"dropout": key})[0]
+
+        keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(rows)  # [B] keys
+        out["logz"] = jax.vmap(one_row)(pooled, keys)  # [B]
     if spec.alg.needs_values:
-        batch = batch._replace(values=_values(spec, params, hidden))
-    return spec.alg.loss(batch, spec.algo_cfg)
+        out["values"] = _values(spec, params, hidden)
+    return out
+
+
+def loss_denominator(algo_cfg: ConfigDict, mask):
+    """N of the algorithm's loss L = (Σ over rows of a per-row sum) / N, for response mask [B, N]:
+    the response tokens under 'token-mean' aggregation, else the rows holding a response (the
+    seq-mean aggregations and FlowRL's and GSPO's trajectory means all average over those rows).
+    Micro-batch k then contributes its own loss weighted by N_k / N, which sums to the gradient of
+    the whole mini-batch's loss. (tests/test_train_step.py checks it for every algorithm.)"""
+    lengths = jnp.sum(mask, axis=-1)  # [B]
+    if algo_cfg.get("loss_agg") == "token-mean":
+        return jnp.sum(lengths)
+    return jnp.sum((lengths > 0).astype(jnp.float32))
+
+
+def check_micro_batches(minibatch: int, micro_batches: int, mesh: Mesh | None = None) -> int:
+    """Refuse a split that cannot work (before anything compiles). Returns the rows per
+    micro-batch."""
+    if micro_batches < 1:
+        raise ValueError(f"train.micro_batches={micro_batches} must be >= 1")
+    if minibatch % micro_batches:
+        raise ValueError(
+            f"train.micro_batches={micro_batches} does not divide the mini-batch of {minibatch} "
+            "rows (train.minibatch_size): every micro-batch must have the same number of rows"
+        )
+    rows = minibatch // micro_batches
+    if mesh is not None:
+        mesh_lib.check_batch(rows, mesh, "train.minibatch_size / train.micro_batches")
+    return rows
+
+
+def _split(k: int, x):
+    """[B, ...] -> [k, B/k, ...]; micro-batch j holds rows j, j + k, j + 2k, ...: strided, so on a
+    batch split in contiguous blocks over devices every device holds a slice of every micro-batch
+    (a contiguous split would put each micro-batch on a few devices)."""
+    return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+
+def _merge(k: int, x):
+    """The inverse of _split: [k, B/k, ...] -> [B, ...] in the mini-batch's row order."""
+    return x.swapaxes(0, 1).reshape(k * x.shape[1], *x.shape[2:])
+
+
+def _micro_batch_loss(spec: StepSpec, params, tokens, mask, batch, rows, rng, weight):
+    """weight x the algorithm's loss on one micro-batch -> (weighted loss, policy_outputs)."""
+    outputs = policy_outputs(spec, params, tokens, mask, rows, rng)
+    loss, _ = spec.alg.loss(batch._replace(**outputs), spec.algo_cfg)
+    return weight * loss, outputs
 
 
 def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: algorithms.Batch):
     """One optimiser step on a mini-batch. tokens, mask [B, P + N]; batch: the prepared
-    response-aligned arrays (logp is filled here). -> (state, metrics)."""
+    response-aligned arrays (logp is filled here). -> (state, metrics).
+
+    The gradient is summed over spec.micro_batches micro-batches in a `lax.scan` (one micro-batch's
+    activations live at a time), micro-batch k weighted by N_k / N (`loss_denominator`), so it
+    equals the gradient of one pass. The loss and metrics are the algorithm's own, computed once on
+    the whole mini-batch from the per-row outputs the scan collected: equal to one pass's too."""
+    B = tokens.shape[0]
+    k = spec.micro_batches
+    check_micro_batches(B, k)
     rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
-    (loss, metrics), grads = grad_fn(spec, state.params, tokens, mask, batch, rng)
+    total = jnp.maximum(loss_denominator(spec.algo_cfg, batch.mask), 1.0)
+    rows = jnp.arange(B, dtype=jnp.int32)
+    micro = jax.tree.map(functools.partial(_split, k), (tokens, mask, batch, rows))
+    grad_fn = jax.grad(_micro_batch_loss, argnums=1, has_aux=True)
+
+    def accumulate(grads, xs):
+        t, m, b, r = xs
+        weight = loss_denominator(spec.algo_cfg, b.mask) / total
+        g, outputs = grad_fn(spec, state.params, t, m, b, r, rng, weight)
+        return jax.tree.map(lambda acc, x: acc + x.astype(jnp.float32), grads, g), outputs
+
+    # The sum is kept in float32 whatever the parameters' storage dtype.
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    grads, outputs = jax.lax.scan(accumulate, zeros, micro)
+    outputs = jax.tree.map(functools.partial(_merge, k), outputs)  # each [B, ...]
+    loss, metrics = spec.alg.loss(batch._replace(**outputs), spec.algo_cfg)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = metrics | {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step + 1, params, opt_state, state.rng), metrics
+
+
+# --- shardings ---
+
+
+def param_shardings(mesh: Mesh, params, family: str):
+    """NamedShardings for params {'policy', 'logz_head'?, 'value_head'?}: the policy by the family's
+    partition rules, the heads by partition.HEAD_RULES. A parameter no rule matches is an error."""
+    policy = partition.shardings(partition.rules_for(family), params["policy"], mesh)
+    rest = {k: v for k, v in params.items() if k != "policy"}
+    return {"policy": policy} | partition.shardings(partition.HEAD_RULES, rest, mesh)
+
+
+def state_shardings(mesh: Mesh, abstract_state: TrainState, family: str) -> TrainState:
+    """A TrainState of NamedShardings for `abstract_state` (arrays or ShapeDtypeStructs, e.g.
+    `jax.eval_shape(init_state, ...)`): parameters by partition rules; an optimiser-state leaf
+    whose key path ends in a parameter's path, with that parameter's shape (Adam's mu and nu, under
+    any chain or multi_transform nesting), as that parameter; the rest (step counts), the step and
+    the PRNG key replicated."""
+    replicated = mesh_lib.replicated(mesh)
+    params = param_shardings(mesh, abstract_state.params, family)
+    by_path = {
+        tuple(path): (leaf.shape, sharding)
+        for (path, leaf), sharding in zip(
+            jax.tree_util.tree_leaves_with_path(abstract_state.params),
+            jax.tree.leaves(params),
+            strict=True,
+        )
+    }
+    longest = max(map(len, by_path), default=0)
+
+    def like_its_parameter(path, leaf):
+        for n in range(min(len(path), longest), 0, -1):
+            shape, sharding = by_path.get(tuple(path[-n:]), (None, None))
+            if shape == leaf.shape:
+                return sharding
+        return replicated
+
+    opt_state = jax.tree_util.tree_map_with_path(like_its_parameter, abstract_state.opt_state)
+    return TrainState(replicated, params, opt_state, replicated)
+
+
+def jit_update(spec: StepSpec, optimizer, mesh: Mesh, state_sharding: TrainState):
+    """`update` compiled with explicit shardings, the state donated:
+    (state, tokens, mask, batch) -> (state, metrics). Call it under `jax.set_mesh(mesh)`."""
+    # Every batch input is [B] or [B, ...]: one spec over the leading axis covers them all.
+    rows = mesh_lib.batch_sharding(mesh, ndim=1)
+    return jax.jit(
+        functools.partial(update, spec, optimizer),
+        in_shardings=(
+            state_sharding,  # state: by partition rules (state_shardings)
+            rows,  # tokens [B, P + N]: rows over the data-parallel axes (data x fsdp)
+            rows,  # mask [B, P + N]: likewise
+            rows,  # batch: every field [B] or [B, N], rows split the same way
+        ),
+        out_shardings=(
+            state_sharding,  # the new state where the old one was, so the donation reuses it
+            mesh_lib.replicated(mesh),  # metrics: scalars, a copy on every device
+        ),
+        donate_argnums=0,  # the state: its buffers become the new state's (no second copy)
+    )
