@@ -12,7 +12,7 @@ Each baseline is the same run with one override (the rest of the recipe stays id
 
 Multi-host: launch/tpu_pod.sh (TPU) or launch/multi_gpu.sh (GPU, SLURM) with the same flags.
 Not here yet (no config key exists): the math dataset, the number of RL steps for the paper's run
-(train.steps keeps the default; pass --config.train.steps=N), gradient accumulation.
+(train.steps keeps the default; pass --config.train.steps=N).
 """
 
 from flowrl_jax.config import get_config as _default
@@ -45,6 +45,9 @@ def get_config():
     # pi_old != pi_theta after the first.
     config.train.minibatch_size = 32 * 8
     config.train.epochs = 1  # one pass over each rollout batch: the paper's 16 steps per batch
+    # Gradient accumulation: 16 micro-batches of 16 sequences. tests/test_plan_7b.py compiles this
+    # update on fsdp=8 at 2048 + 8192 tokens: 40.7 GB per device (8 micro-batches: 59.9 GB).
+    config.train.micro_batches = 16
 
     config.optimizer.learning_rate = 1e-6  # AdamW lr (paper)
     config.optimizer.warmup_steps = 10  # linear warm-up, then constant (paper)

@@ -19,7 +19,7 @@ from absl import app, flags
 from ml_collections import ConfigDict
 
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.models import Model, from_config, partition, save_hf
+from flowrl_jax.models import Model, from_config, save_hf
 from flowrl_jax.models.decoder import init_params
 from flowrl_jax.trainer import step as step_lib
 from flowrl_jax.trainer.checkpoint import Checkpoints
@@ -32,8 +32,7 @@ log = logging.getLogger("flowrl_jax")
 
 
 def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
-    """The run's TrainState as ShapeDtypeStructs: the policy placed by its partition rules, the
-    rest replicated."""
+    """The run's TrainState as ShapeDtypeStructs placed as the trainer places it."""
     spec = step_lib.StepSpec(
         model_cfg,
         config.algorithm.name,
@@ -48,11 +47,7 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
         return step_lib.init_state(spec, init_params(model_cfg, rng), optimizer, rng)
 
     shapes = jax.eval_shape(init, jax.random.key(0))
-    policy = partition.shardings(
-        partition.rules_for(model_cfg.family), shapes.params["policy"], mesh
-    )
-    shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), shapes)
-    shardings = shardings._replace(params=shardings.params | {"policy": policy})
+    shardings = step_lib.state_shardings(mesh, shapes, model_cfg.family)
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
     )

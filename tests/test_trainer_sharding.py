@@ -1,5 +1,5 @@
 """The trainer on a mesh computes what it computes on one device: 3 RL steps of the tiny model on 8
-CPU devices (fsdp=4, tensor=2) against one device, and 2 processes (2 CPU devices each, gloo
+CPU devices (fsdp=4, tensor=2, gradients accumulated over 2 micro-batches) against one device, and 2 processes (2 CPU devices each, gloo
 collectives) against one process with 4 devices."""
 
 import json
@@ -22,16 +22,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
 
 
-def config_for(workdir, steps):
+def config_for(workdir, steps, micro_batches=1):
     config = get_config()
     config.workdir = str(workdir)
     config.train.steps = steps
+    config.train.micro_batches = micro_batches
     config.checkpoint.every = 0  # the end only
     return config
 
 
-def train_on(mesh, workdir, steps):
-    config = config_for(workdir, steps)
+def train_on(mesh, workdir, steps, micro_batches=1):
+    config = config_for(workdir, steps, micro_batches)
     with jax.set_mesh(mesh):
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
         return run(config, mesh, model, tokenizer, digits.task())
@@ -65,7 +66,7 @@ def test_eight_devices_equal_one(tmp_path):
     one = mesh_lib.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
     eight = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})
     a = train_on(one, tmp_path / "one", steps=3)
-    b = train_on(eight, tmp_path / "eight", steps=3)
+    b = train_on(eight, tmp_path / "eight", steps=3, micro_batches=2)  # accumulated as well
     q = b.state.params["policy"]["layers"]["attn"]["q_proj"]["kernel"]
     assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     assert len(q.sharding.device_set) == 8

@@ -48,7 +48,11 @@ def value_loss(batch: Batch, cfg):
     """0.5 · max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²) per token."""
     v, old, R = batch.values, batch.old_values, batch.returns
     clipped = old + jnp.clip(v - old, -cfg.value_clip, cfg.value_clip)
-    return 0.5 * jnp.maximum((v - R) ** 2, (clipped - R) ** 2), (clipped - R) ** 2 > (v - R) ** 2
+    # Counted as clipped only where the clip moved V: for an unclipped token old + (V - old) can
+    # differ from V in the last bit, which would make the fraction a matter of rounding.
+    chose_clipped = (clipped - R) ** 2 > (v - R) ** 2
+    moved = jnp.abs(v - old) > cfg.value_clip
+    return 0.5 * jnp.maximum((v - R) ** 2, (clipped - R) ** 2), chose_clipped & moved
 
 
 def loss(batch: Batch, cfg):

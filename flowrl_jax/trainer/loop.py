@@ -14,7 +14,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
@@ -38,6 +37,9 @@ def default_config() -> ConfigDict:
             # prompts x 8); 0 = the whole rollout batch in one step.
             "minibatch_size": 0,
             "epochs": 1,  # passes over each rollout batch
+            # Gradient accumulation: each mini-batch runs as this many equal micro-batches in one
+            # compiled scan (memory: one micro-batch's activations); the update is the same.
+            "micro_batches": 1,
             "shuffle": True,  # draw prompts in a seeded random order per epoch of the dataset
             "reward_workers": 8,  # host threads scoring responses
             # FLOP/s of one device for MFU; 0 = the data sheet's bf16 figure for TPUs and GPUs, a
@@ -64,7 +66,15 @@ def check_sizes(config: ConfigDict, mesh) -> int:
             f"train.prompts_per_step x rollout.n = {rollout}"
         )
     mesh_lib.check_batch(size, mesh, "train.minibatch_size")
+    step_lib.check_micro_batches(size, t.micro_batches, mesh)
     return size
+
+
+def optimizer_steps(config: ConfigDict) -> int:
+    """Optimiser steps in the whole run (the cosine schedule decays over them)."""
+    t = config.train
+    rollout = t.prompts_per_step * config.rollout.n
+    return t.steps * t.epochs * (rollout // (t.minibatch_size or rollout))
 
 
 class Trainer:
@@ -77,12 +87,17 @@ class Trainer:
         self.sampler, self.sp = sampler_lib.from_config(model.cfg, config.rollout, mesh, tokenizer)
         name = config.algorithm.name
         self.algo_cfg = config.algorithm[name]
-        self.optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
-        spec = self._spec(0)
-        # The state owns its own copy of the policy: updates donate (overwrite) the state's buffers,
-        # and the reference model must keep the initial weights.
-        policy = jax.jit(lambda p: jax.tree.map(jnp.copy, p))(model.params)
-        self.state = step_lib.init_state(spec, policy, self.optimizer, jax.random.key(config.seed))
+        self.optimizer = step_lib.make_optimizer(
+            config.optimizer, config.heads, total_steps=optimizer_steps(config)
+        )
+        init = functools.partial(step_lib.init_state, self._spec(0), optimizer=self.optimizer)
+        rng = jax.random.key(config.seed)
+        self.state_sharding = step_lib.state_shardings(
+            mesh, jax.eval_shape(init, model.params, rng=rng), model.cfg.family
+        )
+        # A compiled init writes new buffers: updates donate (overwrite) the state's, while the
+        # reference model keeps the initial weights.
+        self.state = jax.jit(init, out_shardings=self.state_sharding)(model.params, rng=rng)
         self.ref_params = model.params if algorithms.needs_ref(self.alg, self.algo_cfg) else None
         self._phases: dict[int, tuple] = {}
         self._pool = ThreadPoolExecutor(config.train.reward_workers)
@@ -96,6 +111,7 @@ class Trainer:
             self.config.heads,
             prompt_len,
             self.sp.temperature if self.sp.temperature > 0 else 1.0,
+            micro_batches=self.config.train.micro_batches,
         )
 
     def _compiled(self, prompt_len: int):
@@ -105,7 +121,7 @@ class Trainer:
             self._phases[prompt_len] = (
                 jax.jit(functools.partial(step_lib.score, spec)),
                 jax.jit(functools.partial(step_lib.prepare, spec)),
-                jax.jit(functools.partial(step_lib.update, spec, self.optimizer), donate_argnums=0),
+                step_lib.jit_update(spec, self.optimizer, self.mesh, self.state_sharding),
             )
         return self._phases[prompt_len]
 
@@ -207,7 +223,7 @@ class Trainer:
         score, prepare, update = self._compiled(out.prompt_tokens.shape[1])
         on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(self.mesh, np.ndim(x)))
         t0 = time.perf_counter()
-        ref, old_values = score(self.state.params, self.ref_params, on_mesh(tokens), on_mesh(mask))
+        ref, old_values = self._score(score, tokens, mask, on_mesh)
         batch = algorithms.Batch(
             logp=None,
             old_logp=out.logprobs,  # the sampler's log-probs equal a recomputation (tested)
@@ -222,8 +238,8 @@ class Trainer:
         t0 = time.perf_counter()
         metrics = []
         for _ in range(self.config.train.epochs):
-            for start in range(0, len(rewards), self.minibatch):
-                rows = slice(start, start + self.minibatch)
+            for i, j in _slices(len(rewards), self.minibatch):
+                rows = slice(i, j)
                 part = jax.tree.map(lambda x, rows=rows: on_mesh(x[rows]), batch)
                 self.state, m = update(self.state, on_mesh(tokens[rows]), on_mesh(mask[rows]), part)
                 metrics.append(m)
@@ -231,6 +247,18 @@ class Trainer:
         times["update"] = time.perf_counter() - t0
         times["step"] = time.perf_counter() - t_start
         return metrics | self._step_metrics(tokens, mask, out, rewards, times)
+
+    def _score(self, score, tokens, mask, on_mesh):
+        """Reference log-probs and old values, one mini-batch of rows at a time (the whole rollout
+        batch in one forward would not fit at scale). -> host arrays or None."""
+        parts = [
+            score(self.state.params, self.ref_params, on_mesh(tokens[i:j]), on_mesh(mask[i:j]))
+            for i, j in _slices(len(tokens), self.minibatch)
+        ]
+        return tuple(
+            None if parts[0][k] is None else np.concatenate([mesh_lib.to_host(p[k]) for p in parts])
+            for k in range(2)
+        )
 
     def _step_metrics(self, tokens, mask, out, rewards, times) -> dict:
         lengths = out.mask.sum(1)
@@ -255,3 +283,7 @@ class Trainer:
     @property
     def alg(self) -> algorithms.Algorithm:
         return algorithms.get(self.config.algorithm.name)
+
+
+def _slices(total: int, size: int):
+    return [(i, min(i + size, total)) for i in range(0, total, size)]
