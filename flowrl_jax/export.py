@@ -10,12 +10,12 @@ check reads every array), so the host needs memory for the optimiser state too.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 
 import jax
-from absl import app, flags
 from ml_collections import ConfigDict
 
 from flowrl_jax import mesh as mesh_lib
@@ -24,10 +24,6 @@ from flowrl_jax.models.decoder import init_params
 from flowrl_jax.trainer import step as step_lib
 from flowrl_jax.trainer.checkpoint import Checkpoints
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "the run's directory", required=True)
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest readable)")
-_OUT = flags.DEFINE_string("out", None, "output directory (default: <workdir>/export/step_<N>)")
-_DTYPE = flags.DEFINE_string("dtype", None, "dtype of the exported weights (default: as trained)")
 log = logging.getLogger("flowrl_jax")
 
 
@@ -77,12 +73,19 @@ def export(workdir: str, step: int | None = None, out: str | None = None, dtype=
     return out
 
 
-def main(argv) -> None:
-    del argv
+def main(argv=None) -> None:
+    # argparse, not absl flags: importing this module beside flowrl_jax.train (whose absl flags
+    # include --workdir) must not define a flag twice.
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="the run's directory")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest readable)")
+    parser.add_argument("--out", help="output directory (default: <workdir>/export/step_<N>)")
+    parser.add_argument("--dtype", help="dtype of the exported weights (default: as trained)")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    print(export(_WORKDIR.value, _STEP.value, _OUT.value, _DTYPE.value))
+    print(export(args.workdir, args.step, args.out, args.dtype))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from flowrl_jax.config import get_config
-from flowrl_jax.export import export
+from flowrl_jax.export import main as export_main
 from flowrl_jax.models import load_hf
 from flowrl_jax.trainer import checkpoint as checkpoint_lib
 from flowrl_jax.trainer.run import claim_workdir, signature
@@ -107,7 +107,8 @@ def test_killed_and_preempted_run_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
     # The export of the last checkpoint holds exactly the trained policy (no heads).
-    exported = load_hf(export(broken))
+    export_main(["--workdir", broken])  # python -m flowrl_jax.export --workdir=...
+    exported = load_hf(os.path.join(broken, "export", f"step_{STEPS}"))
     for (path, x), y in zip(
         jax.tree_util.tree_leaves_with_path(pb["params"]["policy"]),
         jax.tree.leaves(exported.params),
