@@ -16,22 +16,28 @@ from flowrl_jax.rollout import token_logprobs
 
 
 @pytest.mark.parametrize("family", testing.FAMILIES)
-def test_blocked_attention_equals_one_block(family):
-    """Blocks of 8 queries over T = 37 (not a multiple: the last block is padded), left padding."""
-    one = testing.tiny_config(family, attention_block=0)
-    blocked = one.replace(attention_block=8)
+@pytest.mark.parametrize("blocks", [dict(attention_block=8), dict(causal_block=8)])
+def test_blocked_attention_equals_one_block(family, blocks):
+    """Blocks of 8 queries over T = 37 (not a multiple), left padding: the rematerialised
+    long-context blocks, and the causal blocks of a short forward (8, 8, 8, 8 and 5 queries), each of
+    which skips the keys past its last query."""
+    one = testing.tiny_config(family, attention_block=0, causal_block=0)
+    blocked = one.replace(**blocks)
     params = Model.random(one, seed=3).params
     tokens, mask = testing.left_padded_batch(
         1, batch=3, length=37, vocab=one.vocab_size, min_len=20
     )
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+    # Tokens predicted from a valid position. A row's first token is predicted from a pad position,
+    # whose query sees no key: its output (a uniform average over whichever keys its block reads)
+    # differs between the forms and is never scored, as only response tokens are.
+    scored = mask * jnp.pad(mask[:, :-1], ((0, 0), (1, 0)))
 
     def loss(cfg, p):
-        return jnp.sum(token_logprobs(cfg, p, tokens, mask, 1.0, 16) * mask)
+        return jnp.sum(token_logprobs(cfg, p, tokens, mask, 1.0, 16) * scored)
 
     valid = np.asarray(mask, bool)
-    for cfg in (one, blocked):
-        assert cfg.attention_block == 0 or 37 > cfg.attention_block
+    assert (blocked.attention_block or blocked.causal_block) < 37
     ref, got = (np.asarray(forward(c, params, tokens, mask).logits) for c in (one, blocked))
     np.testing.assert_allclose(got[valid], ref[valid], atol=2e-5, rtol=0)
     g_ref, g_got = (jax.grad(loss, argnums=1)(c, params) for c in (one, blocked))

@@ -43,6 +43,10 @@ class DecoderConfig:
     # Queries per attention block: a forward over T > attention_block positions computes attention one
     # block of queries at a time (rematerialised), so the [T, S] scores never exist whole. 0 = never.
     attention_block: int = 512
+    # A forward without a cache (log-probs, training) at T <= attention_block: queries per block,
+    # each block attending only the keys up to its last query, so the scores above the causal
+    # diagonal (all masked) are never computed. 0 = one block over all T x T scores.
+    causal_block: int = 128
 
     def __post_init__(self):
         check_config(self)
@@ -85,6 +89,8 @@ def check_config(cfg: DecoderConfig) -> None:
         )
     if cfg.attention_block < 0:
         raise ValueError(f"attention_block={cfg.attention_block} must be >= 0 (0 = unblocked)")
+    if cfg.causal_block < 0:
+        raise ValueError(f"causal_block={cfg.causal_block} must be >= 0 (0 = unblocked)")
     if cfg.remat not in REMAT_POLICIES:
         raise ValueError(f"remat={cfg.remat!r} must be one of {REMAT_POLICIES}")
     for key in ("param_dtype", "dtype"):

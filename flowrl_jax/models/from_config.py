@@ -30,6 +30,7 @@ def default_config() -> ConfigDict:
             "param_dtype": "",  # storage dtype; empty: same as dtype
             "remat": "none",  # 'none' | 'full' | 'dots'
             "attention_block": 512,  # queries per attention block at long T; 0 = one block
+            "causal_block": 128,  # queries per causal block at short T (skips masked scores); 0 = off
         }
     )
 
@@ -40,6 +41,7 @@ def _overrides(config: ConfigDict) -> dict:
         param_dtype=config.param_dtype or config.dtype,
         remat=config.remat,
         attention_block=config.attention_block,
+        causal_block=config.causal_block,
     )
 
 

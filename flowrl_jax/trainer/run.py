@@ -35,7 +35,14 @@ from flowrl_jax.trainer.step import TrainState
 log = logging.getLogger("flowrl_jax")
 
 # Fields that change what is computed but not what the parameters are: a run may resume with others.
-_RUNTIME_FIELDS = {"dtype", "param_dtype", "remat", "attention_block", "max_position_embeddings"}
+_RUNTIME_FIELDS = {
+    "dtype",
+    "param_dtype",
+    "remat",
+    "attention_block",
+    "causal_block",
+    "max_position_embeddings",
+}
 
 
 def signature(model_cfg: DecoderConfig, algorithm: str) -> dict:
