@@ -186,6 +186,8 @@ def _grad_error(got, want) -> float:
     return worst
 
 
+# CI runs the first five: FlowRL, each loss aggregation and the value loss. The rest (~30 s each on
+# 2 cores) run with -m slow.
 ACCUMULATION_CASES = [
     ("flowrl", {}),
     ("grpo", {}),  # seq-mean-token-mean
@@ -202,7 +204,11 @@ ACCUMULATION_CASES = [
 
 
 @pytest.mark.parametrize(
-    "name, changes", ACCUMULATION_CASES, ids=[f"{n}-{c}" for n, c in ACCUMULATION_CASES]
+    "name, changes",
+    [
+        pytest.param(n, c, id=f"{n}-{c}", marks=[pytest.mark.slow] if i >= 5 else [])
+        for i, (n, c) in enumerate(ACCUMULATION_CASES)
+    ],
 )
 def test_micro_batches_give_the_gradient_and_metrics_of_one_pass(name, changes):
     """1, 2 and 4 micro-batches against jax.grad of the loss over the whole mini-batch: the same
