@@ -35,17 +35,17 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def forward_flops(hf: dict, batch: int, length: int) -> float:
+def matmul_params(hf: dict) -> int:
+    """Weights each token multiplies by: the layers' projections and the LM head (no embedding)."""
     d, f, L = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
-    h, k, dh, v = (
-        hf["num_attention_heads"],
-        hf["num_key_value_heads"],
-        hf["head_dim"],
-        hf["vocab_size"],
-    )
-    per_token = L * (d * (h + 2 * k) * dh + h * dh * d + 3 * d * f) + d * v
+    h, k, dh = hf["num_attention_heads"], hf["num_key_value_heads"], hf["head_dim"]
+    return L * (d * (h + 2 * k) * dh + h * dh * d + 3 * d * f) + d * hf["vocab_size"]
+
+
+def forward_flops(hf: dict, batch: int, length: int) -> float:
+    L, h, dh = hf["num_hidden_layers"], hf["num_attention_heads"], hf["head_dim"]
     attention = L * 2 * length * h * dh  # scores and weighted sum, full (unmasked) square
-    return 2 * batch * length * (per_token + attention)
+    return 2 * batch * length * (matmul_params(hf) + attention)
 
 
 def main() -> None:

@@ -76,15 +76,11 @@ class Result:
 def step_params(hf: dict) -> int:
     """N: the parameters each token's matmuls touch, i.e. all but the embedding table (the layers'
     projections and norms, the final norm, the LM head)."""
-    d, f, L = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
-    h, k, dh, v = (
-        hf["num_attention_heads"],
-        hf["num_key_value_heads"],
-        hf["head_dim"],
-        hf["vocab_size"],
-    )
-    per_layer = d * (h + 2 * k) * dh + h * dh * d + 3 * d * f + 2 * d + 2 * dh  # + norms
-    return L * per_layer + d + d * v
+    from benchmarks.forward import matmul_params
+
+    d, dh = hf["hidden_size"], hf["head_dim"]
+    norms = hf["num_hidden_layers"] * (2 * d + 2 * dh) + d  # input/post norms, q/k norms; final
+    return matmul_params(hf) + norms
 
 
 def make_batch(seed: int, batch: int, prompt: int, response: int, vocab: int):
@@ -157,7 +153,7 @@ def run_size(
     # slot 0: the state, donated (its buffers are reused for the new one), as in the trainer.
     update = jax.jit(functools.partial(step_lib.update, spec, optimizer), donate_argnums=0)
 
-    torch_step, torch_first = _torch_step(reference, state, spec, config, tokens, prepared)
+    torch_step = _torch_step(reference, state, spec, config, tokens, prepared)
 
     def run_ours():
         nonlocal state
@@ -168,7 +164,7 @@ def run_size(
     t0 = time.perf_counter()
     metrics = run_ours()
     compile_s = time.perf_counter() - t0
-    first = torch_first()
+    first = torch_step()
     first_loss = (float(metrics["loss"]), first[0])
     first_grad_norm = (float(metrics["grad_norm"]), first[1])
     first_entropy = (float(metrics["entropy"]), first[2])
@@ -185,13 +181,15 @@ def run_size(
 
 
 def _torch_step(model, state, spec, config, tokens, batch):
-    """The same update in torch: (step, first) where step() runs one optimiser step and first()
-    runs one too and returns (loss, grad norm before clipping) for the initial parameters."""
+    """The same update in torch: a function that runs one optimiser step and returns (loss, grad
+    norm before clipping, entropy) at the parameters it started from."""
     import torch
 
     P, D = spec.prompt_len, spec.model.hidden_size
     zc, opt_cfg, algo_cfg = config.heads.logz, config.optimizer, spec.algo_cfg
-    assert spec.alg.needs_logz and not spec.alg.needs_values  # the loss below is FlowRL's
+    # The loss below is FlowRL's with its defaults.
+    assert spec.alg.needs_logz and not spec.alg.needs_values
+    assert algo_cfg.is_weight == "clip" and algo_cfg.length_normalize
     layers = []
     for _ in range(zc.depth):
         layers += [
@@ -249,8 +247,7 @@ def _torch_step(model, state, spec, config, tokens, batch):
         schedule.step()
         return loss.item(), grad_norm.item(), entropy.item()
 
-    assert algo_cfg.is_weight == "clip" and algo_cfg.length_normalize
-    return step, step
+    return step
 
 
 def _seconds(fn) -> float:

@@ -87,10 +87,9 @@ def check_config(cfg: DecoderConfig) -> None:
         raise NotImplementedError(
             f"rope_scaling.rope_type={rope_type!r} is not implemented; supported: {ROPE_TYPES}"
         )
-    if cfg.attention_block < 0:
-        raise ValueError(f"attention_block={cfg.attention_block} must be >= 0 (0 = unblocked)")
-    if cfg.causal_block < 0:
-        raise ValueError(f"causal_block={cfg.causal_block} must be >= 0 (0 = unblocked)")
+    for key in ("attention_block", "causal_block"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"{key}={getattr(cfg, key)} must be >= 0 (0 = unblocked)")
     if cfg.remat not in REMAT_POLICIES:
         raise ValueError(f"remat={cfg.remat!r} must be one of {REMAT_POLICIES}")
     for key in ("param_dtype", "dtype"):
