@@ -13,7 +13,8 @@ Each baseline is the same run with one override (the rest of the recipe stays id
 
 The device count must be a multiple of mesh.tensor = 4 (e.g. a v5p-64 slice or 4 x 8 H100) and
 256 / (devices / 4) a whole number (the mini-batch splits over the fsdp axis).
-Not here yet (no config key exists): the math dataset, the number of RL steps for the paper's run
+The training data is a placeholder too: --config.task.path=FILE (rows with `prompt` and `answer`;
+--config.task.fields.answer=... renames). Not here (the paper gives none): the number of RL steps
 (train.steps keeps the default; pass --config.train.steps=N).
 """
 
@@ -58,6 +59,16 @@ def get_config():
     config.optimizer.warmup_steps = 10  # linear warm-up, then constant (paper)
     config.optimizer.weight_decay = 0.1  # AdamW weight decay (paper)
     config.optimizer.grad_clip = 1.0  # global-norm clip over all parameters, heads included (paper)
+
+    # The paper's math training reward: the last `Answer:` line, normalised, exact match, +1 / -1.
+    config.task.name = "file"
+    config.task.kind = "math"
+    config.task.path = "/path/to/math_train.jsonl"  # must be overridden: your training data
+    config.task.system_prompt = "Solve the problem step by step. End with the final answer alone on the last line, as: Answer: <answer>"
+    # Evaluation as the paper reports it (Math-Verify, 16 samples at 0.6 / 0.95): run
+    # `python -m flowrl_jax.evaluate` on the checkpoints, or set eval.every / eval.data here.
+    config.eval.k = 16
+    config.eval.pass_k = "1,16"
 
     config.algorithm.name = "flowrl"  # beta = 15, clip(w, 0.8, 1.2): the defaults are the paper's
     # Our choices (the paper gives none): no foundation checks (they write a full HF export on every

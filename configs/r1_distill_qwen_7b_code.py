@@ -11,8 +11,9 @@ Each baseline is the same run with one override (the rest of the recipe stays id
         --config.model.checkpoint=/data/DeepSeek-R1-Distill-Qwen-7B --config.algorithm.name=grpo
     # ... or ppo | reinforce_pp | dapo | gspo
 
-Not here yet (no config key exists): the code dataset and its sandboxed test reward, the number of
-RL steps (train.steps keeps the default; pass --config.train.steps=N).
+The training data is a placeholder too: --config.task.path=FILE (rows with `prompt` and `tests`: a
+Python test program or stdin/stdout cases, run in the sandbox). Not here (the paper gives none): the
+number of RL steps (train.steps keeps the default; pass --config.train.steps=N).
 """
 
 from flowrl_jax.config import get_config as _default
@@ -55,6 +56,13 @@ def get_config():
     config.optimizer.warmup_steps = 10  # linear warm-up, then constant
     config.optimizer.weight_decay = 0.1  # AdamW weight decay
     config.optimizer.grad_clip = 1.0  # global-norm clip over all parameters, heads included
+
+    # The code reward: the last fenced block run against the row's tests in the sandbox, 1 if all pass.
+    config.task.name = "file"
+    config.task.kind = "code"
+    config.task.path = "/path/to/code_train.jsonl"  # must be overridden: your training data
+    config.eval.k = 16  # the paper's pass@1 (mean of 16) and pass@16
+    config.eval.pass_k = "1,16"
 
     config.algorithm.name = "flowrl"  # beta = 15, clip(w, 0.8, 1.2): the defaults are the paper's
     # Our choices (the paper gives none): no foundation checks (they write a full HF export on every

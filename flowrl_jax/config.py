@@ -7,7 +7,7 @@ exist (`--config.modle.dtype=...`) is an error, not a new key.
 
 from ml_collections import ConfigDict
 
-from flowrl_jax import algorithms, mesh
+from flowrl_jax import algorithms, evaluate, mesh, tasks
 from flowrl_jax.algorithms import heads
 from flowrl_jax.models import from_config
 from flowrl_jax.rollout import sampler
@@ -31,7 +31,10 @@ def get_config() -> ConfigDict:
     config.optimizer = step.optimizer_config()
     config.train = loop.default_config()
     config.checkpoint = checkpoint.default_config()
-    config.task = ConfigDict({"name": "digits"})
+    # digits (synthetic, the default) | file (--config.task.path=data.jsonl, task.kind math|code) |
+    # gym:<reasoning-gym dataset> (task.gym_size, task.gym_config); tasks/base.py documents each key.
+    config.task = tasks.default_config()
+    config.eval = evaluate.default_config()  # periodic evaluation; off by default
     # The embedded default is a tiny random model on the CPU: short responses, small groups, and a
     # learning rate a random tiny model notices (the paper's 1e-6 is for 7B checkpoints).
     config.rollout.n = 4

@@ -49,13 +49,15 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
     )
 
 
-def export(workdir: str, step: int | None = None, out: str | None = None, dtype=None) -> str:
+def load_run_policy(workdir: str, step: int | None = None, mesh=None):
+    """A run's policy from its newest readable checkpoint (or `step`).
+    -> (Model on `mesh`, tokenizer, the checkpoint's record)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {workdir} is not a flowrl-jax run directory")
     with open(path) as f:
         config = ConfigDict(json.load(f))
-    mesh = mesh_lib.make_mesh()
+    mesh = mesh or mesh_lib.make_mesh()
     model_cfg, tokenizer = from_config.model_config(config.model, workdir)
     checkpoints = Checkpoints(workdir, config.checkpoint)
     try:
@@ -65,8 +67,12 @@ def export(workdir: str, step: int | None = None, out: str | None = None, dtype=
     if restored is None:
         raise FileNotFoundError(f"no readable checkpoint in {checkpoints.directory}")
     state, record = restored
+    return Model(model_cfg, state.params["policy"], mesh=mesh), tokenizer, record
+
+
+def export(workdir: str, step: int | None = None, out: str | None = None, dtype=None) -> str:
+    model, tokenizer, record = load_run_policy(workdir, step)
     out = out or os.path.join(workdir, "export", f"step_{record['rl_step']}")
-    model = Model(model_cfg, state.params["policy"], mesh=mesh)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_hf(model, out, tokenizer=tokenizer, dtype=dtype, overwrite=True)
     log.info("exported the policy of RL step %d to %s", record["rl_step"], out)

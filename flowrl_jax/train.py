@@ -123,10 +123,13 @@ def sample_and_recompute(config, model, tokenizer, prompt: str, mesh) -> dict:
     }
 
 
-def train(config, mesh, model=None, tokenizer=None) -> run_lib.RunResult:
-    """Train on `config.task` in `config.workdir` (resuming from its latest checkpoint)."""
+def train(config, mesh, model=None, tokenizer=None, task=None) -> run_lib.RunResult:
+    """Train on `config.task` (or `task`, built from it already) in `config.workdir`, resuming from
+    its latest checkpoint."""
     check_sizes(config, mesh)  # before anything is built or compiled
-    task = tasks.get(config.task.name)
+    tasks.prompt_limit(config)
+    if task is None:
+        task = tasks.get(config.task, config.seed)
     if model is None:
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
     return run_lib.run(config, mesh, model, tokenizer, task)
@@ -143,7 +146,9 @@ def main(argv) -> None:
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     os.makedirs(config.workdir, exist_ok=True)
     check_sizes(config, mesh)
-    tasks.get(config.task.name)  # an unknown task fails here, before the model is built
+    # An unknown task or a bad data file fails here, before the model is built.
+    tasks.prompt_limit(config)
+    task = tasks.get(config.task, config.seed)
     # A workdir of another model or algorithm fails here, before any weight is read.
     model_cfg, _ = from_config.model_config(config.model, config.workdir)
     run_lib.claim_workdir(config.workdir, run_lib.signature(model_cfg, config.algorithm.name))
@@ -154,7 +159,7 @@ def main(argv) -> None:
         if config.smoke.enabled:
             figures = smoke(config, mesh, model, tokenizer, time.perf_counter() - t0)
         # The trainer starts from the same (immutable) parameters the smoke checks used.
-        result = train(config, mesh, model, tokenizer)
+        result = train(config, mesh, model, tokenizer, task)
     if jax.process_index() != 0:
         return
     if figures:

@@ -101,3 +101,11 @@ def write_report(results: Mapping[str, Mapping], path_prefix: str) -> tuple[str,
     rows = [{"dataset": name, **metrics} for name, metrics in results.items()]
     _write_atomic(md_path, markdown_table(rows, report_columns(results)))
     return json_path, md_path
+
+
+def write_json(obj, path: str) -> str:
+    """Any result tree as JSON (NaN as null), atomically."""
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    _write_atomic(path, json.dumps(_json_safe(obj), indent=1) + "\n")
+    return path

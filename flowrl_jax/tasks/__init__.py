@@ -1,5 +1,19 @@
-"""Tasks: a dataset of prompts and a reward the host computes for each response."""
+"""Tasks: a dataset of prompts and a reward the host computes for each response.
 
-from flowrl_jax.tasks.base import Task, get
+tasks.get(config.task, config.seed)       digits | file (task.path) | gym:<reasoning-gym name>
+tasks.encode_prompts(task, tokenizer, n)  token ids of the prompts of at most n tokens
+"""
 
-__all__ = ["Task", "get"]
+from flowrl_jax.tasks.base import Task, default_config, get
+from flowrl_jax.tasks.files import DataError
+from flowrl_jax.tasks.prompts import EncodedPrompts, encode_prompts, prompt_limit
+
+__all__ = [
+    "DataError",
+    "EncodedPrompts",
+    "Task",
+    "default_config",
+    "encode_prompts",
+    "get",
+    "prompt_limit",
+]

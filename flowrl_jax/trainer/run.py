@@ -19,13 +19,14 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
 from flowrl_jax.models.families import DecoderConfig
-from flowrl_jax.tasks import Task
+from flowrl_jax.tasks import Task, encode_prompts, prompt_limit
 from flowrl_jax.trainer.checkpoint import Checkpoints
 from flowrl_jax.trainer.data import PromptOrder
 from flowrl_jax.trainer.loop import Trainer, check_sizes
@@ -73,6 +74,17 @@ def claim_workdir(workdir: str, sig: dict) -> None:
         with open(path + ".tmp", "w") as f:
             json.dump(sig, f, indent=1)
         os.replace(path + ".tmp", path)
+
+
+def _evaluate(config, trainer, tokenizer, mesh, rl_step: int, task: Task) -> dict:
+    from flowrl_jax import evaluate
+    from flowrl_jax.models import Model
+
+    t0 = time.perf_counter()
+    policy = Model(trainer.model.cfg, trainer.state.params["policy"], mesh=mesh)
+    metrics = evaluate.periodic(config, policy, tokenizer, mesh, rl_step, task)
+    log.info("evaluation after RL step %d took %.1f s", rl_step, time.perf_counter() - t0)
+    return metrics | {"time/eval": time.perf_counter() - t0}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -125,8 +137,13 @@ def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
+    # Every row encoded now, before anything compiles; rows too long for the sampler are dropped
+    # here, with a log line.
+    prompts = encode_prompts(task, tokenizer, prompt_limit(config), config.task.system_prompt)
     trainer = Trainer(config, model, tokenizer, mesh, task)
-    order = PromptOrder(len(task.prompts), config.seed, config.train.shuffle)
+    # The order permutes the kept prompts, so its saved size is theirs: a resume with another
+    # dataset, filter or tokenizer that changes the count is refused.
+    order = PromptOrder(len(prompts.ids), config.seed, config.train.shuffle)
     checkpoints = Checkpoints(workdir, config.checkpoint)
     first = 0
     restored = checkpoints.restore_latest(trainer.state)
@@ -137,18 +154,10 @@ def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
     total = config.train.steps
     if first:
         log.info("resuming after RL step %d of %d", first, total)
-    encoded: dict[int, list[int]] = {}
 
     def next_prompts():
-        rows = order.take(config.train.prompts_per_step)
-        for r in rows:
-            if r not in encoded:
-                message = [{"role": "user", "content": task.prompts[r]}]
-                text = tokenizer.apply_chat_template(
-                    message, add_generation_prompt=True, tokenize=False
-                )
-                encoded[r] = tokenizer(text)["input_ids"]
-        return [encoded[r] for r in rows], rows
+        picks = order.take(config.train.prompts_per_step)
+        return [prompts.ids[k] for k in picks], [prompts.rows[k] for k in picks]
 
     metrics_log = MetricsLog(workdir, total, first)
     log.info("MFU is against a peak of %.3g FLOP/s (%s)", trainer.peak, trainer.peak_source)
@@ -157,6 +166,9 @@ def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
     try:
         for rl_step in range(first + 1, total + 1):
             metrics = trainer.step(next_prompts)
+            every = config.eval.every
+            if every and (rl_step % every == 0 or rl_step == total):
+                metrics |= _evaluate(config, trainer, tokenizer, mesh, rl_step, task)
             metrics_log.write(rl_step, metrics)
             result.history.append(metrics)
             result.last_step = rl_step
