@@ -5,13 +5,14 @@ report, and the rows each host would own."""
 import json
 import logging
 
+import numpy as np
 import pytest
 
 from flowrl_jax import tasks, testing
 from flowrl_jax.config import get_config
 from flowrl_jax.models import load_tokenizer
 from flowrl_jax.tasks import DataError, files
-from flowrl_jax.trainer.data import PromptOrder, shard_rows
+from flowrl_jax.trainer.data import PromptOrder, PromptSource, shard_count, shard_rows
 
 
 def write_jsonl(path, lines):
@@ -262,7 +263,7 @@ def test_shard_rows_split_the_rows_evenly(size, count):
     assert sorted(sum(shards, [])) == rows  # disjoint (no duplicates) and complete
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
     assert all(r % count == i for i, s in enumerate(shards) for r in s)
-    with pytest.raises(ValueError, match="process index 3"):
+    with pytest.raises(ValueError, match="shard index 3"):
         shard_rows(rows, 3, 3)
 
 
@@ -271,3 +272,41 @@ def test_the_paper_configs_data_placeholder_is_refused():
     config.name, config.path = "file", "/path/to/math_train.jsonl"
     with pytest.raises(ValueError, match="placeholder; pass --config.task.path=FILE"):
         tasks.get(config)
+
+
+def test_data_shards_split_the_rows_and_resume(tmp_path):
+    tok = load_tokenizer(testing.make_tiny_tokenizer(str(tmp_path / "tok")))
+    task = tasks.get("digits")
+    n = len(task.prompts)
+
+    def source(shards, seed=0):
+        return PromptSource(task, tok, 0, "", seed, True, shards)
+
+    # One shard is the unsharded order exactly (checkpoints of earlier runs stay valid).
+    one = source(1)
+    assert [one.take(4)[1] for _ in range(3)] == [
+        r.tolist() for r in np.split(np.asarray(PromptOrder(n, 0).take(12)), 3)
+    ]
+    # Two shards: each batch is 2 draws from the even rows, then 2 from the odd ones.
+    two = source(2)
+    batches = [two.take(4)[1] for _ in range(n // 4)]  # one epoch of each shard
+    assert all(r % 2 == 0 for b in batches for r in b[:2])
+    assert all(r % 2 == 1 for b in batches for r in b[2:])
+    assert sorted(r for b in batches for r in b) == list(range(n))  # each row once an epoch
+    ids, rows = two.take(2)
+    again = source(2)
+    again.restore(two.state())
+    assert again.take(4)[1] == two.take(4)[1]
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": task.prompts[rows[0]]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert ids[0].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match="shard count must stay the same"):
+        source(1).restore(two.state())
+    with pytest.raises(ValueError, match="do not split over 2 data shards"):
+        two.take(3)
+    with pytest.raises(ValueError, match="multiple of the process count"):
+        shard_count(0, 1)
+    assert shard_count(-1, 4) == 4 and shard_count(8, 4) == 8

@@ -1,6 +1,6 @@
 """The trainer on a mesh computes what it computes on one device: 3 RL steps of the tiny model on 8
 CPU devices (fsdp=4, tensor=2, gradients accumulated over 2 micro-batches) against one device, and 2 processes (2 CPU devices each, gloo
-collectives) against one process with 4 devices."""
+collectives, one data shard each) against one process with 4 devices (both shards)."""
 
 import json
 import os
@@ -22,8 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
 
 
-def config_for(workdir, steps, micro_batches=1):
+def config_for(workdir, steps, micro_batches=1, data_shards=1):
     config = get_config()
+    config.task.data_shards = data_shards
     config.workdir = str(workdir)
     config.train.steps = steps
     config.train.micro_batches = micro_batches
@@ -31,8 +32,8 @@ def config_for(workdir, steps, micro_batches=1):
     return config
 
 
-def train_on(mesh, workdir, steps, micro_batches=1):
-    config = config_for(workdir, steps, micro_batches)
+def train_on(mesh, workdir, steps, micro_batches=1, data_shards=1):
+    config = config_for(workdir, steps, micro_batches, data_shards)
     with jax.set_mesh(mesh):
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
         return run(config, mesh, model, tokenizer, digits.task())
@@ -107,8 +108,11 @@ def free_port() -> int:
 
 
 def test_two_processes_equal_one(tmp_path):
+    """Also per-host data: the two processes each encode and draw one of two data shards, and
+    equal one process that owns both."""
     steps, shape = 2, {"fsdp": 2, "tensor": 2}
-    reference = train_on(mesh_lib.make_mesh(shape, jax.devices()[:4]), tmp_path / "one", steps)
+    mesh = mesh_lib.make_mesh(shape, jax.devices()[:4])
+    reference = train_on(mesh, tmp_path / "one", steps, data_shards=2)
     port, workdir = free_port(), tmp_path / "two"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env |= {"PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -127,6 +131,7 @@ def test_two_processes_equal_one(tmp_path):
                 "--config.distributed.enabled=True",
                 f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                 "--config.distributed.num_processes=2",
+                "--config.task.data_shards=-1",
                 f"--config.distributed.process_id={rank}",
             ],
             cwd=ROOT,
@@ -141,6 +146,8 @@ def test_two_processes_equal_one(tmp_path):
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
     assert "RL steps 1-2" in outputs[0] and "RL steps 1-2" not in outputs[1]  # process 0 prints
+    for out in outputs:  # each process encoded its own half of the 100 prompts
+        assert "shard of 50 rows: kept 50 of 50 prompts" in out
     assert_metrics_close(metrics(tmp_path / "one"), metrics(workdir))
     checkpoints = Checkpoints(str(workdir), get_config().checkpoint)
     saved, record = checkpoints.restore_latest(reference.state)  # onto this process's 4 devices

@@ -48,6 +48,11 @@ def default_config() -> ConfigDict:
             # Prompts longer than this many tokens (chat template included) are dropped, and the
             # count logged. 0 = the largest rollout.prompt_buckets, the longest the sampler takes.
             "max_prompt_len": 0,
+            # Data shards: rows split S ways, each step drawing prompts_per_step / S from each
+            # shard's own order; a process encodes and draws only its shards (s % processes).
+            # 1 = no split; -1 = one shard per process (each host loads its own share). The draws
+            # depend on S only, so a run can move to another process count with S fixed.
+            "data_shards": 1,
         }
     )
 

@@ -38,20 +38,24 @@ def prompt_limit(config: ConfigDict) -> int:
     return limit or largest
 
 
-def encode_prompts(task, tokenizer, max_prompt_len: int, system_prompt: str = "") -> EncodedPrompts:
-    """Encode every prompt of `task` and keep those of at most `max_prompt_len` tokens (0 = all).
-    Logs what was dropped; raises if nothing is left."""
+def encode_prompts(
+    task, tokenizer, max_prompt_len: int, system_prompt: str = "", rows=None
+) -> EncodedPrompts:
+    """Encode the prompts of `task` (or only those of `rows`, a data shard) and keep those of at
+    most `max_prompt_len` tokens (0 = all). Logs what was dropped; raises if nothing is left."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    rows = list(range(len(task.prompts))) if rows is None else list(rows)
+    prompts = [task.prompts[r] for r in rows]
     ids = []
     # In chunks, kept as int32 arrays: Python lists of ints take about 9 times the memory.
-    for start in range(0, len(task.prompts), 1024):
+    for start in range(0, len(prompts), 1024):
         texts = [
             tokenizer.apply_chat_template(
                 system + [{"role": "user", "content": p}],
                 add_generation_prompt=True,
                 tokenize=False,
             )
-            for p in task.prompts[start : start + 1024]
+            for p in prompts[start : start + 1024]
         ]
         # The template writes any BOS itself; add_special_tokens would add a second one (as
         # apply_chat_template(tokenize=True) also avoids).
@@ -64,7 +68,7 @@ def encode_prompts(task, tokenizer, max_prompt_len: int, system_prompt: str = ""
     n = len(ids)
     report = f"kept {len(kept)} of {n} prompts"
     if dropped:
-        sources = [_source(task, i) for i in dropped[:5]]
+        sources = [_source(task, rows[i]) for i in dropped[:5]]
         more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
         longest = max(len(ids[i]) for i in dropped)
         report += (
@@ -77,8 +81,10 @@ def encode_prompts(task, tokenizer, max_prompt_len: int, system_prompt: str = ""
             f"task {task.name!r}: no prompt fits: {report}. The shortest has {shortest} tokens; "
             "raise task.max_prompt_len (and rollout.prompt_buckets) or shorten the prompts"
         )
+    if len(rows) < len(task.prompts):
+        report = f"shard of {len(rows)} rows: {report}"
     (log.warning if dropped else log.info)("task %s: %s", task.name, report)
-    return EncodedPrompts([ids[i] for i in kept], kept, report)
+    return EncodedPrompts([ids[i] for i in kept], [rows[i] for i in kept], report)
 
 
 def _source(task, i: int) -> str:

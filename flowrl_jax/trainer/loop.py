@@ -66,6 +66,14 @@ def check_sizes(config: ConfigDict, mesh) -> int:
             f"train.prompts_per_step x rollout.n = {rollout}"
         )
     mesh_lib.check_batch(size, mesh, "train.minibatch_size")
+    from flowrl_jax.trainer.data import shard_count
+
+    shards = shard_count(config.task.get("data_shards", 1), jax.process_count())
+    if t.prompts_per_step % shards:
+        raise ValueError(
+            f"train.prompts_per_step={t.prompts_per_step} does not split over {shards} data shards "
+            f"(task.data_shards={config.task.data_shards})"
+        )
     step_lib.check_micro_batches(size, t.micro_batches, mesh)
     return size
 

@@ -8,7 +8,7 @@ save every `checkpoint.every` steps, at the end and on SIGTERM.
     <workdir>/metrics.png    the main curves, drawn at the end of each start
 
 A resumed run continues bit for bit: the train state holds the PRNG key and the step, and the data
-order is a function of the seed and one saved position.
+order is a function of the seed and the saved positions (one per data shard).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from flowrl_jax.models.families import DecoderConfig
-from flowrl_jax.tasks import Task, encode_prompts, prompt_limit
+from flowrl_jax.tasks import Task, prompt_limit
 from flowrl_jax.trainer.checkpoint import Checkpoints
-from flowrl_jax.trainer.data import PromptOrder
+from flowrl_jax.trainer.data import PromptSource, shard_count
 from flowrl_jax.trainer.loop import Trainer, check_sizes
 from flowrl_jax.trainer.metrics import MetricsLog, plot
 from flowrl_jax.trainer.step import TrainState
@@ -137,27 +137,33 @@ def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
-    # Every row encoded now, before anything compiles; rows too long for the sampler are dropped
-    # here, with a log line.
-    prompts = encode_prompts(task, tokenizer, prompt_limit(config), config.task.system_prompt)
+    # Every row (of this process's data shards) encoded now, before anything compiles; rows too
+    # long for the sampler are dropped here, with a log line. The order permutes the kept prompts,
+    # so its saved size is theirs: a resume whose dataset, filter or tokenizer changes the count is
+    # refused.
+    prompts = PromptSource(
+        task,
+        tokenizer,
+        prompt_limit(config),
+        config.task.system_prompt,
+        config.seed,
+        config.train.shuffle,
+        shard_count(config.task.data_shards, jax.process_count()),
+    )
     trainer = Trainer(config, model, tokenizer, mesh, task)
-    # The order permutes the kept prompts, so its saved size is theirs: a resume with another
-    # dataset, filter or tokenizer that changes the count is refused.
-    order = PromptOrder(len(prompts.ids), config.seed, config.train.shuffle)
     checkpoints = Checkpoints(workdir, config.checkpoint)
     first = 0
     restored = checkpoints.restore_latest(trainer.state)
     if restored is not None:
         trainer.state, record = restored
-        order.restore(record["data"])
+        prompts.restore(record["data"])
         first = record["rl_step"]
     total = config.train.steps
     if first:
         log.info("resuming after RL step %d of %d", first, total)
 
     def next_prompts():
-        picks = order.take(config.train.prompts_per_step)
-        return [prompts.ids[k] for k in picks], [prompts.rows[k] for k in picks]
+        return prompts.take(config.train.prompts_per_step)
 
     metrics_log = MetricsLog(workdir, total, first)
     log.info("MFU is against a peak of %.3g FLOP/s (%s)", trainer.peak, trainer.peak_source)
@@ -174,7 +180,7 @@ def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
             result.last_step = rl_step
             result.preempted = stop.requested()
             if result.preempted or rl_step == total or checkpoints.due(rl_step):
-                record = {"data": order.state(), "config": config.to_json_best_effort()}
+                record = {"data": prompts.state(), "config": config.to_json_best_effort()}
                 checkpoints.save(rl_step, trainer.state, record)
             if result.preempted:
                 log.warning(
