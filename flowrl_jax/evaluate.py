@@ -13,16 +13,19 @@ and correct solution paths per problem, mean pairwise similarity (evaluation/met
 Correctness is the evaluation reward, not the training one: math rows by Math-Verify against the
 gold (0 / 1, in worker processes with a timeout), code rows by their tests in the sandbox,
 reasoning-gym rows by the dataset's own scorer. The trainer's periodic evaluation calls
-`evaluate_task` on its current parameters.
+`evaluate_task` on its current parameters. A judge (the paper's LLM diversity rating, or anything
+else) plugs in with `--judge=module:function`, called with (prompt, responses) per problem.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -47,9 +50,12 @@ class EvalSettings:
     max_prompt_len: int = 0  # longer prompts are left out (and reported); 0 = no limit
     system_prompt: str = ""
     code_workers: int = 8  # sandboxes at once
+    # Optional judge (e.g. an LLM rating diversity 1-5, as the paper did): (prompt, responses) ->
+    # a score per problem, reported as "judge". CLI: --judge=package.module:function.
+    judge: Callable[[str, list[str]], float] | None = None
 
 
-def judge(task: tasks.Task, response: str, row: int) -> tuple[bool, str | None]:
+def verdict(task: tasks.Task, response: str, row: int) -> tuple[bool, str | None]:
     """(correct, final-answer key for maj@k and distinct answers) of one response."""
     data = task.rows[row] if row < len(task.rows) else {}
     if "tests" in data:
@@ -117,7 +123,7 @@ def score(task, rows: list[int], texts: list[list[str]], settings: EvalSettings)
     flat = [(row, text) for row, group in zip(rows, texts) for text in group]
     workers = settings.code_workers if any("tests" in r for r in task.rows) else 1
     with ThreadPoolExecutor(workers) as pool:
-        verdicts = list(pool.map(lambda rt: judge(task, rt[1], rt[0]), flat))
+        verdicts = list(pool.map(lambda rt: verdict(task, rt[1], rt[0]), flat))
     problems, start = [], 0
     for row, group in zip(rows, texts):
         judged = verdicts[start : start + len(group)]
@@ -126,6 +132,8 @@ def score(task, rows: list[int], texts: list[list[str]], settings: EvalSettings)
         figures = metrics.problem_metrics(
             group, [a for _, a in judged], [c for c, _ in judged], ks=ks
         )
+        if settings.judge is not None:
+            figures["judge"] = float(settings.judge(task.prompts[row], list(group)))
         problems.append({"row": row, **figures})
     summary = metrics.aggregate([{k: v for k, v in p.items() if k != "row"} for p in problems])
     return {"summary": summary, "problems": problems}
@@ -236,12 +244,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--prompts-per-batch", type=int, default=8)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--judge", help="module:function scoring (prompt, responses) per problem")
     parser.add_argument("--out", help="output prefix (default: <workdir or .>/eval/<time>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     if args.step is not None and not args.workdir:
         parser.error("--step needs --workdir")
+    judge = None
+    if args.judge:
+        module, _, name = args.judge.partition(":")
+        judge = getattr(importlib.import_module(module), name or "judge")
     settings = EvalSettings(
         k=args.k,
         temperature=args.temperature,
@@ -250,6 +263,7 @@ def main(argv=None) -> dict:
         pass_k=tuple(int(j) for j in args.pass_k.split(",") if j),
         prompts_per_batch=args.prompts_per_batch,
         problems=args.problems,
+        judge=judge,
     )
     todo = datasets(args)  # bad data fails here, before the model loads
     from flowrl_jax import mesh as mesh_lib

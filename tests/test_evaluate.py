@@ -138,3 +138,16 @@ def test_humaneval_task():
     assert problem["prompt"] in task.prompts[2]
     assert task.reward(f"```python\n{solution}```", 2) == 1.0
     assert task.reward(f"```python\n{problem['prompt']}    return 0.0\n```", 2) == 0.0
+
+
+def distinct_responses(prompt: str, responses: list[str]) -> float:
+    """A stand-in judge for the hook test: how many different responses a problem got."""
+    return float(len(set(responses)))
+
+
+def test_judge_hook(tmp_path):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "p", "answer": "1"}])
+    task = file_task(path, "math")
+    settings = evaluate.EvalSettings(k=3, judge=distinct_responses)
+    result = evaluate.score(task, [0], [["\\boxed{1}", "\\boxed{1}", "\\boxed{2}"]], settings)
+    assert result["problems"][0]["judge"] == 2.0 and result["summary"]["judge"] == 2.0

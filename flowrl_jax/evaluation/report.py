@@ -19,6 +19,7 @@ _ORDER = (
     "correct_answers",
     "solution_paths",
     "pairwise_similarity",
+    "judge",
 )
 
 
