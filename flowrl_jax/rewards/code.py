@@ -5,6 +5,8 @@
 style: `check(candidate)` plus the call), or a list of stdin / stdout cases ({"input", "output"}
 dicts or (input, output) pairs), each run in its own process with the per-case wall limit and
 compared line by line with trailing whitespace ignored.
+
+The program runs on this interpreter with `-I -S`: the standard library only, no site-packages.
 """
 
 from __future__ import annotations

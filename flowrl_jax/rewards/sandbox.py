@@ -5,6 +5,9 @@ happened. Nothing here executes the program's code in this process.
 Each call is independent and thread-safe (subprocess without preexec_fn), so a thread pool of W
 threads runs W sandboxes at once. The host waits at most the wall limit plus a grace period; past it
 the launcher's whole process group is killed.
+
+Tested here as root (`mode='root'`: tests/test_sandbox.py). The unprivileged path (a user namespace,
+`mode='userns'`) is written but was not exercised on this machine, where the tests run as root.
 """
 
 from __future__ import annotations
