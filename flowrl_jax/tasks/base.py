@@ -19,6 +19,10 @@ class Task:
     # Row i's data for evaluation and error messages: "prompt", "source" ("path:line"), and the
     # gold "answer" (math, gym) or "tests" (code). Empty for the synthetic task, which has none.
     rows: Sequence[dict] = ()
+    # A reward the step can compile (trainer/fused.py): make_jit_reward(tokenizer) -> a pure
+    # function (SampleOutput, rows [B] int32, one dataset row per prompt) -> rewards [B * n]
+    # float32. When a task has one, both the fused and the phased step use it.
+    make_jit_reward: Callable | None = None
 
 
 def default_config() -> ConfigDict:

@@ -42,6 +42,12 @@ def default_config() -> ConfigDict:
             "micro_batches": 1,
             "shuffle": True,  # draw prompts in a seeded random order per epoch of the dataset
             "reward_workers": 8,  # host threads scoring responses
+            # One compiled program per RL step (trainer/fused.py) instead of one per phase:
+            # "auto" fuses when the task has a compiled reward, dynamic sampling is off and the
+            # prompts fill the sampler's batch bucket; "true" insists (an error says why not);
+            # "false" keeps the phased loop. Same checkpoints and resume either way; the fused step
+            # reports no per-phase times.
+            "fused": "auto",
             # FLOP/s of one device for MFU; 0 = the data sheet's bf16 figure for TPUs and GPUs, a
             # measured fp32 matmul on the CPU
             "peak_flops": 0.0,
@@ -108,7 +114,11 @@ class Trainer:
         self.state = jax.jit(init, out_shardings=self.state_sharding)(model.params, rng=rng)
         self.ref_params = model.params if algorithms.needs_ref(self.alg, self.algo_cfg) else None
         self._phases: dict[int, tuple] = {}
+        self._fused: dict[int, Callable] = {}
         self._pool = ThreadPoolExecutor(config.train.reward_workers)
+        self.reward_fn = task.make_jit_reward(tokenizer) if task.make_jit_reward else None
+        self._jit_reward = jax.jit(self.reward_fn) if self.reward_fn else None
+        self.fused = self._choose_fused(config.train.get("fused", False))
         self.peak, self.peak_source = metrics_lib.mesh_peak_flops(mesh, config.train.peak_flops)
 
     def _spec(self, prompt_len: int) -> step_lib.StepSpec:
@@ -135,7 +145,11 @@ class Trainer:
 
     def rewards(self, out: SampleOutput, rows: list[int]) -> np.ndarray:
         """Decode each response and score it with the task's reward, in parallel threads. With
-        several processes each scores every process_count-th response and they share the results."""
+        several processes each scores every process_count-th response and they share the results.
+        A task with a compiled reward (`make_jit_reward`) is scored by it instead, on every process."""
+        if self._jit_reward is not None:
+            first = np.asarray(rows[:: self.sp.n], np.int32)  # one row per prompt
+            return np.asarray(self._jit_reward(out, first), np.float32)
         count, index = jax.process_count(), jax.process_index()
         mine = np.arange(len(rows))[index::count]
         texts = dict(
@@ -255,6 +269,98 @@ class Trainer:
         times["update"] = time.perf_counter() - t0
         times["step"] = time.perf_counter() - t_start
         return metrics | self._step_metrics(tokens, mask, out, rewards, times)
+
+    def _why_not_fused(self) -> str | None:
+        if self.reward_fn is None:
+            return f"task {self.task.name!r} has no compiled reward (make_jit_reward)"
+        if self.algo_cfg.get("dynamic_sampling", False):
+            return "dynamic sampling (DAPO) refills on the host"
+        k = self.config.train.prompts_per_step
+        if self.sampler.batch_bucket(k) != k:
+            return (
+                f"train.prompts_per_step={k} does not fill the sampler's batch bucket "
+                f"({self.sampler.batch_bucket(k)} on this mesh)"
+            )
+        return None
+
+    def _choose_fused(self, setting) -> bool:
+        choice = {"auto": "auto", "true": True, "false": False}.get(str(setting).lower())
+        if choice is None:
+            raise ValueError(f"train.fused={setting!r} must be 'auto', 'true' or 'false'")
+        setting = choice
+        why = self._why_not_fused() if setting else None
+        if setting is True and why:
+            raise ValueError(f"train.fused=True, but the fused step cannot run: {why}")
+        fused = bool(setting) and why is None
+        log.info(
+            "RL step: %s",
+            "fused (one program)" if fused else f"phased ({why or 'train.fused=False'})",
+        )
+        return fused
+
+    def fused_step(self, next_prompts: Callable[[], tuple[list[list[int]], list[int]]]) -> dict:
+        """The same RL step as `step`, as one compiled program per prompt bucket (trainer/fused.py).
+        Needs a compiled reward and prompts that fill the sampler's batch bucket."""
+        if self.reward_fn is None:
+            raise ValueError(
+                f"task {self.task.name!r} has no compiled reward: the fused step needs one"
+            )
+        if self.algo_cfg.get("dynamic_sampling", False):
+            raise ValueError("dynamic sampling (DAPO) refills on the host: use the phased step")
+        t0 = time.perf_counter()
+        prompts, rows = next_prompts()
+        tokens, mask, live = self.sampler.pad(prompts)
+        if not live.all():
+            raise ValueError(
+                f"the fused step needs the {len(prompts)} prompts to fill the sampler's batch "
+                f"bucket ({len(live)} rows on this mesh)"
+            )
+        P = tokens.shape[1]
+        if P not in self._fused:
+            self._fused[P] = self._compile_fused(P)
+        on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(self.mesh, np.ndim(x)))
+        answers = np.asarray(rows, np.int32)
+        self.state, metrics, out, rewards = self._fused[P](
+            self.state, self.ref_params, on_mesh(tokens), on_mesh(mask), on_mesh(answers)
+        )
+        metrics = {k: float(mesh_lib.to_host(v)) for k, v in metrics.items()}
+        lengths = mesh_lib.to_host(out.mask).sum(1)
+        seconds = time.perf_counter() - t0
+        real = float(mask.sum()) * self.sp.n + float(lengths.sum())
+        epochs = self.config.train.epochs
+        fwd = metrics_lib.forward_flops(self.model.cfg, real)
+        scored = fwd * (algorithms.needs_ref(self.alg, self.algo_cfg) + self.alg.needs_values)
+        return metrics | {
+            "rollout/tokens_per_s": float(lengths.sum()) / seconds,
+            "train/tokens_per_s": real * epochs / seconds,
+            "time/step": seconds,
+            "perf/mfu": (fwd + scored + 3 * fwd * epochs) / (seconds * self.peak),
+        }
+
+    def _compile_fused(self, prompt_len: int):
+        from flowrl_jax.trainer import fused
+
+        fspec = fused.FusedSpec(
+            self._spec(prompt_len),
+            self.sp,
+            self.sampler.cache_segments,
+            self.minibatch,
+            self.config.train.epochs,
+            self.reward_fn,
+            self.task.solved,
+        )
+        rows = mesh_lib.batch_sharding(self.mesh, ndim=1)  # every batch array: rows split
+        ref = (
+            None if self.ref_params is None else jax.tree.map(lambda x: x.sharding, self.ref_params)
+        )
+        return jax.jit(
+            functools.partial(fused.rl_step, fspec, self.optimizer),
+            # Explicit on both sides, so the state the step returns enters the next step with the
+            # same shardings (one program) and the donation reuses its buffers.
+            in_shardings=(self.state_sharding, ref, rows, rows, rows),
+            out_shardings=(self.state_sharding, mesh_lib.replicated(self.mesh), rows, rows),
+            donate_argnums=0,
+        )
 
     def _score(self, score, tokens, mask, on_mesh):
         """Reference log-probs and old values, one mini-batch of rows at a time (the whole rollout

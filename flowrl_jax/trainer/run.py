@@ -171,7 +171,7 @@ def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
     stop = StopFlag()
     try:
         for rl_step in range(first + 1, total + 1):
-            metrics = trainer.step(next_prompts)
+            metrics = (trainer.fused_step if trainer.fused else trainer.step)(next_prompts)
             every = config.eval.every
             if every and (rl_step % every == 0 or rl_step == total):
                 metrics |= _evaluate(config, trainer, tokenizer, mesh, rl_step, task)

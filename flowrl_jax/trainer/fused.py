@@ -1,0 +1,103 @@
+"""One RL step as one compiled program: sample a group per prompt, reward it, score it (reference
+log-probs, old values), prepare the algorithm's batch, then every optimiser step of the rollout
+batch (mini-batches x epochs) in a `lax.scan`, the state donated.
+
+It composes the functions the phased loop (trainer/loop.py) calls one by one: `rollout.generate`,
+`step.score`, `step.prepare`, `step.update`. With the same seed both give the same parameters and
+metrics (tests/test_fused.py): the sampling key, the mini-batch order and the per-mini-batch
+scoring are the loop's.
+
+The reward runs inside the program too. A task's `jit_reward(out, answers) -> float32[R]` is a pure
+function of the sampled tokens (`rollout.SampleOutput`, R = B * n rows) and one int32 per prompt
+(`answers`: whatever the task encodes there; for host rewards, the dataset row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from flowrl_jax import algorithms
+from flowrl_jax.rollout.sampler import STOP_LENGTH, SamplingParams, generate
+from flowrl_jax.trainer import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedSpec:
+    step: step_lib.StepSpec  # prompt_len is the prompt bucket of this program
+    sampling: SamplingParams
+    cache_segments: int
+    minibatch: int  # sequences per optimiser step
+    epochs: int
+    reward: Callable  # (SampleOutput, answers [B] int32) -> rewards [R] float32, traceable
+    solved: float  # a reward >= this counts as correct (the accuracy metric)
+
+
+def _minibatches(x, size: int):
+    """[R, ...] -> [R // size, size, ...]."""
+    return x.reshape(x.shape[0] // size, size, *x.shape[1:])
+
+
+def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask, answers):
+    """prompts, prompt_mask [B, P] left-padded at the bucket shape (every row live); answers [B]
+    int32. -> (state, metrics): the algorithm's diagnostics averaged over the optimiser steps, and
+    the rollout's accuracy and response lengths."""
+    spec, sp = fspec.step, fspec.sampling
+    # The loop's key for the first rollout of this RL step (trainer/loop.py: Trainer.rollout).
+    rng = jax.random.fold_in(state.rng, 1_000_000 + state.step)
+    live = jnp.ones(prompts.shape[0], bool)
+    out = generate(
+        spec.model,
+        sp,
+        state.params["policy"],
+        prompts,
+        prompt_mask,
+        live,
+        rng,
+        fspec.cache_segments,
+    )
+    rewards = fspec.reward(out, answers).astype(jnp.float32)
+    R = out.tokens.shape[0]
+    group = jnp.repeat(jnp.arange(R // sp.n, dtype=jnp.int32), sp.n)
+    tokens = jnp.concatenate([out.prompt_tokens, out.tokens], axis=1)
+    mask = jnp.concatenate([out.prompt_mask, out.mask], axis=1)
+
+    # Reference log-probs and old values one mini-batch at a time, as the loop computes them.
+    size = fspec.minibatch
+    score = functools.partial(step_lib.score, spec, state.params, ref_params)
+    ref, old_values = jax.lax.map(
+        lambda tm: score(*tm), (_minibatches(tokens, size), _minibatches(mask, size))
+    )
+    merge = lambda x: None if x is None else x.reshape(R, *x.shape[2:])
+    batch = algorithms.Batch(
+        logp=None,
+        old_logp=out.logprobs,
+        mask=out.mask.astype(jnp.float32),
+        rewards=rewards,
+        group=group,
+        ref_logp=merge(ref),
+        old_values=merge(old_values),
+    )
+    batch = step_lib.prepare(spec, batch)
+
+    xs = jax.tree.map(
+        lambda x: jnp.concatenate([_minibatches(x, size)] * fspec.epochs),
+        (tokens, mask, batch),
+    )
+
+    def one_update(state, x):
+        return step_lib.update(spec, optimizer, state, *x)
+
+    state, metrics = jax.lax.scan(one_update, state, xs)
+    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    lengths = out.mask.sum(axis=1)
+    metrics |= {
+        "accuracy": jnp.mean((rewards >= fspec.solved).astype(jnp.float32)),
+        "response/length_max": lengths.max().astype(jnp.float32),
+        "response/clipped_fraction": jnp.mean((out.stop_reason == STOP_LENGTH).astype(jnp.float32)),
+    }
+    return state, metrics, out, rewards

@@ -1,0 +1,131 @@
+"""The fused RL step (one compiled program) against the phased loop: the same parameters and metrics
+after 3 steps with the same seed, for FlowRL and GRPO with the default job's compiled reward; one
+program for 5 steps of one prompt bucket."""
+
+import jax
+import numpy as np
+import pytest
+
+from flowrl_jax import mesh as mesh_lib
+from flowrl_jax.config import get_config
+from flowrl_jax.models import from_config
+from flowrl_jax.tasks import digits
+from flowrl_jax.trainer.data import PromptOrder
+from flowrl_jax.trainer.loop import Trainer
+
+# Host-side figures that exist only in one form, or are timings.
+SKIP = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
+
+
+def make_trainer(tmp_path, algorithm, mesh):
+    config = get_config()
+    config.workdir = str(tmp_path)
+    config.algorithm.name = algorithm
+    config.train.prompts_per_step = 2
+    config.train.minibatch_size = 4  # 2 optimiser steps per rollout batch: pi_old != pi_theta
+    config.train.epochs = 2
+    model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+    return Trainer(config, model, tokenizer, mesh, digits.task()), tokenizer
+
+
+def prompt_source(tokenizer, task, k):
+    order = PromptOrder(len(task.prompts), seed=0)
+
+    def next_prompts():
+        rows = order.take(k)
+        texts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": task.prompts[r]}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for r in rows
+        ]
+        return [tokenizer(t)["input_ids"] for t in texts], rows
+
+    return next_prompts
+
+
+@pytest.mark.parametrize("algorithm", ["flowrl", "grpo"])
+def test_fused_equals_phased(tmp_path, algorithm):
+    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
+    runs = {}
+    with jax.set_mesh(mesh):
+        for form in ("phased", "fused"):
+            trainer, tokenizer = make_trainer(tmp_path / form, algorithm, mesh)
+            draw = prompt_source(tokenizer, trainer.task, 2)
+            step = trainer.fused_step if form == "fused" else trainer.step
+            history = [step(draw) for _ in range(3)]
+            runs[form] = (history, jax.tree.map(np.asarray, trainer.state.params))
+    (phased, p_params), (fused, f_params) = runs["phased"], runs["fused"]
+    for a, b in zip(phased, fused):
+        keys = {k for k in a if not k.startswith(SKIP)}
+        assert keys <= set(b), keys - set(b)
+        for k in sorted(keys):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-6, err_msg=k)
+    assert phased[0]["reward/mean"] != phased[1]["reward/mean"]  # rewards vary: a real check
+    for (path, x), y in zip(
+        jax.tree_util.tree_leaves_with_path(p_params), jax.tree.leaves(f_params)
+    ):
+        np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-6, err_msg=str(path))
+
+
+def test_one_program_for_five_steps(tmp_path):
+    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        trainer, tokenizer = make_trainer(tmp_path, "flowrl", mesh)
+        draw = prompt_source(tokenizer, trainer.task, 2)
+        for _ in range(5):
+            metrics = trainer.fused_step(draw)
+    assert np.isfinite(metrics["loss"])
+    [program] = trainer._fused.values()
+    assert program._cache_size() == 1
+
+
+def test_fused_on_eight_devices_equals_one(tmp_path):
+    def run(mesh, workdir):
+        config = get_config()
+        config.workdir = str(workdir)
+        config.train.prompts_per_step = 4  # fills the batch bucket of data x fsdp = 4
+        config.train.minibatch_size = 8
+        with jax.set_mesh(mesh):
+            model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+            trainer = Trainer(config, model, tokenizer, mesh, digits.task())
+            draw = prompt_source(tokenizer, trainer.task, 4)
+            history = [trainer.fused_step(draw) for _ in range(2)]
+            params = jax.tree.map(mesh_lib.to_host, trainer.state.params)
+        return history, params
+
+    one, one_params = run(mesh_lib.make_mesh({}, jax.devices()[:1]), tmp_path / "one")
+    eight, eight_params = run(mesh_lib.make_mesh({"fsdp": 4, "tensor": 2}), tmp_path / "eight")
+    for a, b in zip(one, eight):
+        for k in sorted(k for k in a if not k.startswith(SKIP)):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    for (path, x), y in zip(
+        jax.tree_util.tree_leaves_with_path(one_params), jax.tree.leaves(eight_params)
+    ):
+        np.testing.assert_allclose(y, x, rtol=0, atol=1e-5, err_msg=str(path))
+
+
+def test_selection(tmp_path):
+    """auto fuses the default job; a task without a compiled reward or DAPO's dynamic sampling runs
+    phased; insisting on fused where it cannot run is an error before anything compiles."""
+    from flowrl_jax.tasks import Task
+
+    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        config = get_config()
+        config.workdir = str(tmp_path)
+        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        assert Trainer(config, model, tokenizer, mesh, digits.task()).fused
+        host_only = Task("host", ["a", "b"], lambda response, row: 0.0)
+        assert not Trainer(config, model, tokenizer, mesh, host_only).fused
+        config.train.fused = "true"
+        with pytest.raises(ValueError, match="has no compiled reward"):
+            Trainer(config, model, tokenizer, mesh, host_only)
+        config.train.fused = "maybe"
+        with pytest.raises(ValueError, match="must be 'auto', 'true' or 'false'"):
+            Trainer(config, model, tokenizer, mesh, digits.task())
+        config.train.fused = "auto"
+        config.algorithm.name = "dapo"
+        assert not Trainer(config, model, tokenizer, mesh, digits.task()).fused
