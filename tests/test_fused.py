@@ -9,7 +9,7 @@ import pytest
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.config import get_config
 from flowrl_jax.models import from_config
-from flowrl_jax.tasks import digits
+from flowrl_jax.tasks import Task, digits
 from flowrl_jax.trainer.data import PromptOrder
 from flowrl_jax.trainer.loop import Trainer
 
@@ -17,7 +17,13 @@ from flowrl_jax.trainer.loop import Trainer
 SKIP = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
 
 
-def make_trainer(tmp_path, algorithm, mesh):
+def host_digits():
+    """The default task with only its text reward: scored on the host (a callback when fused)."""
+    task = digits.task()
+    return Task(task.name, task.prompts, task.reward)
+
+
+def make_trainer(tmp_path, algorithm, mesh, task=None):
     config = get_config()
     config.workdir = str(tmp_path)
     config.algorithm.name = algorithm
@@ -25,7 +31,7 @@ def make_trainer(tmp_path, algorithm, mesh):
     config.train.minibatch_size = 4  # 2 optimiser steps per rollout batch: pi_old != pi_theta
     config.train.epochs = 2
     model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
-    return Trainer(config, model, tokenizer, mesh, digits.task()), tokenizer
+    return Trainer(config, model, tokenizer, mesh, task or digits.task()), tokenizer
 
 
 def prompt_source(tokenizer, task, k):
@@ -46,13 +52,15 @@ def prompt_source(tokenizer, task, k):
     return next_prompts
 
 
+@pytest.mark.parametrize("reward", ["compiled", "host"])
 @pytest.mark.parametrize("algorithm", ["flowrl", "grpo"])
-def test_fused_equals_phased(tmp_path, algorithm):
+def test_fused_equals_phased(tmp_path, algorithm, reward):
     mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
     runs = {}
     with jax.set_mesh(mesh):
         for form in ("phased", "fused"):
-            trainer, tokenizer = make_trainer(tmp_path / form, algorithm, mesh)
+            task = host_digits() if reward == "host" else None
+            trainer, tokenizer = make_trainer(tmp_path / form, algorithm, mesh, task)
             draw = prompt_source(tokenizer, trainer.task, 2)
             step = trainer.fused_step if form == "fused" else trainer.step
             history = [step(draw) for _ in range(3)]
@@ -108,10 +116,8 @@ def test_fused_on_eight_devices_equals_one(tmp_path):
 
 
 def test_selection(tmp_path):
-    """auto fuses the default job; a task without a compiled reward or DAPO's dynamic sampling runs
-    phased; insisting on fused where it cannot run is an error before anything compiles."""
-    from flowrl_jax.tasks import Task
-
+    """auto fuses the default job and a host-reward task; DAPO's dynamic sampling runs phased;
+    insisting on fused where it cannot run is an error before anything compiles."""
     mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
     with jax.set_mesh(mesh):
         config = get_config()
@@ -119,13 +125,56 @@ def test_selection(tmp_path):
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
         assert Trainer(config, model, tokenizer, mesh, digits.task()).fused
         host_only = Task("host", ["a", "b"], lambda response, row: 0.0)
-        assert not Trainer(config, model, tokenizer, mesh, host_only).fused
+        assert Trainer(config, model, tokenizer, mesh, host_only).fused  # through a callback
         config.train.fused = "true"
-        with pytest.raises(ValueError, match="has no compiled reward"):
+        config.train.prompts_per_step = 3  # the batch bucket is 4
+        with pytest.raises(ValueError, match="does not fill the sampler's batch bucket"):
             Trainer(config, model, tokenizer, mesh, host_only)
+        config.train.prompts_per_step = 2
         config.train.fused = "maybe"
         with pytest.raises(ValueError, match="must be 'auto', 'true' or 'false'"):
             Trainer(config, model, tokenizer, mesh, digits.task())
         config.train.fused = "auto"
         config.algorithm.name = "dapo"
         assert not Trainer(config, model, tokenizer, mesh, digits.task()).fused
+
+
+@pytest.mark.parametrize("failure", ["raises", "hangs"])
+def test_host_reward_failure_stops_the_fused_step_and_keeps_the_checkpoint(tmp_path, failure):
+    import time
+
+    from flowrl_jax.export import load_run_policy
+    from flowrl_jax.trainer.checkpoint import Checkpoints
+    from flowrl_jax.trainer.run import run
+
+    calls = []
+
+    def flaky_reward(response, row):
+        calls.append(row)
+        if len(calls) > 8:  # the first RL step (2 prompts x 4 samples) goes through
+            if failure == "hangs":
+                time.sleep(8)  # past the 2 s timeout; the thread then ends
+            raise ValueError("no answer here")
+        return 0.5
+
+    config = get_config()
+    config.workdir = str(tmp_path)
+    config.train.steps, config.checkpoint.every = 3, 1
+    config.train.fused, config.train.reward_timeout = "true", 2.0
+    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
+    task = Task("flaky", digits.task().prompts, flaky_reward)
+    t0 = time.monotonic()
+    with jax.set_mesh(mesh), pytest.raises(Exception) as error:
+        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        run(config, mesh, model, tokenizer, task)
+    message = str(error.value)
+    assert "flaky_reward" in message and "task 'flaky'" in message
+    assert (
+        "within train.reward_timeout=2.0 s" if failure == "hangs" else "no answer here"
+    ) in message
+    assert time.monotonic() - t0 < 60
+    checkpoints = Checkpoints(str(tmp_path), config.checkpoint)
+    assert checkpoints.steps() == [1]
+    checkpoints.close()
+    _, _, record = load_run_policy(str(tmp_path), mesh=mesh)  # read whole, fingerprint checked
+    assert record["rl_step"] == 1

@@ -7,9 +7,12 @@ It composes the functions the phased loop (trainer/loop.py) calls one by one: `r
 metrics (tests/test_fused.py): the sampling key, the mini-batch order and the per-mini-batch
 scoring are the loop's.
 
-The reward runs inside the program too. A task's `jit_reward(out, answers) -> float32[R]` is a pure
-function of the sampled tokens (`rollout.SampleOutput`, R = B * n rows) and one int32 per prompt
-(`answers`: whatever the task encodes there; for host rewards, the dataset row).
+The reward runs inside the program too: `FusedSpec.reward(out, answers) -> float32[R]`, a function
+of the sampled tokens (`rollout.SampleOutput`, R = B * n rows) and one int32 per prompt (`answers`:
+the dataset row). Either the task's compiled reward, or (trainer/loop.py: `_callback_reward`) a
+`jax.pure_callback` to the host reward pool. The callback costs a device-to-host copy of the
+response tokens and the program waits for the slowest reward; on several hosts the phased loop is
+the better choice for host rewards (each host scores its share there), and the trainer picks it.
 """
 
 from __future__ import annotations

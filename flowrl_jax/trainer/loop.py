@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import jax
 import numpy as np
@@ -42,9 +43,13 @@ def default_config() -> ConfigDict:
             "micro_batches": 1,
             "shuffle": True,  # draw prompts in a seeded random order per epoch of the dataset
             "reward_workers": 8,  # host threads scoring responses
+            # Seconds a rollout batch's host rewards may take before the step stops with an error
+            # naming the reward function (a hung reward must not hang training); 0 = no limit.
+            "reward_timeout": 600.0,
             # One compiled program per RL step (trainer/fused.py) instead of one per phase:
-            # "auto" fuses when the task has a compiled reward, dynamic sampling is off and the
-            # prompts fill the sampler's batch bucket; "true" insists (an error says why not);
+            # "auto" fuses when dynamic sampling is off, the prompts fill the sampler's batch
+            # bucket and the reward is compiled or (on one process) a host function called from
+            # the program; "true" insists (an error says why not);
             # "false" keeps the phased loop. Same checkpoints and resume either way; the fused step
             # reports no per-phase times.
             "fused": "auto",
@@ -167,12 +172,26 @@ class Trainer:
                 return float(self.task.reward(texts[i], rows[i]))
             except Exception as e:
                 raise RuntimeError(
-                    f"task {self.task.name!r}: the reward function failed on dataset row {rows[i]} "
+                    f"task {self.task.name!r}: the reward function {_name(self.task.reward)} failed "
+                    f"on dataset row {rows[i]} "
                     f"(response {texts[i][:200]!r}): {type(e).__name__}: {e}"
                 ) from e
 
         rewards = np.zeros(len(rows), np.float32)
-        rewards[mine] = list(self._pool.map(one, mine))
+        timeout = self.config.train.get("reward_timeout", 0.0) or None
+        futures = [self._pool.submit(one, i) for i in mine]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for i, future in zip(mine, futures):
+            try:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                rewards[i] = future.result(timeout=left)
+            except FutureTimeout:
+                for f in futures:
+                    f.cancel()
+                raise RuntimeError(
+                    f"task {self.task.name!r}: the reward function {_name(self.task.reward)} did not "
+                    f"return within train.reward_timeout={timeout} s (dataset row {rows[i]})"
+                ) from None
         if count > 1:  # each entry is non-zero on at most one process
             from jax.experimental import multihost_utils
 
@@ -270,9 +289,22 @@ class Trainer:
         times["step"] = time.perf_counter() - t_start
         return metrics | self._step_metrics(tokens, mask, out, rewards, times)
 
+    def _callback_reward(self, out, rows):
+        """A host reward inside the fused program: the responses go to the host (a callback), are
+        decoded and scored in the reward thread pool with train.reward_timeout, as in the phased
+        step, and the rewards come back. The program waits for the host meanwhile."""
+        n = self.sp.n
+
+        def on_host(tokens, mask, rows):
+            sample = SampleOutput(None, None, np.asarray(tokens), np.asarray(mask), None, None)
+            return self.rewards(sample, np.repeat(np.asarray(rows), n).tolist())
+
+        shape = jax.ShapeDtypeStruct((out.tokens.shape[0],), np.float32)
+        return jax.pure_callback(on_host, shape, out.tokens, out.mask, rows)
+
     def _why_not_fused(self) -> str | None:
-        if self.reward_fn is None:
-            return f"task {self.task.name!r} has no compiled reward (make_jit_reward)"
+        if self.reward_fn is None and jax.process_count() > 1:
+            return "a host reward inside the program runs on one process only"
         if self.algo_cfg.get("dynamic_sampling", False):
             return "dynamic sampling (DAPO) refills on the host"
         k = self.config.train.prompts_per_step
@@ -290,23 +322,20 @@ class Trainer:
         setting = choice
         why = self._why_not_fused() if setting else None
         if setting is True and why:
-            raise ValueError(f"train.fused=True, but the fused step cannot run: {why}")
+            raise ValueError(f"train.fused=true, but the fused step cannot run: {why}")
         fused = bool(setting) and why is None
         log.info(
             "RL step: %s",
-            "fused (one program)" if fused else f"phased ({why or 'train.fused=False'})",
+            "fused (one program)" if fused else f"phased ({why or 'train.fused=false'})",
         )
         return fused
 
     def fused_step(self, next_prompts: Callable[[], tuple[list[list[int]], list[int]]]) -> dict:
         """The same RL step as `step`, as one compiled program per prompt bucket (trainer/fused.py).
-        Needs a compiled reward and prompts that fill the sampler's batch bucket."""
-        if self.reward_fn is None:
-            raise ValueError(
-                f"task {self.task.name!r} has no compiled reward: the fused step needs one"
-            )
-        if self.algo_cfg.get("dynamic_sampling", False):
-            raise ValueError("dynamic sampling (DAPO) refills on the host: use the phased step")
+        Needs prompts that fill the sampler's batch bucket (see `_why_not_fused`)."""
+        why = self._why_not_fused()
+        if why:
+            raise ValueError(f"the fused step cannot run: {why}")
         t0 = time.perf_counter()
         prompts, rows = next_prompts()
         tokens, mask, live = self.sampler.pad(prompts)
@@ -346,7 +375,7 @@ class Trainer:
             self.sampler.cache_segments,
             self.minibatch,
             self.config.train.epochs,
-            self.reward_fn,
+            self.reward_fn or self._callback_reward,
             self.task.solved,
         )
         rows = mesh_lib.batch_sharding(self.mesh, ndim=1)  # every batch array: rows split
@@ -397,6 +426,10 @@ class Trainer:
     @property
     def alg(self) -> algorithms.Algorithm:
         return algorithms.get(self.config.algorithm.name)
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _slices(total: int, size: int):
