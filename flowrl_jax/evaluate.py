@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import logging
 import os
@@ -75,13 +76,20 @@ def verdict(task: tasks.Task, response: str, row: int) -> tuple[bool, str | None
     return task.reward(response, row) >= task.solved, None
 
 
+@functools.cache
+def _sampler(cfg, mesh, pad_id: int) -> sampler_lib.Sampler:
+    """One sampler per model shape: it keeps its compiled programs, so periodic evaluation compiles
+    once per prompt bucket, not at every evaluation."""
+    return sampler_lib.Sampler(cfg, mesh=mesh, pad_id=pad_id)
+
+
 def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
     """-> (rows evaluated, texts [problems][k])."""
     encoded = encode_prompts(task, tokenizer, settings.max_prompt_len, settings.system_prompt)
     ids, rows = encoded.ids, encoded.rows
     if settings.problems:
         ids, rows = ids[: settings.problems], rows[: settings.problems]
-    sampler = sampler_lib.Sampler(model.cfg, mesh=mesh, pad_id=tokenizer.pad_token_id)
+    sampler = _sampler(model.cfg, mesh, tokenizer.pad_token_id)
     sp = sampler_lib.SamplingParams(
         max_new_tokens=settings.max_new_tokens,
         n=settings.k,

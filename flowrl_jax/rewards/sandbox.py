@@ -13,6 +13,7 @@ Tested here as root (`mode='root'`: tests/test_sandbox.py). The unprivileged pat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -54,6 +55,12 @@ class SandboxUnavailable(RuntimeError):
     pass
 
 
+@functools.cache
+def _runner_source() -> str:
+    with open(os.path.join(_HERE, "runner.py")) as f:
+        return f.read()
+
+
 def _launch(files: dict[str, str], argv: list[str], wall_s: float, limits: Limits):
     base = tempfile.mkdtemp(prefix="flowrl-sandbox-")
     token = secrets.token_hex(16)
@@ -64,14 +71,12 @@ def _launch(files: dict[str, str], argv: list[str], wall_s: float, limits: Limit
         os.mkdir(os.path.join(base, "python"))
         os.write(write_fd, token.encode())
         os.close(write_fd)
-        with open(os.path.join(_HERE, "runner.py")) as f:
-            runner = f.read()
         cfg = dataclasses.asdict(limits) | {
             "wall_s": wall_s,
             "base": base,
             "files": files,
             "argv": argv,
-            "runner": runner,
+            "runner": _runner_source(),
             "token_fd": read_fd,
             "python": os.path.realpath(sys.executable),
             "python_prefix": os.path.realpath(sys.base_prefix),

@@ -44,11 +44,14 @@ def task(config: ConfigDict) -> Task:
             f"task.kind={config.kind!r} scores with {module_name}.{function}, which does not "
             f"import: {e}"
         ) from e
-    reward = functools.partial(_score, module, function, field, rows)
+    reward = functools.partial(score_row, module, function, field, rows)
     return Task(f"file:{config.path}", [r["prompt"] for r in rows], reward, 1.0, rows)
 
 
-def _score(module, function: str, field: str, rows: list[dict], response: str, row: int) -> float:
+def score_row(
+    module, function: str, field: str, rows: list[dict], response: str, row: int
+) -> float:
+    """module.function(response, rows[row][field]): a data row's reward."""
     # Looked up on every call, not bound once, so tests can swap the function on the module.
     return getattr(module, function)(response, rows[row][field])
 

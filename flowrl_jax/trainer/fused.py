@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from flowrl_jax import algorithms
-from flowrl_jax.rollout.sampler import STOP_LENGTH, SamplingParams, generate
+from flowrl_jax.rollout.sampler import SamplingParams, generate
 from flowrl_jax.trainer import step as step_lib
 
 
@@ -37,7 +37,6 @@ class FusedSpec:
     minibatch: int  # sequences per optimiser step
     epochs: int
     reward: Callable  # (SampleOutput, answers [B] int32) -> rewards [R] float32, traceable
-    solved: float  # a reward >= this counts as correct (the accuracy metric)
 
 
 def _minibatches(x, size: int):
@@ -47,8 +46,8 @@ def _minibatches(x, size: int):
 
 def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask, answers):
     """prompts, prompt_mask [B, P] left-padded at the bucket shape (every row live); answers [B]
-    int32. -> (state, metrics): the algorithm's diagnostics averaged over the optimiser steps, and
-    the rollout's accuracy and response lengths."""
+    int32. -> (state, metrics, out, rewards): the algorithm's diagnostics averaged over the
+    optimiser steps, the rollout (SampleOutput) and its rewards [R]."""
     spec, sp = fspec.step, fspec.sampling
     # The loop's key for the first rollout of this RL step (trainer/loop.py: Trainer.rollout).
     rng = jax.random.fold_in(state.rng, 1_000_000 + state.step)
@@ -87,20 +86,14 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
     )
     batch = step_lib.prepare(spec, batch)
 
-    xs = jax.tree.map(
-        lambda x: jnp.concatenate([_minibatches(x, size)] * fspec.epochs),
-        (tokens, mask, batch),
-    )
+    xs = jax.tree.map(lambda x: _minibatches(x, size), (tokens, mask, batch))
 
     def one_update(state, x):
         return step_lib.update(spec, optimizer, state, *x)
 
-    state, metrics = jax.lax.scan(one_update, state, xs)
-    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-    lengths = out.mask.sum(axis=1)
-    metrics |= {
-        "accuracy": jnp.mean((rewards >= fspec.solved).astype(jnp.float32)),
-        "response/length_max": lengths.max().astype(jnp.float32),
-        "response/clipped_fraction": jnp.mean((out.stop_reason == STOP_LENGTH).astype(jnp.float32)),
-    }
+    def one_epoch(state, _):
+        return jax.lax.scan(one_update, state, xs)
+
+    state, metrics = jax.lax.scan(one_epoch, state, None, length=fspec.epochs)
+    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=(0, 1)), metrics)
     return state, metrics, out, rewards

@@ -25,6 +25,7 @@ from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks import Task
 from flowrl_jax.trainer import metrics as metrics_lib
 from flowrl_jax.trainer import step as step_lib
+from flowrl_jax.trainer.data import shard_count
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ def check_sizes(config: ConfigDict, mesh) -> int:
             f"train.prompts_per_step x rollout.n = {rollout}"
         )
     mesh_lib.check_batch(size, mesh, "train.minibatch_size")
-    from flowrl_jax.trainer.data import shard_count
-
-    shards = shard_count(config.task.get("data_shards", 1), jax.process_count())
+    shards = shard_count(config.task.data_shards, jax.process_count())
     if t.prompts_per_step % shards:
         raise ValueError(
             f"train.prompts_per_step={t.prompts_per_step} does not split over {shards} data shards "
@@ -123,7 +122,7 @@ class Trainer:
         self._pool = ThreadPoolExecutor(config.train.reward_workers)
         self.reward_fn = task.make_jit_reward(tokenizer) if task.make_jit_reward else None
         self._jit_reward = jax.jit(self.reward_fn) if self.reward_fn else None
-        self.fused = self._choose_fused(config.train.get("fused", False))
+        self.fused = self._choose_fused(config.train.fused)
         self.peak, self.peak_source = metrics_lib.mesh_peak_flops(mesh, config.train.peak_flops)
 
     def _spec(self, prompt_len: int) -> step_lib.StepSpec:
@@ -178,7 +177,7 @@ class Trainer:
                 ) from e
 
         rewards = np.zeros(len(rows), np.float32)
-        timeout = self.config.train.get("reward_timeout", 0.0) or None
+        timeout = self.config.train.reward_timeout or None
         futures = [self._pool.submit(one, i) for i in mine]
         deadline = None if timeout is None else time.monotonic() + timeout
         for i, future in zip(mine, futures):
@@ -287,7 +286,7 @@ class Trainer:
         metrics = {k: float(np.mean([mesh_lib.to_host(m[k]) for m in metrics])) for k in metrics[0]}
         times["update"] = time.perf_counter() - t0
         times["step"] = time.perf_counter() - t_start
-        return metrics | self._step_metrics(tokens, mask, out, rewards, times)
+        return metrics | self._step_metrics(mask, out, rewards, times)
 
     def _callback_reward(self, out, rows):
         """A host reward inside the fused program: the responses go to the host (a callback), are
@@ -353,18 +352,10 @@ class Trainer:
             self.state, self.ref_params, on_mesh(tokens), on_mesh(mask), on_mesh(answers)
         )
         metrics = {k: float(mesh_lib.to_host(v)) for k, v in metrics.items()}
-        lengths = mesh_lib.to_host(out.mask).sum(1)
-        seconds = time.perf_counter() - t0
-        real = float(mask.sum()) * self.sp.n + float(lengths.sum())
-        epochs = self.config.train.epochs
-        fwd = metrics_lib.forward_flops(self.model.cfg, real)
-        scored = fwd * (algorithms.needs_ref(self.alg, self.algo_cfg) + self.alg.needs_values)
-        return metrics | {
-            "rollout/tokens_per_s": float(lengths.sum()) / seconds,
-            "train/tokens_per_s": real * epochs / seconds,
-            "time/step": seconds,
-            "perf/mfu": (fwd + scored + 3 * fwd * epochs) / (seconds * self.peak),
-        }
+        out = SampleOutput(*(mesh_lib.to_host(x) for x in out))
+        full_mask = np.concatenate([out.prompt_mask, out.mask], 1)
+        times = {"step": time.perf_counter() - t0}
+        return metrics | self._step_metrics(full_mask, out, mesh_lib.to_host(rewards), times)
 
     def _compile_fused(self, prompt_len: int):
         from flowrl_jax.trainer import fused
@@ -376,7 +367,6 @@ class Trainer:
             self.minibatch,
             self.config.train.epochs,
             self.reward_fn or self._callback_reward,
-            self.task.solved,
         )
         rows = mesh_lib.batch_sharding(self.mesh, ndim=1)  # every batch array: rows split
         ref = (
@@ -403,7 +393,9 @@ class Trainer:
             for k in range(2)
         )
 
-    def _step_metrics(self, tokens, mask, out, rewards, times) -> dict:
+    def _step_metrics(self, mask, out, rewards, times) -> dict:
+        """Rollout and speed figures of one RL step. mask [R, P + N]; times: seconds per phase
+        and "step" (the fused step has only "step": its rates are over the whole step)."""
         lengths = out.mask.sum(1)
         real = float(mask.sum())  # prompt + response tokens, padding left out
         epochs = self.config.train.epochs
@@ -412,16 +404,22 @@ class Trainer:
         # rollout: one forward per token (the KV cache); update: forward + backward = 3 forwards
         flops = fwd + scored + 3 * fwd * epochs
         peak = self.peak
-        return {
+        rollout_s, update_s = (
+            times.get("rollout", times["step"]),
+            times.get("update", times["step"]),
+        )
+        metrics = {
             "accuracy": float(np.mean(rewards >= self.task.solved)),
             "response/length_max": float(lengths.max()),
             "response/clipped_fraction": float(np.mean(out.stop_reason == sampler_lib.STOP_LENGTH)),
-            "rollout/tokens_per_s": float(lengths.sum()) / max(times["rollout"], 1e-9),
-            "train/tokens_per_s": real * epochs / max(times["update"], 1e-9),
+            "rollout/tokens_per_s": float(lengths.sum()) / max(rollout_s, 1e-9),
+            "train/tokens_per_s": real * epochs / max(update_s, 1e-9),
             **{f"time/{k}": v for k, v in times.items()},
             "perf/mfu": flops / (times["step"] * peak),
-            "perf/mfu_update": 3 * fwd * epochs / (times["update"] * peak),
         }
+        if "update" in times:
+            metrics["perf/mfu_update"] = 3 * fwd * epochs / (update_s * peak)
+        return metrics
 
     @property
     def alg(self) -> algorithms.Algorithm:
