@@ -1,0 +1,38 @@
+"""benchmarks/rl_step.py without Tunix (CI does not install it): the reward both sides compute is
+one function, and our rows run the benchmark's work at a smaller size and print the table."""
+
+import jax
+import numpy as np
+
+from benchmarks import rl_step
+from flowrl_jax.rollout import SampleOutput
+
+
+def test_compiled_reward_equals_the_text_reward_tunix_runs():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 512, (16, 20)).astype(np.int32)
+    mask = (rng.random((16, 20)) < 0.8).astype(np.int32)
+    mask[0] = 0  # an empty response scores 0 on both sides
+    tok = rl_step.IdTokenizer(512)
+    out = SampleOutput(None, None, tokens, mask, None, None)
+    reward = rl_step.make_task().make_jit_reward(tok)
+    got = jax.jit(reward)(out, np.zeros(4, np.int32))
+    want = [rl_step.even_fraction(tok.decode(t[m == 1])) for t, m in zip(tokens, mask)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert rl_step.even_fraction("2 3 4 7") == 0.5  # by hand
+    assert tok.encode(tok.decode([5, 0, 511])) == [5, 0, 511]
+
+
+def test_our_rows_run_the_work_and_print_the_table(monkeypatch, capsys):
+    monkeypatch.setattr(rl_step, "PROMPTS", 2)
+    monkeypatch.setattr(rl_step, "NEW", 8)
+    rows = {k: rl_step.ROWS[k] for k in ("ours fused GRPO", "ours phased GRPO")}
+    monkeypatch.setattr(rl_step, "ROWS", rows)
+    result = rl_step.run(steps=2, with_tunix=False)  # asserts every row samples NEW tokens
+    assert list(result) == list(rows)
+    for row in result.values():
+        assert len(row.steps) == 2 and all(s > 0 for s in row.steps)
+    assert set(result["ours phased GRPO"].phases[1]) == set(rl_step.PHASES)
+    assert result["ours fused GRPO"].phases[1] == {}  # one program: no per-phase times
+    assert np.isnan(rl_step.report(result)[0])  # no Tunix row, no ratio
+    assert "ours phased GRPO" in capsys.readouterr().out
