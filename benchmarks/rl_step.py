@@ -19,9 +19,10 @@ runs at its defaults.
 
 Tunix's learner drives its own loop over a dataset iterator, asking for the next batch when the
 previous step has finished. The iterator here times Tunix's step, then runs one step of each of our
-rows before it hands over the next batch: rows interleave in rounds (Tunix, then each of ours). Round 1 holds every compile and is reported apart; the table gives medians over
-the later rounds and the ratio columns medians (min-max) of Tunix's step time over ours within each
-round. Per phase: the phased loop's own timers; Tunix's generate, reference log-probs, rewards and
+rows before it hands over the next batch: rows interleave in rounds (Tunix, then each of ours in an
+order rotated every round). Round 1 holds every compile and is reported apart; the table gives
+medians over the later rounds and the ratio columns medians (min-max) of Tunix's step time over ours
+within each round. Per phase: the phased loop's own timers; Tunix's generate, reference log-probs, rewards and
 actor update, each timed by a wrapper that waits for its result (one host sync per phase); the
 fused rows run one program and have the step time only. The last line reads
 `rl_step_vs_tunix grpo=<x> flowrl=<y>` (Tunix seconds per step over our fused step's). `--plot`
@@ -274,8 +275,14 @@ def run(steps: int, with_tunix: bool) -> dict[str, Row]:
             }
 
         def our_round(index: int):
+            # Rotated each round: a program run right after another framework's step can fault
+            # in fresh pages that step returned to the OS (BENCHMARKS.md, issue #5), so no row
+            # keeps the seat after Tunix.
+            names = list(ours)
+            names = names[index % len(names) :] + names[: index % len(names)]
             with jax.set_mesh(mesh):
-                for name, trainer in ours.items():
+                for name in names:
+                    trainer = ours[name]
                     draw = lambda: (prompts, list(range(PROMPTS)))
                     t0 = time.perf_counter()
                     step = trainer.fused_step if trainer.fused else trainer.step
@@ -288,7 +295,8 @@ def run(steps: int, with_tunix: bool) -> dict[str, Row]:
                     assert metrics["response/length_max"] == NEW
             print(
                 f"round {index + 1}/{steps}: "
-                + "  ".join(f"{k} {r.steps[-1]:.2f} s" for k, r in rows.items() if r.steps),
+                + "  ".join(f"{k} {rows[k].steps[-1]:.2f} s" for k in names)
+                + (f"  Tunix GRPO {rows['Tunix GRPO'].steps[-1]:.2f} s" if with_tunix else ""),
                 flush=True,
             )
 
