@@ -22,9 +22,9 @@ previous step has finished. The iterator here times Tunix's step, then runs one 
 rows before it hands over the next batch: rows interleave in rounds (Tunix, then each of ours in an
 order rotated every round). Round 1 holds every compile and is reported apart; the table gives
 medians over the later rounds and the ratio columns medians (min-max) of Tunix's step time over ours
-within each round. Per phase: the phased loop's own timers; Tunix's generate, reference log-probs, rewards and
-actor update, each timed by a wrapper that waits for its result (one host sync per phase); the
-fused rows run one program and have the step time only. The last line reads
+within each round. Per phase: the phased loop's own timers; the fused program's timestamps, sent to the host
+as each phase ends (`train.fused_phase_times`, on by default); Tunix's generate, reference
+log-probs, rewards and actor update, each timed by a wrapper that waits for its result. The last line reads
 `rl_step_vs_tunix grpo=<x> flowrl=<y>` (Tunix seconds per step over our fused step's). `--plot`
 draws the per-phase medians as stacked bars.
 """
@@ -362,11 +362,11 @@ def plot(rows: dict[str, Row], path: str):
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.5))
     left = np.zeros(len(names))
     for phase in (*PHASES, "other"):
-        if phase == "other":  # the step's remainder; the whole step for the fused rows
+        if phase == "other":  # the step's remainder: host work between and around the phases
             widths = [r.median() - np.nansum([r.median(p) for p in PHASES]) for r in rows.values()]
         else:
             widths = np.nan_to_num([r.median(phase) for r in rows.values()])
-        ax.barh(names, widths, left=left, label=phase if phase != "other" else "other / fused")
+        ax.barh(names, widths, left=left, label=phase)
         left += widths
     ax.invert_yaxis()
     ax.set_xlabel("seconds per RL step (median after the first)")

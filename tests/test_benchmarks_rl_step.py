@@ -32,7 +32,8 @@ def test_our_rows_run_the_work_and_print_the_table(monkeypatch, capsys):
     assert list(result) == list(rows)
     for row in result.values():
         assert len(row.steps) == 2 and all(s > 0 for s in row.steps)
-    assert set(result["ours phased GRPO"].phases[1]) == set(rl_step.PHASES)
-    assert result["ours fused GRPO"].phases[1] == {}  # one program: no per-phase times
+    for row in result.values():  # the fused row's from the program's marks
+        assert set(row.phases[1]) == set(rl_step.PHASES)
+        assert sum(row.phases[1].values()) <= row.steps[1]
     assert np.isnan(rl_step.report(result)[0])  # no Tunix row, no ratio
     assert "ours phased GRPO" in capsys.readouterr().out

@@ -178,3 +178,33 @@ def test_host_reward_failure_stops_the_fused_step_and_keeps_the_checkpoint(tmp_p
     checkpoints.close()
     _, _, record = load_run_policy(str(tmp_path), mesh=mesh)  # read whole, fingerprint checked
     assert record["rl_step"] == 1
+
+
+def test_fused_phase_times_time_a_known_phase(tmp_path):
+    """The fused step's per-phase times come from timestamps the program sends as each phase ends.
+    A host reward that sleeps a known 0.4 s (8 responses x 0.05 s on one worker) must show up as the
+    reward phase, not in its neighbours; the phases add up to the step; off, there are none."""
+    import time
+
+    def slow_reward(response, row):
+        time.sleep(0.05)
+        return float(len(response) % 3)
+
+    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        task = Task("slow", digits.task().prompts, slow_reward)
+        config = get_config()
+        config.workdir = str(tmp_path)
+        config.train.reward_workers = 1
+        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        trainer = Trainer(config, model, tokenizer, mesh, task)
+        draw = prompt_source(tokenizer, task, 2)
+        for _ in range(2):  # the first step compiles
+            metrics = trainer.fused_step(draw)
+        phases = [metrics[f"time/{p}"] for p in ("rollout", "reward", "logprobs", "update")]
+        assert 0.4 <= metrics["time/reward"] < 0.4 + 0.5, metrics["time/reward"]
+        assert all(t > 0 for t in phases) and sum(phases) <= metrics["time/step"]
+        assert metrics["time/rollout"] < metrics["time/step"] - 0.4  # the sleep is not there
+        config.train.fused_phase_times = False
+        quiet = Trainer(config, model, tokenizer, mesh, task)
+        assert "time/rollout" not in quiet.fused_step(draw)

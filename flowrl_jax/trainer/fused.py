@@ -13,6 +13,10 @@ the dataset row). Either the task's compiled reward, or (trainer/loop.py: `_call
 `jax.pure_callback` to the host reward pool. The callback costs a device-to-host copy of the
 response tokens and the program waits for the slowest reward; on several hosts the phased loop is
 the better choice for host rewards (each host scores its share there), and the trainer picks it.
+
+Per-phase times: with `FusedSpec.mark` set (train.fused_phase_times) the program calls the host as
+each phase's output is ready, and the next phase waits for that call, so each timestamp falls
+between its two phases. That is five scalar host round trips a step.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flowrl_jax import algorithms
 from flowrl_jax.rollout.sampler import SamplingParams, generate
@@ -37,6 +42,29 @@ class FusedSpec:
     minibatch: int  # sequences per optimiser step
     epochs: int
     reward: Callable  # (SampleOutput, answers [B] int32) -> rewards [R] float32, traceable
+    # Optional host function mark(phase), called from the program when each phase's output is
+    # ready: "start", then each of PHASES. None: no callbacks.
+    mark: Callable | None = None
+
+
+PHASES = ("rollout", "reward", "logprobs", "update")
+
+
+def _mark(fspec: FusedSpec, phase: str, ready, gate):
+    """Call fspec.mark(phase) once `ready` (the phase's output) is computed, and return `gate` (the
+    next phase's input) made to wait for that call. Without the wait XLA may run the next phase,
+    or a host reward, before the mark, and the time would land in the wrong phase. Each mark is
+    one small host round trip in the program."""
+    if fspec.mark is None:
+        return gate
+
+    def on_host(_):
+        fspec.mark(phase)
+        return np.zeros((), gate.dtype)
+
+    ready = jnp.ravel(ready)[-1]
+    zero = jax.pure_callback(on_host, jax.ShapeDtypeStruct((), gate.dtype), ready)
+    return gate + zero
 
 
 def _minibatches(x, size: int):
@@ -52,6 +80,7 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
     # The loop's key for the first rollout of this RL step (trainer/loop.py: Trainer.rollout).
     rng = jax.random.fold_in(state.rng, 1_000_000 + state.step)
     live = jnp.ones(prompts.shape[0], bool)
+    prompts = _mark(fspec, "start", prompts, prompts)
     out = generate(
         spec.model,
         sp,
@@ -62,10 +91,12 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
         rng,
         fspec.cache_segments,
     )
+    out = out._replace(tokens=_mark(fspec, "rollout", out.tokens, out.tokens))
     rewards = fspec.reward(out, answers).astype(jnp.float32)
     R = out.tokens.shape[0]
     group = jnp.repeat(jnp.arange(R // sp.n, dtype=jnp.int32), sp.n)
     tokens = jnp.concatenate([out.prompt_tokens, out.tokens], axis=1)
+    tokens = _mark(fspec, "reward", rewards, tokens)  # scoring starts after the reward
     mask = jnp.concatenate([out.prompt_mask, out.mask], axis=1)
 
     # Reference log-probs and old values one mini-batch at a time, as the loop computes them.
@@ -85,6 +116,8 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
         old_values=merge(old_values),
     )
     batch = step_lib.prepare(spec, batch)
+    ready = sum(jnp.ravel(x)[-1].astype(jnp.float32) for x in jax.tree.leaves(batch))
+    tokens = _mark(fspec, "logprobs", ready, tokens)  # the updates start after the scoring
 
     xs = jax.tree.map(lambda x: _minibatches(x, size), (tokens, mask, batch))
 
@@ -96,4 +129,5 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
 
     state, metrics = jax.lax.scan(one_epoch, state, None, length=fspec.epochs)
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=(0, 1)), metrics)
+    metrics["loss"] = _mark(fspec, "update", metrics["loss"], metrics["loss"])
     return state, metrics, out, rewards

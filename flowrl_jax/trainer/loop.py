@@ -51,9 +51,12 @@ def default_config() -> ConfigDict:
             # "auto" fuses when dynamic sampling is off, the prompts fill the sampler's batch
             # bucket and the reward is compiled or (on one process) a host function called from
             # the program; "true" insists (an error says why not);
-            # "false" keeps the phased loop. Same checkpoints and resume either way; the fused step
-            # reports no per-phase times.
+            # "false" keeps the phased loop. Same checkpoints and resume either way.
             "fused": "auto",
+            # The fused step's per-phase times (time/rollout, ...): the program calls the host as
+            # each phase's output is ready, and the next phase waits for the call (five scalar
+            # host round trips a step). Off: the fused step reports time/step only.
+            "fused_phase_times": True,
             # FLOP/s of one device for MFU; 0 = the data sheet's bf16 figure for TPUs and GPUs, a
             # measured fp32 matmul on the CPU
             "peak_flops": 0.0,
@@ -119,6 +122,7 @@ class Trainer:
         self.ref_params = model.params if algorithms.needs_ref(self.alg, self.algo_cfg) else None
         self._phases: dict[int, tuple] = {}
         self._fused: dict[int, Callable] = {}
+        self._marks: dict[str, float] = {}  # the fused step's phase timestamps
         self._pool = ThreadPoolExecutor(config.train.reward_workers)
         self.reward_fn = task.make_jit_reward(tokenizer) if task.make_jit_reward else None
         self._jit_reward = jax.jit(self.reward_fn) if self.reward_fn else None
@@ -348,13 +352,14 @@ class Trainer:
             self._fused[P] = self._compile_fused(P)
         on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(self.mesh, np.ndim(x)))
         answers = np.asarray(rows, np.int32)
+        self._marks = {}
         self.state, metrics, out, rewards = self._fused[P](
             self.state, self.ref_params, on_mesh(tokens), on_mesh(mask), on_mesh(answers)
         )
         metrics = {k: float(mesh_lib.to_host(v)) for k, v in metrics.items()}
         out = SampleOutput(*(mesh_lib.to_host(x) for x in out))
         full_mask = np.concatenate([out.prompt_mask, out.mask], 1)
-        times = {"step": time.perf_counter() - t0}
+        times = self._phase_times() | {"step": time.perf_counter() - t0}
         return metrics | self._step_metrics(full_mask, out, mesh_lib.to_host(rewards), times)
 
     def _compile_fused(self, prompt_len: int):
@@ -367,6 +372,7 @@ class Trainer:
             self.minibatch,
             self.config.train.epochs,
             self.reward_fn or self._callback_reward,
+            self._mark if self.config.train.fused_phase_times else None,
         )
         rows = mesh_lib.batch_sharding(self.mesh, ndim=1)  # every batch array: rows split
         ref = (
@@ -380,6 +386,21 @@ class Trainer:
             out_shardings=(self.state_sharding, mesh_lib.replicated(self.mesh), rows, rows),
             donate_argnums=0,
         )
+
+    def _mark(self, phase: str):
+        """Called from the fused program (on a runtime thread) as each phase ends. With several
+        devices it may come once per device: the first call counts."""
+        self._marks.setdefault(phase, time.perf_counter())
+
+    def _phase_times(self) -> dict:
+        """Seconds per phase of the last fused step from its marks; {} without them."""
+        from flowrl_jax.trainer.fused import PHASES
+
+        marks = self._marks
+        if not self.config.train.fused_phase_times or "start" not in marks:
+            return {}
+        edges = ["start", *PHASES]
+        return {b: marks[b] - marks[a] for a, b in zip(edges, edges[1:])}
 
     def _score(self, score, tokens, mask, on_mesh):
         """Reference log-probs and old values, one mini-batch of rows at a time (the whole rollout
@@ -395,7 +416,8 @@ class Trainer:
 
     def _step_metrics(self, mask, out, rewards, times) -> dict:
         """Rollout and speed figures of one RL step. mask [R, P + N]; times: seconds per phase
-        and "step" (the fused step has only "step": its rates are over the whole step)."""
+        and "step" (a fused step without train.fused_phase_times has only "step": its rates are
+        then over the whole step)."""
         lengths = out.mask.sum(1)
         real = float(mask.sum())  # prompt + response tokens, padding left out
         epochs = self.config.train.epochs
