@@ -99,13 +99,13 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
     tokens = _mark(fspec, "reward", rewards, tokens)  # scoring starts after the reward
     mask = jnp.concatenate([out.prompt_mask, out.mask], axis=1)
 
-    # Reference log-probs and old values one mini-batch at a time, as the loop computes them.
-    size = fspec.minibatch
+    # Reference log-probs and old values one micro-batch at a time, as the loop computes them;
+    # strided micro-batches, so each holds rows of every device's share of the batch.
+    size, k = fspec.minibatch, R * spec.micro_batches // fspec.minibatch
     score = functools.partial(step_lib.score, spec, state.params, ref_params)
-    ref, old_values = jax.lax.map(
-        lambda tm: score(*tm), (_minibatches(tokens, size), _minibatches(mask, size))
-    )
-    merge = lambda x: None if x is None else x.reshape(R, *x.shape[2:])
+    split = functools.partial(step_lib.split_rows, k)
+    ref, old_values = jax.lax.map(lambda tm: score(*tm), (split(tokens), split(mask)))
+    merge = lambda x: None if x is None else step_lib.merge_rows(k, x)
     batch = algorithms.Batch(
         logp=None,
         old_logp=out.logprobs,

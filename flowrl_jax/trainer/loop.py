@@ -403,11 +403,14 @@ class Trainer:
         return {b: marks[b] - marks[a] for a, b in zip(edges, edges[1:])}
 
     def _score(self, score, tokens, mask, on_mesh):
-        """Reference log-probs and old values, one mini-batch of rows at a time (the whole rollout
-        batch in one forward would not fit at scale). -> host arrays or None."""
+        """Reference log-probs and old values, one micro-batch of rows at a time: the update's
+        memory bound holds for the scoring forward too (the whole rollout batch in one forward would
+        not fit at scale), and on the CPU 4 micro-batches of 16 rows score 1.3x faster than one of
+        64 (fewer fresh pages a call; BENCHMARKS.md, issue #5). -> host arrays or None."""
+        rows = self.minibatch // self.config.train.micro_batches
         parts = [
             score(self.state.params, self.ref_params, on_mesh(tokens[i:j]), on_mesh(mask[i:j]))
-            for i, j in _slices(len(tokens), self.minibatch)
+            for i, j in _slices(len(tokens), rows)
         ]
         return tuple(
             None if parts[0][k] is None else np.concatenate([mesh_lib.to_host(p[k]) for p in parts])

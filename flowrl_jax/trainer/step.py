@@ -218,15 +218,15 @@ def check_micro_batches(minibatch: int, micro_batches: int, mesh: Mesh | None = 
     return rows
 
 
-def _split(k: int, x):
+def split_rows(k: int, x):
     """[B, ...] -> [k, B/k, ...]; micro-batch j holds rows j, j + k, j + 2k, ...: strided, so on a
     batch split in contiguous blocks over devices every device holds a slice of every micro-batch
     (a contiguous split would put each micro-batch on a few devices)."""
     return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
 
 
-def _merge(k: int, x):
-    """The inverse of _split: [k, B/k, ...] -> [B, ...] in the mini-batch's row order."""
+def merge_rows(k: int, x):
+    """The inverse of split_rows: [k, B/k, ...] -> [B, ...] in the mini-batch's row order."""
     return x.swapaxes(0, 1).reshape(k * x.shape[1], *x.shape[2:])
 
 
@@ -251,7 +251,7 @@ def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: al
     rng = jax.random.fold_in(state.rng, state.step)
     total = jnp.maximum(loss_denominator(spec.algo_cfg, batch.mask), 1.0)
     rows = jnp.arange(B, dtype=jnp.int32)
-    micro = jax.tree.map(functools.partial(_split, k), (tokens, mask, batch, rows))
+    micro = jax.tree.map(functools.partial(split_rows, k), (tokens, mask, batch, rows))
     grad_fn = jax.grad(_micro_batch_loss, argnums=1, has_aux=True)
 
     def accumulate(grads, xs):
@@ -263,7 +263,7 @@ def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: al
     # The sum is kept in float32 whatever the parameters' storage dtype.
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
     grads, outputs = jax.lax.scan(accumulate, zeros, micro)
-    outputs = jax.tree.map(functools.partial(_merge, k), outputs)  # each [B, ...]
+    outputs = jax.tree.map(functools.partial(merge_rows, k), outputs)  # each [B, ...]
     loss, metrics = spec.alg.loss(batch._replace(**outputs), spec.algo_cfg)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
