@@ -158,9 +158,10 @@ def our_trainer(path: str, algorithm: str, fused: bool, tuned: bool, mesh, workd
     return trainer
 
 
-def tunix_learner(path: str, hf: dict, steps: int, phase_times: dict):
+def tunix_learner(path: str, hf: dict, phase_times: dict):
     """Tunix's GRPO learner on the same checkpoint, with each phase wrapped in a timer."""
     import optax
+    from flax.nnx import state as nnx_state
     from tunix.models.qwen3 import model as qwen3
     from tunix.models.qwen3 import params as qwen3_params
     from tunix.rl import rl_cluster as rl
@@ -238,8 +239,6 @@ def tunix_learner(path: str, hf: dict, steps: int, phase_times: dict):
     def wait_actor(_):
         jax.block_until_ready(jax.tree.leaves(nnx_state(actor)))
 
-    from flax.nnx import state as nnx_state
-
     cluster.generate = timed("rollout", cluster.generate, lambda r: None)  # returns host lists
     cluster.get_ref_per_token_logps = timed(
         "logprobs", cluster.get_ref_per_token_logps, jax.block_until_ready
@@ -265,6 +264,7 @@ def run(steps: int, with_tunix: bool) -> dict[str, Row]:
     rows = {name: Row() for name in [*ROWS] + (["Tunix GRPO"] if with_tunix else [])}
     rng = np.random.default_rng(0)
     prompts = rng.integers(3, 512, (PROMPTS, PROMPT_LEN)).tolist()
+    draw = lambda: (prompts, list(range(PROMPTS)))  # the same prompts every step, every row
     mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
     with tempfile.TemporaryDirectory() as tmp:
         hf = write_checkpoint(f"{tmp}/ckpt")
@@ -283,7 +283,6 @@ def run(steps: int, with_tunix: bool) -> dict[str, Row]:
             with jax.set_mesh(mesh):
                 for name in names:
                     trainer = ours[name]
-                    draw = lambda: (prompts, list(range(PROMPTS)))
                     t0 = time.perf_counter()
                     step = trainer.fused_step if trainer.fused else trainer.step
                     metrics = step(draw)
@@ -306,7 +305,7 @@ def run(steps: int, with_tunix: bool) -> dict[str, Row]:
             return rows
 
         phase_times = collections.defaultdict(float)
-        learner, wait_actor = tunix_learner(f"{tmp}/ckpt", hf, steps, phase_times)
+        learner, wait_actor = tunix_learner(f"{tmp}/ckpt", hf, phase_times)
         texts = np.array([" ".join(map(str, p)) for p in prompts])
 
         def batches():

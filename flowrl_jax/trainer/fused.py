@@ -51,8 +51,9 @@ PHASES = ("rollout", "reward", "logprobs", "update")
 
 
 def _mark(fspec: FusedSpec, phase: str, ready, gate):
-    """Call fspec.mark(phase) once `ready` (the phase's output) is computed, and return `gate` (the
-    next phase's input) made to wait for that call. Without the wait XLA may run the next phase,
+    """Call fspec.mark(phase) once `ready` (the phase's outputs, a pytree: one element of each leaf
+    goes to the host) is computed, and return `gate` (the next phase's input) made to wait for that
+    call. Without the wait XLA may run the next phase,
     or a host reward, before the mark, and the time would land in the wrong phase. Each mark is
     one small host round trip in the program."""
     if fspec.mark is None:
@@ -62,8 +63,8 @@ def _mark(fspec: FusedSpec, phase: str, ready, gate):
         fspec.mark(phase)
         return np.zeros((), gate.dtype)
 
-    ready = jnp.ravel(ready)[-1]
-    zero = jax.pure_callback(on_host, jax.ShapeDtypeStruct((), gate.dtype), ready)
+    last = sum(jnp.ravel(x)[-1].astype(jnp.float32) for x in jax.tree.leaves(ready))
+    zero = jax.pure_callback(on_host, jax.ShapeDtypeStruct((), gate.dtype), last)
     return gate + zero
 
 
@@ -116,8 +117,7 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
         old_values=merge(old_values),
     )
     batch = step_lib.prepare(spec, batch)
-    ready = sum(jnp.ravel(x)[-1].astype(jnp.float32) for x in jax.tree.leaves(batch))
-    tokens = _mark(fspec, "logprobs", ready, tokens)  # the updates start after the scoring
+    tokens = _mark(fspec, "logprobs", batch, tokens)  # the updates start after the scoring
 
     xs = jax.tree.map(lambda x: _minibatches(x, size), (tokens, mask, batch))
 
@@ -131,6 +131,5 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=(0, 1)), metrics)
     # Ready when every parameter is updated: the loss alone can be ready before the backward pass
     # (XLA unrolls a scan of one step).
-    ready = sum(jnp.ravel(x)[-1].astype(jnp.float32) for x in jax.tree.leaves(state.params))
-    metrics["loss"] = _mark(fspec, "update", ready, metrics["loss"])
+    metrics["loss"] = _mark(fspec, "update", state.params, metrics["loss"])
     return state, metrics, out, rewards

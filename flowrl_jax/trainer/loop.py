@@ -397,7 +397,7 @@ class Trainer:
         from flowrl_jax.trainer.fused import PHASES
 
         marks = self._marks
-        if not self.config.train.fused_phase_times or "start" not in marks:
+        if "start" not in marks:  # train.fused_phase_times is off
             return {}
         edges = ["start", *PHASES]
         return {b: marks[b] - marks[a] for a, b in zip(edges, edges[1:])}
