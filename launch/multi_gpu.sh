@@ -79,7 +79,8 @@ if [ "${num_hosts:-1}" -gt 1 ]; then
     "--config.distributed.num_processes=$num_hosts" "--config.distributed.process_id=$rank")
 fi
 
-cmd=(env "${env_vars[@]}" "${PYTHON:-python}" -m flowrl_jax.train "${extra[@]}" "$@")
+# The user's arguments first: ml_collections refuses a --config.* override before --config=FILE.
+cmd=(env "${env_vars[@]}" "${PYTHON:-python}" -m flowrl_jax.train "$@" "${extra[@]}")
 if [ "${DRY_RUN:-0}" = 1 ]; then
   printf '%q ' "${cmd[@]}" && echo
   exit 0

@@ -73,8 +73,10 @@ case $action in
     run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" --worker=all --command "${remote:4}"
     ;;
   run)
-    train=".venv/bin/python -m flowrl_jax.train --config.distributed.enabled=True"
+    train=".venv/bin/python -m flowrl_jax.train"
     [ $# -eq 0 ] || train+=$(printf ' %q' "$@") # quoted once more for the worker's shell
+    # After the user's arguments: ml_collections refuses a --config.* override before --config=FILE.
+    train+=" --config.distributed.enabled=True"
     if [ "${DETACH:-0}" = 1 ]; then
       train="nohup $train > train.log 2>&1 < /dev/null &"
     fi

@@ -223,9 +223,20 @@ def train_args(argv):
     return argv[i + 1 :]
 
 
-def overrides(args):
-    """The `--config.k=v` arguments (load() gives `--config=FILE` itself)."""
-    return [a for a in args if not a.startswith("--config=")]
+def parse_train(args):
+    """The config `python -m flowrl_jax.train args...` builds, from these arguments in this order
+    (ml_collections refuses a --config.* override before --config=FILE, as the trainer would)."""
+    argv = ["train", *args]
+    flag_values = flags.FlagValues()
+    default = os.path.join(ROOT, "flowrl_jax", "config.py")
+    config_flags.DEFINE_config_file("config", default, flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    return flag_values.config
+
+
+def test_parse_train_refuses_an_override_before_the_config_file():
+    with pytest.raises(Exception, match="before a value for --config"):
+        parse_train(["--config.seed=1", "--config=configs/default.py"])
 
 
 def test_multi_gpu_single_host(shell_env):
@@ -243,8 +254,9 @@ def test_multi_gpu_single_host(shell_env):
 
 def test_multi_gpu_explicit_hosts(shell_env):
     extra = dict(NUM_HOSTS="4", HOST_RANK="3", COORDINATOR="10.0.0.1:1234")
-    (argv,) = commands(bash("multi_gpu.sh", ["--config.seed=3"], shell_env, **extra))
-    config = load(os.path.join(ROOT, "configs", "default.py"), *train_args(argv))
+    given = ["--config=configs/default.py", "--config.seed=3"]
+    (argv,) = commands(bash("multi_gpu.sh", given, shell_env, **extra))
+    config = parse_train(train_args(argv))
     assert config.distributed.to_dict() == {
         "enabled": True,
         "coordinator_address": "10.0.0.1:1234",
@@ -285,11 +297,12 @@ def test_multi_gpu_under_slurm_derives_what_jax_would(shell_env, monkeypatch, no
     from jax._src.clusters.slurm_cluster import SlurmCluster
 
     env = {**SLURM_STEP, "SLURM_STEP_NODELIST": nodelist}
-    (argv,) = commands(bash("multi_gpu.sh", ["--config.seed=3"], shell_env, **env))
+    given = ["--config=configs/default.py", "--config.seed=3"]
+    (argv,) = commands(bash("multi_gpu.sh", given, shell_env, **env))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert SlurmCluster.is_env_present()
-    config = load(os.path.join(ROOT, "configs", "default.py"), *train_args(argv))
+    config = parse_train(train_args(argv))
     assert config.distributed.to_dict() == {
         "enabled": True,
         # jax's own SLURM detection is the reference: the same coordinator host and port.
@@ -376,8 +389,8 @@ def test_tpu_pod_run_passes_overrides_through_two_shells(shell_env):
     worker_argv = shlex.split(train)  # what the worker's shell makes of it
     assert worker_argv[0] == ".venv/bin/python"
     args = train_args(worker_argv)
-    assert args == ["--config.distributed.enabled=True", *given]
-    config = load(os.path.join(ROOT, "configs", "qwen2_5_7b_math.py"), *overrides(args))
+    assert args == [*given, "--config.distributed.enabled=True"]
+    config = parse_train(args)  # as the worker's trainer parses them, in this order
     assert config.distributed.enabled and config.workdir == "/mnt/my runs/it's"
 
     (argv,) = commands(bash("tpu_pod.sh", ["run", "p", "z"], shell_env, DETACH="1"))
@@ -417,7 +430,7 @@ def test_sweep_dry_run_expands_a_2x3_grid():
     assert all(len(w) == 1 for w in workdirs) and len({w[0] for w in workdirs}) == 6
     pairs = set()
     for argv in runs:
-        config = load(os.path.join(ROOT, "configs", "default.py"), *overrides(train_args(argv)))
+        config = parse_train(train_args(argv))
         pairs.add((config.seed, config.model.tiny_family))
         assert (
             config.workdir
@@ -436,7 +449,7 @@ def test_sweep_print_gives_one_command_per_run(capsys, tmp_path):
     for line in lines:
         argv = shlex.split(line)
         assert argv[:3] == ["python", "-m", "flowrl_jax.train"]
-        config = load(os.path.join(ROOT, "configs", "default.py"), *overrides(train_args(argv)))
+        config = parse_train(train_args(argv))
         assert os.path.dirname(config.workdir) == str(tmp_path)  # a path value does not nest dirs
         dirs.add(config.workdir)
     assert len(dirs) == 4

@@ -310,3 +310,6 @@ def test_data_shards_split_the_rows_and_resume(tmp_path):
     with pytest.raises(ValueError, match="multiple of the process count"):
         shard_count(0, 1)
     assert shard_count(-1, 4) == 4 and shard_count(8, 4) == 8
+    assert shard_count(1, 4) == 1  # one shard, every process's (the shipped default)
+    with pytest.raises(ValueError, match="multiple of the process count"):
+        shard_count(6, 4)

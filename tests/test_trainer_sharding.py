@@ -158,3 +158,48 @@ def test_two_processes_equal_one(tmp_path):
     assert record["rl_step"] == steps and int(saved.step) == int(reference.state.step)
     assert_trees_close(reference.state.params, saved.params)
     assert_trees_close(reference.state.opt_state, saved.opt_state)
+
+
+def test_two_hosts_through_the_launcher_train_the_default_config_as_written(tmp_path):
+    """launch/multi_gpu.sh with explicit hosts, the user's --config=FILE first, and the shipped
+    default config's own data_shards=1 (every process draws every row): both processes train to the
+    end, and equal one process on the same 4-device mesh."""
+    steps = 2
+    mesh = mesh_lib.make_mesh({"fsdp": 2, "tensor": 2}, jax.devices()[:4])
+    train_on(mesh, tmp_path / "one", steps)
+    port, workdir = free_port(), tmp_path / "two"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env |= {
+        "PYTHONPATH": ROOT,
+        "PYTHON": sys.executable,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "NUM_HOSTS": "2",
+        "COORDINATOR": f"127.0.0.1:{port}",
+    }
+    args = [
+        "--config=configs/default.py",
+        f"--config.workdir={workdir}",
+        "--config.smoke.enabled=False",
+        f"--config.train.steps={steps}",
+        "--config.checkpoint.every=0",
+        "--config.mesh.fsdp=2",
+        "--config.mesh.tensor=2",
+    ]
+    procs = [
+        subprocess.Popen(
+            ["bash", "launch/multi_gpu.sh", *args],
+            cwd=ROOT,
+            env=env | {"HOST_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    assert f"RL steps 1-{steps}" in outputs[0]
+    for out in outputs:  # one shard: each process encoded all 100 prompts
+        assert "kept 100 of 100 prompts" in out, out[-2000:]
+    assert_metrics_close(metrics(tmp_path / "one"), metrics(workdir))

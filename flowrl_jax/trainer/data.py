@@ -52,11 +52,11 @@ def shard_rows(rows: list, index: int, count: int) -> list:
 
 
 def shard_count(setting: int, processes: int) -> int:
-    """task.data_shards: 1 (every process encodes and draws every row), S > 1, or -1 (one shard
-    per process). Process p owns shards s with s % processes == p, so S must be a multiple of the
-    process count."""
+    """task.data_shards: 1 (every process encodes and draws every row, on any number of
+    processes), S > 1, or -1 (one shard per process). With S > 1, process p owns shards s with
+    s % processes == p, so S must be a multiple of the process count."""
     shards = processes if setting == -1 else setting
-    if shards < 1 or shards % processes:
+    if shards < 1 or (shards > 1 and shards % processes):
         raise ValueError(
             f"task.data_shards={setting} gives {shards} shards for {processes} processes: it must be "
             "1, -1 (one per process) or a positive multiple of the process count"
@@ -79,7 +79,11 @@ class PromptSource:
 
         self.index, self.count = jax.process_index(), jax.process_count()
         self.shards = shards
-        self.mine = [s for s in range(shards) if s % self.count == self.index]
+        # One shard is every process's: each encodes and draws every row, in the same order, and
+        # nothing needs gathering.
+        self.mine = (
+            [0] if shards == 1 else [s for s in range(shards) if s % self.count == self.index]
+        )
         everything = list(range(len(task.prompts)))
         self.encoded, self.orders = {}, {}
         for s in self.mine:
@@ -97,7 +101,7 @@ class PromptSource:
             picks = self.orders[s].take(k // self.shards)
             enc = self.encoded[s]
             drawn[s] = ([enc.ids[i] for i in picks], [enc.rows[i] for i in picks])
-        if self.count > 1:
+        if self.count > 1 and self.shards > 1:
             drawn = self._gather(drawn, k // self.shards)
         ids = [x for s in range(self.shards) for x in drawn[s][0]]
         rows = [r for s in range(self.shards) for r in drawn[s][1]]
