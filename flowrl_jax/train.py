@@ -17,9 +17,13 @@ Run the same command again to resume; SIGTERM saves a checkpoint and exits with 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sys
 import time
+from typing import NoReturn
 
 import jax
 import numpy as np
@@ -33,12 +37,65 @@ from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.rollout import token_logprobs
 from flowrl_jax.trainer import check_sizes
 from flowrl_jax.trainer import run as run_lib
+from flowrl_jax.trainer.workdir import WorkdirLock
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "config.py"), "ml_collections config file"
-)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (overrides config.workdir)")
+_CONFIG = None  # the --config flag, defined when this module runs as the program (below)
 log = logging.getLogger("flowrl_jax")
+# What a bad config, bad data, a busy or foreign workdir or a missing checkpoint raise before
+# training starts: printed as one line (exit status 2), not a traceback. FLOWRL_JAX_TRACEBACK=1
+# shows the traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError)
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 2 (a usage error)."""
+    print(f"flowrl_jax.train: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _message(e: BaseException) -> str:
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(text).split()) or type(e).__name__
+
+
+def define_config_flag(argv: list[str]):
+    """--config. ml_collections applies the --config.* overrides of argv as it defines the flag: a
+    key that does not exist, a config file that cannot be loaded or an override before
+    --config=FILE fails here, as one line that names the argument."""
+    try:
+        return config_flags.DEFINE_config_file(
+            "config",
+            os.path.join(os.path.dirname(__file__), "config.py"),
+            "ml_collections config file",
+            sys_argv=argv,
+        )
+    except Exception as e:  # noqa: BLE001 -- whatever ml_collections raises, the user's input is bad
+        config_error(e, argv)
+
+
+def config_error(e: Exception, argv: list[str]) -> NoReturn:
+    """A config that does not load, or an override of a key it lacks, as one line."""
+    if os.environ.get("FLOWRL_JAX_TRACEBACK"):
+        raise e
+    text = _message(e).encode().decode("unicode_escape")  # KeyError reprs its message
+    missing = re.fullmatch(r"""\W*'(\w+)'\s*(?:Did you mean "(\w+)".*)?\W*""", text.strip())
+    if missing:
+        key, close = missing.groups()
+        given = [a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
+        hint = f"; did you mean {close!r}?" if close else " (see flowrl_jax/config.py for the keys)"
+        fail(f"{given[0] if given else key}: no such key {key!r}{hint}")
+    fail(f"bad --config: {' '.join(text.split())}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, a bad value (--config.rollout.n=abc) or key as one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(_message(e))
+    except Exception as e:  # noqa: BLE001 -- a --config=FILE's overrides apply while parsing
+        config_error(e, argv)
 
 
 def init_distributed(config) -> None:
@@ -139,27 +196,33 @@ def main(argv) -> None:
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
-    config = _CONFIG.value
-    if _WORKDIR.value:
-        config.workdir = _WORKDIR.value
-    init_distributed(config.distributed)
-    mesh = mesh_lib.make_mesh(dict(config.mesh))
-    os.makedirs(config.workdir, exist_ok=True)
-    check_sizes(config, mesh)
-    # An unknown task or a bad data file fails here, before the model is built.
-    tasks.prompt_limit(config)
-    task = tasks.get(config.task, config.seed)
-    # A workdir of another model or algorithm fails here, before any weight is read.
-    model_cfg, _ = from_config.model_config(config.model, config.workdir)
-    run_lib.claim_workdir(config.workdir, run_lib.signature(model_cfg, config.algorithm.name))
-    with jax.set_mesh(mesh):  # the context mesh: bare PartitionSpecs resolve against it
-        t0 = time.perf_counter()
-        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
-        figures = {}
-        if config.smoke.enabled:
-            figures = smoke(config, mesh, model, tokenizer, time.perf_counter() - t0)
-        # The trainer starts from the same (immutable) parameters the smoke checks used.
-        result = train(config, mesh, model, tokenizer, task)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" on every start
+    try:
+        config = _CONFIG.value  # a --config=FILE is loaded (and overridden) here
+        config.workdir = _WORKDIR.value or config.workdir  # a load that failed raises here
+    except Exception as e:  # noqa: BLE001 -- whatever ml_collections raises, the user's input is bad
+        config_error(e, sys.argv)
+    with contextlib.ExitStack() as held:
+        try:
+            # Everything the user can get wrong fails here, before any weight is read or any
+            # program compiles: the mesh, sizes, the task and its data, the workdir (another
+            # model's or algorithm's, or another live job's).
+            init_distributed(config.distributed)
+            mesh = mesh_lib.make_mesh(dict(config.mesh))
+            os.makedirs(config.workdir, exist_ok=True)
+            check_sizes(config, mesh)
+            tasks.prompt_limit(config)
+            task = tasks.get(config.task, config.seed)
+            model_cfg, _ = from_config.model_config(config.model, config.workdir)
+            held.enter_context(WorkdirLock(config.workdir))
+            run_lib.claim_workdir(
+                config.workdir, run_lib.signature(model_cfg, config.algorithm.name)
+            )
+        except USER_ERRORS as e:
+            if os.environ.get("FLOWRL_JAX_TRACEBACK"):
+                raise
+            fail(_message(e))
+        figures, result = _build_and_train(config, mesh, task)
     if jax.process_index() != 0:
         return
     if figures:
@@ -181,10 +244,26 @@ def main(argv) -> None:
         print(
             f"  step {i}: loss {m['loss']:.4f}  reward {m['reward/mean']:.3f}  "
             f"grad norm {m['grad_norm']:.3f}  {m['time/step']:.1f} s"
+            + (f" (+{m['time/compile']:.1f} s compile)" if m.get("time/compile", 0) > 0.05 else "")
         )
     if result.preempted:
-        print(f"stopped by SIGTERM after step {result.last_step}; run the same command to resume")
+        print(
+            f"stopped by {result.preempted} after step {result.last_step}; "
+            "run the same command to resume"
+        )
+
+
+def _build_and_train(config, mesh, task):
+    with jax.set_mesh(mesh):  # the context mesh: bare PartitionSpecs resolve against it
+        t0 = time.perf_counter()
+        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        figures = {}
+        if config.smoke.enabled:
+            figures = smoke(config, mesh, model, tokenizer, time.perf_counter() - t0)
+        # The trainer starts from the same (immutable) parameters the smoke checks used.
+        return figures, train(config, mesh, model, tokenizer, task)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _CONFIG = define_config_flag(sys.argv)
+    app.run(main, flags_parser=parse_flags)

@@ -267,7 +267,7 @@ def test_micro_batches_that_do_not_divide_are_refused():
 # Schedules: the rate at optimiser step s, by hand.
 def np_schedule(s, peak, warmup, schedule="constant", total=None, min_ratio=0.0):
     s = np.asarray(s, np.float64)
-    warm = peak * s / warmup
+    warm = peak * (s + 1) / warmup  # the first step at peak / warmup, not 0
     if schedule == "constant":
         after = np.full_like(s, peak)
     else:
@@ -291,6 +291,7 @@ def test_learning_rate_schedules_match_numpy(schedule, total, min_ratio):
     # fp32 against float64: 1e-6 of the peak (the cosine's tail cancels in 1 + cos).
     got = [float(fn(s)) for s in steps]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * cfg.learning_rate)
+    assert got[0] == pytest.approx(3e-5) and got[9] == pytest.approx(3e-4)  # 1/10, then the peak
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])

@@ -5,7 +5,9 @@ Saves are asynchronous: the arrays are copied off the devices, then written in t
 training goes on. Orbax writes each step into a temporary directory and renames it when complete, so
 a run killed mid-save leaves a temporary directory, never a half-written step. Each save also stores a
 fingerprint of every array (sum and sum of squares); a step whose arrays fail to read or disagree with
-their fingerprint is skipped with a warning naming it, and the next older step is tried.
+their fingerprint is skipped with a warning naming it, and the next older step is tried. The trainer
+moves such a step aside, to `<workdir>/checkpoints.damaged/`, kept for inspection: the run then
+saves that step again instead of finding it taken.
 
     <workdir>/checkpoints/<step>/state   the TrainState arrays (OCDBT)
     <workdir>/checkpoints/<step>/record  JSON: rl_step, data, config, signature, fingerprint
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 
 import jax
 import jax.numpy as jnp
@@ -112,11 +116,13 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def restore_latest(
-        self, like: TrainState, step: int | None = None
+        self, like: TrainState, step: int | None = None, set_aside: bool = False
     ) -> tuple[TrainState, dict] | None:
         """The newest readable checkpoint as (state placed like `like`, record), or None if there is
-        none. Unreadable or corrupt steps are skipped with a warning. like: a TrainState of arrays
-        or of ShapeDtypeStructs with shardings. step: that step only."""
+        none. Unreadable or corrupt steps are skipped with a warning, and with `set_aside` moved to
+        `<workdir>/checkpoints.damaged/` (the trainer's choice; a reader such as the export leaves
+        them). like: a TrainState of arrays or of ShapeDtypeStructs with shardings. step: that step
+        only."""
         target = _target(like)
         steps = reversed(self.steps()) if step is None else [step]
         if step is not None and step not in self.steps():
@@ -149,6 +155,8 @@ class Checkpoints:
                     type(e).__name__,
                     str(e).splitlines()[0][:300] if str(e) else "",
                 )
+                if set_aside:
+                    self._set_aside(step)
                 continue
             state = TrainState(
                 arrays["step"],
@@ -159,6 +167,22 @@ class Checkpoints:
             log.info("restored checkpoint %s (RL step %d)", path, record["rl_step"])
             return state, record
         return None
+
+    def _set_aside(self, step: int) -> None:
+        """Move a damaged step out of Orbax's directory (process 0; the others wait for it)."""
+        if jax.process_index() == 0:
+            aside = os.path.join(os.path.dirname(self.directory), "checkpoints.damaged")
+            os.makedirs(aside, exist_ok=True)
+            target = os.path.join(aside, str(step))
+            if os.path.exists(target):  # damaged before: keep both
+                target += time.strftime(".%Y%m%d-%H%M%S")
+            shutil.move(os.path.join(self.directory, str(step)), target)
+            log.warning("moved the damaged checkpoint of step %d to %s", step, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

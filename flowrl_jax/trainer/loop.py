@@ -111,6 +111,10 @@ class Trainer:
         self.optimizer = step_lib.make_optimizer(
             config.optimizer, config.heads, total_steps=optimizer_steps(config)
         )
+        # The policy's rate, logged every step (the log-Z head may have its own).
+        self.learning_rate = step_lib.learning_rate_schedule(
+            config.optimizer, config.optimizer.learning_rate, optimizer_steps(config)
+        )
         init = functools.partial(step_lib.init_state, self._spec(0), optimizer=self.optimizer)
         rng = jax.random.key(config.seed)
         self.state_sharding = step_lib.state_shardings(
@@ -214,17 +218,17 @@ class Trainer:
         for attempt in range(attempts):
             prompts, rows = next_prompts()
             key = 1_000_000 * (attempt + 1) + int(self.state.step)
-            t0 = time.perf_counter()
+            t0 = metrics_lib.clock()
             out = self.sampler(
                 self.state.params["policy"],
                 prompts,
                 jax.random.fold_in(self.state.rng, key),
                 self.sp,
             )
-            t1 = time.perf_counter()
+            t1 = metrics_lib.clock()
             rewards = self.rewards(out, np.repeat(rows, n).tolist())
             times["rollout"] += t1 - t0
-            times["reward"] += time.perf_counter() - t1
+            times["reward"] += metrics_lib.clock() - t1
             for g in range(len(prompts)):
                 part = slice(g * n, (g + 1) * n)
                 group = (SampleOutput(*(np.asarray(x)[part] for x in out)), rewards[part])
@@ -261,12 +265,12 @@ class Trainer:
         """One RL step: sample (and refill), reward, score, prepare, update over mini-batches.
         next_prompts() gives the next `train.prompts_per_step` prompts as token-id lists and their
         dataset rows. -> the step's metrics (algorithm diagnostics averaged over mini-batches)."""
-        t_start = time.perf_counter()
+        t_start, compiled = metrics_lib.clock(), metrics_lib.compile_seconds()
         times = {"rollout": 0.0, "reward": 0.0}
         tokens, mask, out, rewards, group = self.rollout(next_prompts, times)
         score, prepare, update = self._compiled(out.prompt_tokens.shape[1])
         on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(self.mesh, np.ndim(x)))
-        t0 = time.perf_counter()
+        t0 = metrics_lib.clock()
         ref, old_values = self._score(score, tokens, mask, on_mesh)
         batch = algorithms.Batch(
             logp=None,
@@ -278,8 +282,8 @@ class Trainer:
             old_values=old_values,
         )
         batch = jax.tree.map(mesh_lib.to_host, prepare(jax.tree.map(on_mesh, batch)))
-        times["logprobs"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        times["logprobs"] = metrics_lib.clock() - t0
+        t0 = metrics_lib.clock()
         metrics = []
         for _ in range(self.config.train.epochs):
             for i, j in _slices(len(rewards), self.minibatch):
@@ -288,8 +292,9 @@ class Trainer:
                 self.state, m = update(self.state, on_mesh(tokens[rows]), on_mesh(mask[rows]), part)
                 metrics.append(m)
         metrics = {k: float(np.mean([mesh_lib.to_host(m[k]) for m in metrics])) for k in metrics[0]}
-        times["update"] = time.perf_counter() - t0
-        times["step"] = time.perf_counter() - t_start
+        times["update"] = metrics_lib.clock() - t0
+        times["step"] = metrics_lib.clock() - t_start
+        times["compile"] = metrics_lib.compile_seconds() - compiled
         return metrics | self._step_metrics(mask, out, rewards, times)
 
     def _callback_reward(self, out, rows):
@@ -339,7 +344,7 @@ class Trainer:
         why = self._why_not_fused()
         if why:
             raise ValueError(f"the fused step cannot run: {why}")
-        t0 = time.perf_counter()
+        t0, compiled = metrics_lib.clock(), metrics_lib.compile_seconds()
         prompts, rows = next_prompts()
         tokens, mask, live = self.sampler.pad(prompts)
         if not live.all():
@@ -359,7 +364,10 @@ class Trainer:
         metrics = {k: float(mesh_lib.to_host(v)) for k, v in metrics.items()}
         out = SampleOutput(*(mesh_lib.to_host(x) for x in out))
         full_mask = np.concatenate([out.prompt_mask, out.mask], 1)
-        times = self._phase_times() | {"step": time.perf_counter() - t0}
+        times = self._phase_times() | {
+            "step": metrics_lib.clock() - t0,
+            "compile": metrics_lib.compile_seconds() - compiled,
+        }
         return metrics | self._step_metrics(full_mask, out, mesh_lib.to_host(rewards), times)
 
     def _compile_fused(self, prompt_len: int):
@@ -441,6 +449,8 @@ class Trainer:
             "train/tokens_per_s": real * epochs / max(update_s, 1e-9),
             **{f"time/{k}": v for k, v in times.items()},
             "perf/mfu": flops / (times["step"] * peak),
+            # The rate of this step's last optimiser step.
+            "learning_rate": float(self.learning_rate(int(self.state.step) - 1)),
         }
         if "update" in times:
             metrics["perf/mfu_update"] = 3 * fwd * epochs / (update_s * peak)

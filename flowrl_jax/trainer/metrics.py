@@ -30,6 +30,36 @@ PEAK_FLOPS = (
 )
 
 
+# JAX's own durations of tracing, lowering and compiling a program (jax._src.dispatch).
+COMPILE_EVENTS = frozenset(
+    {
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    }
+)
+_compiled = [0.0, False]  # seconds spent compiling in this process; listener registered
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent tracing, lowering and compiling programs so far."""
+    if not _compiled[1]:
+        _compiled[1] = True
+
+        def listen(event: str, seconds: float, **_) -> None:
+            if event in COMPILE_EVENTS:
+                _compiled[0] += seconds
+
+        jax.monitoring.register_event_duration_secs_listener(listen)
+    return _compiled[0]
+
+
+def clock() -> float:
+    """perf_counter() without the time spent compiling: phase and step times on this clock leave
+    the first step's compiles out (they are reported apart, as time/compile)."""
+    return time.perf_counter() - compile_seconds()
+
+
 def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
     """FLOP/s of an fp32 n×n matmul on the default device (the CPU has no data-sheet figure)."""
     a = jax.device_put(np.random.default_rng(0).standard_normal((n, n), np.float32))
@@ -119,7 +149,9 @@ class MetricsLog:
         filled = round(width * step / max(self.total, 1))
         bar = "#" * filled + "-" * (width - filled)
         return (
-            f"step {step}/{self.total} [{bar}] {m['time/step']:.1f} s/step, ETA {_clock(eta)} | "
+            f"step {step}/{self.total} [{bar}] {m['time/step']:.1f} s/step"
+            + (f" (+{m['time/compile']:.1f} s compile)" if m.get("time/compile", 0) > 0.05 else "")
+            + f", ETA {_clock(eta)} | "
             f"reward {m['reward/mean']:.3f} acc {m['accuracy']:.3f} loss {m['loss']:.4f} | "
             f"rollout {m['rollout/tokens_per_s']:,.0f} tok/s, train {m['train/tokens_per_s']:,.0f} "
             f"tok/s, MFU {m['perf/mfu']:.1%}"

@@ -1,8 +1,8 @@
 """A training run in a workdir: resume from its latest checkpoint, run the RL steps, log every step,
-save every `checkpoint.every` steps, at the end and on SIGTERM.
+save every `checkpoint.every` steps, at the end and on SIGTERM or Ctrl-C (SIGINT).
 
-    <workdir>/run.json       the model and algorithm this workdir belongs to (checked on every start)
-    <workdir>/config.json    the resolved config of the latest start
+    <workdir>/run.json, config*.json, lock   whose run it is, each start's config, the job's lock
+                                             (trainer/workdir.py)
     <workdir>/checkpoints/   Orbax checkpoints (trainer/checkpoint.py)
     <workdir>/metrics.jsonl, <workdir>/tensorboard/   per-step metrics (trainer/metrics.py)
     <workdir>/metrics.png    the main curves, drawn at the end of each start
@@ -14,9 +14,7 @@ order is a function of the seed and the saved positions (one per data shard).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -25,55 +23,17 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from flowrl_jax.models.families import DecoderConfig
 from flowrl_jax.tasks import Task, prompt_limit
 from flowrl_jax.trainer.checkpoint import Checkpoints
 from flowrl_jax.trainer.data import PromptSource, shard_count
 from flowrl_jax.trainer.loop import Trainer, check_sizes
 from flowrl_jax.trainer.metrics import MetricsLog, plot
 from flowrl_jax.trainer.step import TrainState
+from flowrl_jax.trainer.workdir import WorkdirLock, claim_workdir, record_config, signature
+
+__all__ = ["RunResult", "claim_workdir", "run", "signature"]
 
 log = logging.getLogger("flowrl_jax")
-
-# Fields that change what is computed but not what the parameters are: a run may resume with others.
-_RUNTIME_FIELDS = {
-    "dtype",
-    "param_dtype",
-    "remat",
-    "attention_block",
-    "causal_block",
-    "max_position_embeddings",
-}
-
-
-def signature(model_cfg: DecoderConfig, algorithm: str) -> dict:
-    """What a workdir's checkpoints are checkpoints of."""
-    model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in _RUNTIME_FIELDS}
-    return json.loads(json.dumps({"model": model, "algorithm": algorithm}))  # tuples -> lists
-
-
-def claim_workdir(workdir: str, sig: dict) -> None:
-    """Refuse a workdir that holds a run of another model or algorithm; mark a new one as ours."""
-    path = os.path.join(workdir, "run.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            theirs = json.load(f)
-        if theirs != sig:
-            ours, old = _flat(sig), _flat(theirs)
-            diff = [
-                f"{k}: {old.get(k)!r} there, {ours.get(k)!r} here"
-                for k in sorted(set(ours) | set(old))
-                if ours.get(k) != old.get(k)
-            ]
-            raise ValueError(
-                f"workdir {workdir} holds a run of a different model or algorithm "
-                f"({'; '.join(diff[:5])}); use a new --workdir, or delete it to start over"
-            )
-    elif jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(sig, f, indent=1)
-        os.replace(path + ".tmp", path)
 
 
 def _evaluate(config, trainer, tokenizer, mesh, rl_step: int, task: Task) -> dict:
@@ -87,37 +47,42 @@ def _evaluate(config, trainer, tokenizer, mesh, rl_step: int, task: Task) -> dic
     return metrics | {"time/eval": time.perf_counter() - t0}
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 class StopFlag:
-    """Set by SIGTERM (preemption); every process agrees on it at the end of a step."""
+    """Set by SIGTERM (preemption) or SIGINT (Ctrl-C); every process agrees on it at the end of a
+    step. A second Ctrl-C stops at once (KeyboardInterrupt), without the checkpoint."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.local = False
-        self._previous = None
+        self.local = None  # the name of the signal that asked to stop
+        self._previous = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        del signum, frame
-        log.warning("SIGTERM: saving a checkpoint after this step, then stopping")
-        self.local = True
+        name = signal.Signals(signum).name
+        if self.local == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning(
+            "%s: saving a checkpoint after this step, then stopping%s",
+            name,
+            " (Ctrl-C again stops at once, without it)" if name == "SIGINT" else "",
+        )
+        self.local = name
 
-    def requested(self) -> bool:
+    def requested(self) -> str | None:
+        """The signal that asked this run to stop, on any process, or None."""
         if jax.process_count() == 1:
             return self.local
         from jax.experimental import multihost_utils
 
-        return bool(np.any(multihost_utils.process_allgather(np.array([self.local]))))
+        code = self.SIGNALS.index(signal.Signals[self.local]) + 1 if self.local else 0
+        codes = np.asarray(multihost_utils.process_allgather(np.array([code])))
+        return signal.Signals(self.SIGNALS[int(codes.max()) - 1]).name if codes.max() else None
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 @dataclasses.dataclass
@@ -125,18 +90,20 @@ class RunResult:
     history: list[dict]  # metrics of the steps this call ran
     first_step: int  # the RL step it resumed after (0 for a fresh run)
     last_step: int
-    preempted: bool = False
+    preempted: str | None = None  # the signal that stopped it early (SIGTERM, SIGINT)
     state: TrainState | None = None  # the train state at the end
 
 
 def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
     """Train `config.train.steps` RL steps in `config.workdir`, resuming if it holds a checkpoint."""
     check_sizes(config, mesh)
+    with WorkdirLock(config.workdir):
+        return _run(config, mesh, model, tokenizer, task)
+
+
+def _run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
     workdir = config.workdir
     claim_workdir(workdir, signature(model.cfg, config.algorithm.name))
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
     # Every row (of this process's data shards) encoded now, before anything compiles; rows too
     # long for the sampler are dropped here, with a log line. The order permutes the kept prompts,
     # so its saved size is theirs: a resume whose dataset, filter or tokenizer changes the count is
@@ -153,7 +120,7 @@ def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
     trainer = Trainer(config, model, tokenizer, mesh, task)
     checkpoints = Checkpoints(workdir, config.checkpoint)
     first = 0
-    restored = checkpoints.restore_latest(trainer.state)
+    restored = checkpoints.restore_latest(trainer.state, set_aside=True)
     if restored is not None:
         trainer.state, record = restored
         prompts.restore(record["data"])
@@ -161,6 +128,7 @@ def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
     total = config.train.steps
     if first:
         log.info("resuming after RL step %d of %d", first, total)
+    record_config(workdir, config.to_json_best_effort(), first)
 
     def next_prompts():
         return prompts.take(config.train.prompts_per_step)
@@ -184,7 +152,10 @@ def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
                 checkpoints.save(rl_step, trainer.state, record)
             if result.preempted:
                 log.warning(
-                    "stopped after RL step %d of %d (SIGTERM); checkpoint saved", rl_step, total
+                    "stopped after RL step %d of %d (%s); checkpoint saved",
+                    rl_step,
+                    total,
+                    result.preempted,
                 )
                 break
     finally:

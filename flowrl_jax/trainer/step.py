@@ -35,7 +35,9 @@ def optimizer_config() -> ConfigDict:
     return ConfigDict(
         {
             "learning_rate": 1e-6,  # paper (Qwen2.5-7B math)
-            "warmup_steps": 10,  # linear warm-up from 0 over this many optimiser steps (paper)
+            # Linear warm-up over this many optimiser steps (paper), the first at 1/warmup_steps
+            # of the rate (learning_rate_schedule).
+            "warmup_steps": 10,
             # After the warm-up: 'constant' (paper) or 'cosine' decay to min_lr_ratio x the rate at
             # the run's last optimiser step (make_optimizer's total_steps).
             "schedule": "constant",
@@ -77,29 +79,37 @@ class StepSpec:
 
 
 def learning_rate_schedule(cfg: ConfigDict, peak: float, total_steps: int | None = None):
-    """optimiser step -> learning rate: linear warm-up from 0 to `peak` over cfg.warmup_steps, then
-    constant or a cosine down to cfg.min_lr_ratio x peak at `total_steps` (warm-up included)."""
+    """optimiser step s (from 0) -> learning rate: a linear warm-up, peak * (s + 1) / W for the
+    first W = cfg.warmup_steps steps (the first step already moves the weights: a warm-up from 0
+    would make it a no-op), then constant or a cosine from the peak at step W down to
+    cfg.min_lr_ratio x peak at `total_steps`."""
     warmup = max(cfg.warmup_steps, 1)
     schedule = cfg.get("schedule", "constant")
     if schedule == "constant":
-        return optax.warmup_constant_schedule(0.0, peak, warmup)
-    if schedule != "cosine":
+        after = optax.constant_schedule(peak)
+    elif schedule != "cosine":
         raise ValueError(f"optimizer.schedule={schedule!r}; known: {', '.join(SCHEDULES)}")
-    if total_steps is None:
+    elif total_steps is None:
         raise ValueError(
             "optimizer.schedule='cosine' decays over the run: make_optimizer needs total_steps, "
             "the run's optimiser steps (train.steps x train.epochs x mini-batches per rollout batch)"
         )
-    if total_steps <= warmup:
+    elif total_steps <= warmup:
         raise ValueError(
             f"optimizer.schedule='cosine': total_steps={total_steps} leaves nothing to decay after "
             f"optimizer.warmup_steps={cfg.warmup_steps}"
         )
-    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+    elif not 0.0 <= cfg.min_lr_ratio <= 1.0:
         raise ValueError(f"optimizer.min_lr_ratio={cfg.min_lr_ratio} must be in [0, 1]")
-    return optax.warmup_cosine_decay_schedule(
-        0.0, peak, warmup, total_steps, end_value=peak * cfg.min_lr_ratio
-    )
+    else:
+        after = optax.warmup_cosine_decay_schedule(
+            0.0, peak, warmup, total_steps, end_value=peak * cfg.min_lr_ratio
+        )
+
+    def rate(step):
+        return jnp.where(step < warmup, peak * (step + 1) / warmup, after(step))
+
+    return rate
 
 
 def make_optimizer(

@@ -1,0 +1,204 @@
+"""A workdir across starts: a damaged newest checkpoint is moved aside and saved again, a config
+changed on resume is logged and kept per start, a second job on a live workdir is refused (a stale
+lock taken over), Ctrl-C saves like SIGTERM, and bad input is one line with exit status 2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from flowrl_jax import mesh as mesh_lib
+from flowrl_jax.config import get_config
+from flowrl_jax.models import from_config
+from flowrl_jax.tasks import digits
+from flowrl_jax.trainer import workdir as workdir_lib
+from flowrl_jax.trainer.run import StopFlag, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
+
+
+def train(workdir, steps, **overrides):
+    config = get_config()
+    config.workdir, config.train.steps = str(workdir), steps
+    config.checkpoint.async_save = False
+    for key, value in overrides.items():  # algorithm__flowrl__beta=5.0: algorithm.flowrl.beta
+        *parents, name = key.split("__")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[name] = value
+    mesh = mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        return run(config, mesh, model, tokenizer, digits.task())
+
+
+def rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in lines]
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_saved_again(tmp_path, caplog):
+    damaged = tmp_path / "damaged"
+    train(damaged, 4)  # checkpoints 2 and 4
+    uninterrupted = rows(damaged)
+    with open(damaged / "metrics.jsonl") as f:
+        raw = [json.loads(line) for line in f]
+    # Compiles are reported apart (step 1 compiles every program, step 2 none), and the rate is
+    # logged: the warm-up's first step already at learning_rate / warmup_steps.
+    assert raw[0]["time/compile"] > 1.0 and raw[1]["time/compile"] < 0.05
+    assert raw[0]["time/step"] < raw[0]["time/compile"]
+    config = get_config().optimizer
+    want = [
+        config.learning_rate * min(s, config.warmup_steps) / config.warmup_steps for s in (1, 2)
+    ]
+    assert [r["learning_rate"] for r in raw[:2]] == pytest.approx(want, rel=1e-6)
+    for dirpath, _, files in os.walk(damaged / "checkpoints" / "4" / "state"):
+        for name in files:  # truncate every data file of step 4
+            open(os.path.join(dirpath, name), "wb").close()
+    with caplog.at_level("WARNING"):
+        again = train(damaged, 4)  # restores 2, trains 3 and 4, saves 4 again
+    assert (again.first_step, again.last_step) == (2, 4)
+    aside = damaged / "checkpoints.damaged" / "4"
+    assert aside.is_dir() and (aside / "state").is_dir()  # kept for inspection
+    assert "moved the damaged checkpoint of step 4" in caplog.text
+    assert sorted(os.listdir(damaged / "checkpoints")) == ["2", "4"]
+    assert rows(damaged) == uninterrupted  # steps 3 and 4 retrained exactly
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        done = train(damaged, 4)  # the new step 4 reads back: nothing to do, no warning
+    assert done.history == [] and done.last_step == 4 and "corrupt" not in caplog.text
+
+
+def test_a_changed_config_on_resume_is_logged_and_each_start_kept(tmp_path, caplog):
+    train(tmp_path, 2)
+    with caplog.at_level("WARNING"):
+        train(tmp_path, 4, algorithm__flowrl__beta=5.0, rollout__temperature=0.9)
+    changed = [r.getMessage() for r in caplog.records if "config changed" in r.getMessage()]
+    assert changed == [
+        "config changed since the last start: algorithm.flowrl.beta: 15.0 -> 5.0",
+        "config changed since the last start: rollout.temperature: 1.0 -> 0.9",
+        "config changed since the last start: train.steps: 2 -> 4",
+    ]
+    first = json.loads((tmp_path / "config.0.json").read_text())
+    second = json.loads((tmp_path / "config.2.json").read_text())
+    latest = json.loads((tmp_path / "config.json").read_text())
+    assert first["train"]["steps"] == 2 and first["algorithm"]["flowrl"]["beta"] == 15.0
+    assert second == latest and latest["train"]["steps"] == 4
+
+
+def start(workdir, *extra):
+    argv = [
+        sys.executable,
+        "-m",
+        "flowrl_jax.train",
+        f"--workdir={workdir}",
+        "--config.smoke.enabled=False",
+        *extra,
+    ]
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def read_until(proc, text):
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    proc.wait()
+    raise AssertionError(f"ended before {text!r}:\n" + "".join(seen)[-3000:])
+
+
+def test_a_second_job_is_refused_ctrl_c_saves_and_a_stale_lock_is_taken_over(tmp_path):
+    workdir = tmp_path / "run"
+    first = start(workdir, "--config.train.steps=1000", "--config.checkpoint.every=0")
+    read_until(first, "step 2/1000")
+    lock = json.loads((workdir / "lock").read_text())
+    assert lock["pid"] == first.pid
+    second = start(workdir, "--config.train.steps=3")
+    out = second.communicate(timeout=300)[0]
+    assert second.returncode == 2, out[-2000:]
+    error = [line for line in out.splitlines() if "error:" in line]
+    assert len(error) == 1 and f"in use by another job: pid {first.pid} on host" in error[0]
+    assert lock["started"] in error[0]
+
+    first.send_signal(signal.SIGINT)  # Ctrl-C: save after this step, exit 0
+    out = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, out[-2000:]
+    stopped = int(out.split("stopped by SIGINT after step ")[1].split(";")[0])
+    assert os.listdir(workdir / "checkpoints") == [str(stopped)]
+    assert not (workdir / "lock").exists()  # released
+
+    # A lock left by a job that is gone (SIGKILL): taken over with a warning, the run resumes.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (workdir / "lock").write_text(
+        json.dumps({"host": os.uname().nodename, "pid": gone.pid, "started": "then"})
+    )
+    out = start(workdir, f"--config.train.steps={stopped + 1}").communicate(timeout=300)[0]
+    assert f"taking over the stale lock {workdir / 'lock'}: pid {gone.pid}" in out, out[-2000:]
+    assert f"resuming after RL step {stopped}" in out and f"RL steps {stopped + 1}-" in out
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    flag = StopFlag()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert flag.requested() == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        flag.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_lock_is_reentrant_and_refuses_a_live_holder_elsewhere(tmp_path, monkeypatch):
+    with workdir_lib.WorkdirLock(str(tmp_path)):
+        with workdir_lib.WorkdirLock(str(tmp_path)):  # the entry point, then the trainer
+            pass
+        assert (tmp_path / "lock").exists()  # still the outer holder's
+    assert not (tmp_path / "lock").exists()
+    other = {"host": "elsewhere", "pid": 1, "started": "now"}
+    (tmp_path / "lock").write_text(json.dumps(other))
+    with pytest.raises(workdir_lib.WorkdirBusy, match="pid 1 on host elsewhere, started now"):
+        workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+    # Another host's lock is stale once its heartbeat is older than STALE_AFTER.
+    old = os.path.getmtime(tmp_path / "lock") - workdir_lib.STALE_AFTER - 1
+    os.utime(tmp_path / "lock", (old, old))
+    with workdir_lib.WorkdirLock(str(tmp_path)):
+        assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config.modle.dtype=x"], "--config.modle.dtype=x: no such key 'modle'; did you mean"),
+        (["--config.rollout.n=abc"], "--config.rollout.n=abc: invalid literal for int()"),
+        (["--config.train.minibatch_size=3"], "train.minibatch_size=3 is not a multiple of"),
+        (["--config.seed=1", "--config=configs/default.py"], "before a value for --config"),
+        (["--config=configs/nope.py"], "bad --config: "),
+    ],
+    ids=["key", "value", "size", "order", "file"],
+)
+def test_bad_config_is_one_line_and_exit_status_2(tmp_path, args, message):
+    out = subprocess.run(
+        [sys.executable, "-m", "flowrl_jax.train", f"--workdir={tmp_path}", *args],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowrl_jax.train: error: "), out.stderr
+    assert message in lines[0]
