@@ -50,6 +50,7 @@ class EvalSettings:
     problems: int = 0  # the first N problems of each dataset; 0 = all
     max_prompt_len: int = 0  # longer prompts are left out (and reported); 0 = no limit
     system_prompt: str = ""
+    stop_tokens: str = ""  # besides the tokenizer's EOS (rollout.stop_tokens' form)
     code_workers: int = 8  # sandboxes at once
     # Optional judge (e.g. an LLM rating diversity 1-5, as the paper did): (prompt, responses) ->
     # a score per problem, reported as "judge". CLI: --judge=package.module:function.
@@ -84,7 +85,7 @@ def _sampler(cfg, mesh, pad_id: int) -> sampler_lib.Sampler:
 
 
 def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
-    """-> (rows evaluated, texts [problems][k])."""
+    """-> (rows evaluated, texts [problems][k], each problem's model input as text)."""
     encoded = encode_prompts(task, tokenizer, settings.max_prompt_len, settings.system_prompt)
     ids, rows = encoded.ids, encoded.rows
     if settings.problems:
@@ -95,7 +96,7 @@ def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
         n=settings.k,
         temperature=settings.temperature,
         top_p=settings.top_p,
-        stop_tokens=(tokenizer.eos_token_id,),
+        stop_tokens=sampler_lib.stops(tokenizer, settings.stop_tokens),
         pad_id=tokenizer.pad_token_id,
     )
     texts, step, t0 = [], settings.prompts_per_batch, time.perf_counter()
@@ -116,13 +117,17 @@ def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
             elapsed,
             eta,
         )
-    return rows, texts
+    return rows, texts, tokenizer.batch_decode([x.tolist() for x in ids])
 
 
 def evaluate_task(task, model, tokenizer, mesh, settings: EvalSettings, rng) -> dict:
-    """Sample, judge and score one dataset. -> {"summary": {...}, "problems": [...]}."""
-    rows, texts = sample_responses(task, model, tokenizer, mesh, settings, rng)
-    return score(task, rows, texts, settings)
+    """Sample, judge and score one dataset.
+    -> {"summary": {...}, "problems": [figures...], "details": [prompt, gold, responses...]}."""
+    rows, texts, inputs = sample_responses(task, model, tokenizer, mesh, settings, rng)
+    result = score(task, rows, texts, settings)
+    for detail, text in zip(result["details"], inputs):
+        detail["input"] = text  # exactly what the model was given: template, system prompt
+    return result
 
 
 def score(task, rows: list[int], texts: list[list[str]], settings: EvalSettings) -> dict:
@@ -144,7 +149,65 @@ def score(task, rows: list[int], texts: list[list[str]], settings: EvalSettings)
             figures["judge"] = float(settings.judge(task.prompts[row], list(group)))
         problems.append({"row": row, **figures})
     summary = metrics.aggregate([{k: v for k, v in p.items() if k != "row"} for p in problems])
-    return {"summary": summary, "problems": problems}
+    # What a person needs to read the figures: each problem's prompt, gold, responses, verdicts.
+    details, start = [], 0
+    for row, group in zip(rows, texts):
+        data = task.rows[row] if row < len(task.rows) else {}
+        judged = verdicts[start : start + len(group)]
+        start += len(group)
+        details.append(
+            {
+                "row": row,
+                "source": data.get("source"),
+                "prompt": task.prompts[row],
+                "gold": data.get("answer", data.get("tests")),
+                "responses": [
+                    {"text": text, "correct": bool(c), "answer": a}
+                    for text, (c, a) in zip(group, judged)
+                ],
+            }
+        )
+    return {"summary": summary, "problems": problems, "details": details}
+
+
+def settings_record(settings: EvalSettings) -> dict:
+    """The sampling and scoring settings, for the reports."""
+    record = dataclasses.asdict(settings)
+    record["judge"] = getattr(settings.judge, "__qualname__", None) if settings.judge else None
+    return record
+
+
+def write_reports(results: dict, prefix: str, settings: EvalSettings, checkpoint: dict):
+    """<prefix>.json / .md (one summary row per dataset; the markdown ends with the checkpoint and
+    the sampling settings) and <prefix>.problems.json (every problem: figures, prompt, gold,
+    responses with their verdicts, under the checkpoint and the settings). -> the three paths."""
+    summaries = {name: r["summary"] for name, r in results.items()}
+    json_path, md_path = report.write_report(summaries, prefix)
+    record = settings_record(settings)
+    lines = [
+        "",
+        f"checkpoint: {', '.join(f'{k} {v}' for k, v in checkpoint.items())}",
+        "sampling: "
+        + ", ".join(
+            f"{k} {record[k]!r}"
+            for k in ("k", "temperature", "top_p", "max_new_tokens", "system_prompt", "stop_tokens")
+        ),
+    ]
+    with open(md_path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    problems = {
+        "checkpoint": checkpoint,
+        "settings": record,
+        "datasets": {
+            name: {
+                "summary": r["summary"],
+                "problems": [p | d for p, d in zip(r["problems"], r["details"])],
+            }
+            for name, r in results.items()
+        },
+    }
+    problems_path = report.write_json(problems, prefix + ".problems.json")
+    return json_path, md_path, problems_path
 
 
 def default_config():
@@ -170,61 +233,136 @@ def default_config():
     )
 
 
-def periodic(config, model, tokenizer, mesh, step: int, train_task) -> dict:
-    """One evaluation of `model` as config.eval asks. Writes the report (process 0) and returns
-    flat metrics {"eval/<dataset>/<metric>": value}."""
+def periodic_settings(config) -> EvalSettings:
+    """config.eval as EvalSettings, with the training prompts' format: the same system prompt,
+    stop tokens and prompt-length limit as the rollouts."""
+    from flowrl_jax.tasks import prompt_limit
+
     ev = config.eval
     settings = EvalSettings(
         k=ev.k,
         temperature=ev.temperature,
         top_p=ev.top_p,
         max_new_tokens=ev.max_new_tokens or config.rollout.max_new_tokens,
-        pass_k=tuple(int(j) for j in str(ev.pass_k).split(",") if j),
+        pass_k=parse_pass_k(ev.pass_k, ev.k, "eval.pass_k"),
         problems=ev.problems,
+        max_prompt_len=prompt_limit(config),
         system_prompt=config.task.system_prompt,
+        stop_tokens=config.rollout.stop_tokens,
     )
-    todo = eval_datasets(ev.data, ev.kind, "", ev.gym, ev.problems, config.seed)
-    todo = todo or {train_task.name.replace(":", "_"): train_task}
-    summaries = {}
+    return settings
+
+
+def parse_pass_k(text: str, k: int, what: str = "--pass-k") -> tuple[int, ...]:
+    """'1,4,16' -> (1, 4, 16); a value above k (or below 1) is an error, not dropped."""
+    try:
+        values = tuple(int(j) for j in str(text).split(",") if j.strip())
+    except ValueError:
+        raise ValueError(f"{what}={text!r}: expected comma-separated integers") from None
+    bad = [j for j in values if not 1 <= j <= k]
+    if bad:
+        raise ValueError(f"{what}={text!r}: {bad} not in 1..k={k} (pass@j needs j <= k samples)")
+    return values
+
+
+def eval_tasks(config, train_task: tasks.Task) -> dict[str, tasks.Task]:
+    """What config.eval evaluates, built now (bad data fails before training starts): its data
+    files, read with the training task's field names, and gym datasets, each the evaluation split
+    (no training problem); neither = the training task, a generated one through its evaluation
+    split."""
+    periodic_settings(config)  # eval.pass_k and the rest are checked now too
+    ev, task_cfg = config.eval, config.task
+    fields = dict(task_cfg.fields)
+    todo = eval_datasets(ev.data, ev.kind, fields, ev.gym, ev.problems, config.seed, task_cfg)
+    if todo:
+        return todo
+    name = train_task.name.replace(":", "_")
+    if task_cfg.name.startswith("gym:"):
+        return {name: gym_eval_task(task_cfg, task_cfg.name, ev.problems, config.seed)}
+    log.info("evaluation: no eval.data or eval.gym given, so it samples the training prompts")
+    return {name: train_task}
+
+
+def gym_eval_task(train_cfg, name: str, problems: int, seed: int) -> tasks.Task:
+    """The evaluation split of gym dataset `name`: the training run's dataset config when it
+    trained on the same dataset, and none of its `train_cfg.gym_size` training problems."""
+    config = tasks.default_config()
+    config.name, config.gym_size = name, problems or 100
+    same = train_cfg is not None and train_cfg.name == name
+    if same:
+        config.gym_config = train_cfg.gym_config
+    train_size = train_cfg.gym_size if same else config.gym_size
+    return tasks.get(config, seed, split="eval", train_size=train_size)
+
+
+def periodic(config, model, tokenizer, mesh, step: int, todo: dict[str, tasks.Task]) -> dict:
+    """One evaluation of `model` on `todo` (`eval_tasks`). Writes the reports (process 0) and
+    returns flat metrics {"eval/<dataset>/<metric>": value}."""
+    settings = periodic_settings(config)
+    results = {}
     for i, (name, task) in enumerate(todo.items()):
         rng = jax.random.fold_in(jax.random.key(config.seed + 1), step * 1000 + i)
-        summaries[name] = evaluate_task(task, model, tokenizer, mesh, settings, rng)["summary"]
+        results[name] = evaluate_task(task, model, tokenizer, mesh, settings, rng)
     if jax.process_index() == 0:
-        report.write_report(summaries, os.path.join(config.workdir, "eval", f"step_{step}"))
-    return {f"eval/{name}/{k}": v for name, s in summaries.items() for k, v in s.items()}
+        prefix = os.path.join(config.workdir, "eval", f"step_{step}")
+        write_reports(results, prefix, settings, {"workdir": config.workdir, "rl_step": step})
+    return {f"eval/{name}/{k}": v for name, r in results.items() for k, v in r["summary"].items()}
 
 
-def eval_datasets(data, kind, fields, gym, problems, seed) -> dict[str, tasks.Task]:
-    """name -> task for data files (comma-separated) and reasoning-gym names (comma-separated)."""
+def eval_datasets(data, kind, fields, gym, problems, seed, train_cfg=None) -> dict[str, tasks.Task]:
+    """name -> task for data files (comma-separated, rows named as `fields` says) and reasoning-gym
+    names (comma-separated; their evaluation splits, see `gym_eval_task`)."""
     out = {}
-    fields = dict(f.split("=", 1) for f in fields.split(",") if f) if fields else {}
     for path in [p for p in (data or "").split(",") if p]:
         config = tasks.default_config()
         config.name, config.path, config.kind = "file", path, kind
-        config.fields.update(fields)
+        config.fields.update(fields or {})
         out[os.path.splitext(os.path.basename(path))[0]] = tasks.get(config)
     for name in [g for g in (gym or "").split(",") if g]:
-        config = tasks.default_config()
-        config.name, config.gym_size = f"gym:{name}", problems or 100
-        out[name] = tasks.get(config, seed)
+        out[name] = gym_eval_task(train_cfg, f"gym:{name}", problems, seed)
     return out
 
 
 def load_model(args, mesh):
+    """-> (model, tokenizer, where it came from: {"hf": dir} or {"workdir": dir, "rl_step": N})."""
     if args.hf:
         from flowrl_jax.models import load_hf
         from flowrl_jax.models.from_config import load_tokenizer
 
-        return load_hf(args.hf, mesh=mesh, dtype=args.dtype), load_tokenizer(args.hf)
+        model = load_hf(args.hf, mesh=mesh, dtype=args.dtype)
+        return model, load_tokenizer(args.hf), {"hf": os.path.abspath(args.hf)}
     from flowrl_jax.export import load_run_policy
 
-    model, tokenizer, _ = load_run_policy(args.workdir, args.step, mesh)
-    return model, tokenizer
+    model, tokenizer, record = load_run_policy(args.workdir, args.step, mesh)
+    return (
+        model,
+        tokenizer,
+        {"workdir": os.path.abspath(args.workdir), "rl_step": record["rl_step"]},
+    )
 
 
-def datasets(args) -> dict[str, tasks.Task]:
-    """name -> task, each built (and its data checked) before any model is loaded."""
-    out = eval_datasets(args.data, args.kind, args.fields, args.gym, args.problems, args.seed)
+def run_config(workdir: str | None):
+    """The config a run trained with (its config.json), or None for --hf."""
+    if not workdir:
+        return None
+    import json
+
+    from ml_collections import ConfigDict
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a flowrl-jax run directory")
+    with open(path) as f:
+        return ConfigDict(json.load(f))
+
+
+def datasets(args, trained=None) -> dict[str, tasks.Task]:
+    """name -> task, each built (and its data checked) before any model is loaded. trained: the
+    run's config, whose gym problems the evaluation splits leave out."""
+    fields = dict(f.split("=", 1) for f in args.fields.split(",") if f)
+    train_cfg = trained.task if trained is not None else None
+    seed = trained.seed if trained is not None else args.seed
+    out = eval_datasets(args.data, args.kind, fields, args.gym, args.problems, seed, train_cfg)
     if args.humaneval:
         out["humaneval"] = tasks.get("humaneval")
     if not out:
@@ -240,7 +378,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--step", type=int, help="with --workdir: this checkpoint step")
     parser.add_argument("--data", help="dataset files, comma-separated (.jsonl, .json, .parquet)")
     parser.add_argument("--kind", default="math", choices=["math", "code"])
-    parser.add_argument("--fields", default="", help="e.g. prompt=question,answer=solution")
+    parser.add_argument(
+        "--fields", default=None, help="e.g. prompt=question,answer=solution (--workdir: the run's)"
+    )
     parser.add_argument("--gym", help="reasoning-gym datasets, comma-separated")
     parser.add_argument("--humaneval", action="store_true", help="HumanEval (164 problems)")
     parser.add_argument("--k", type=int, default=16)
@@ -250,6 +390,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--pass-k", default="1,4,16")
     parser.add_argument("--problems", type=int, default=0, help="first N problems; 0 = all")
     parser.add_argument("--prompts-per-batch", type=int, default=8)
+    parser.add_argument(
+        "--system-prompt", default=None, help="system message (--workdir: the run's own)"
+    )
+    parser.add_argument(
+        "--stop-tokens", default=None, help="stop strings besides EOS (--workdir: the run's own)"
+    )
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--judge", help="module:function scoring (prompt, responses) per problem")
@@ -259,6 +405,20 @@ def main(argv=None) -> dict:
     logging.getLogger("absl").setLevel(logging.WARNING)
     if args.step is not None and not args.workdir:
         parser.error("--step needs --workdir")
+    try:
+        pass_k = parse_pass_k(args.pass_k, args.k)
+    except ValueError as e:
+        parser.error(str(e))
+    # A run is evaluated on the prompts it trained with: its system prompt, field names and stop
+    # tokens, unless given here.
+    trained = run_config(args.workdir)
+    if args.fields is None:
+        given = dict(trained.task.fields) if trained is not None else {}
+        args.fields = ",".join(f"{k}={v}" for k, v in given.items())
+    if args.system_prompt is None:
+        args.system_prompt = trained.task.system_prompt if trained is not None else ""
+    if args.stop_tokens is None:
+        args.stop_tokens = trained.rollout.get("stop_tokens", "") if trained is not None else ""
     judge = None
     if args.judge:
         module, _, name = args.judge.partition(":")
@@ -268,27 +428,30 @@ def main(argv=None) -> dict:
         temperature=args.temperature,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
-        pass_k=tuple(int(j) for j in args.pass_k.split(",") if j),
+        pass_k=pass_k,
         prompts_per_batch=args.prompts_per_batch,
         problems=args.problems,
+        system_prompt=args.system_prompt,
+        stop_tokens=args.stop_tokens,
         judge=judge,
     )
-    todo = datasets(args)  # bad data fails here, before the model loads
+    todo = datasets(args, trained)  # bad data fails here, before the model loads
     from flowrl_jax import mesh as mesh_lib
 
     mesh = mesh_lib.make_mesh()
-    model, tokenizer = load_model(args, mesh)
+    model, tokenizer, checkpoint = load_model(args, mesh)
+    sampler_lib.stop_token_ids(tokenizer, settings.stop_tokens)  # each must be one token
     results = {}
     for i, (name, task) in enumerate(todo.items()):
         rng = jax.random.fold_in(jax.random.key(args.seed), i)
         results[name] = evaluate_task(task, model, tokenizer, mesh, settings, rng)
     prefix = args.out or os.path.join(args.workdir or ".", "eval", time.strftime("%Y%m%d-%H%M%S"))
-    summaries = {name: r["summary"] for name, r in results.items()}
-    json_path, md_path = report.write_report(summaries, prefix)
+    json_path, md_path, problems_path = write_reports(
+        results, prefix, settings, checkpoint | {"seed": args.seed}
+    )
     with open(md_path) as f:
         print(f.read())
-    report.write_json(results, prefix + ".problems.json")
-    print(f"wrote {json_path}, {md_path}")
+    print(f"wrote {json_path}, {md_path}, {problems_path}")
     return results
 
 

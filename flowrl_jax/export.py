@@ -21,6 +21,9 @@ from ml_collections import ConfigDict
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.models import Model, from_config, save_hf
 from flowrl_jax.models.decoder import init_params
+from flowrl_jax.models.families import read_hf_config
+from flowrl_jax.models.hf_io import dtype_name
+from flowrl_jax.rollout.sampler import stop_token_ids
 from flowrl_jax.trainer import step as step_lib
 from flowrl_jax.trainer.checkpoint import Checkpoints
 
@@ -51,7 +54,8 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
 
 def load_run_policy(workdir: str, step: int | None = None, mesh=None):
     """A run's policy from its newest readable checkpoint (or `step`).
-    -> (Model on `mesh`, tokenizer, the checkpoint's record)."""
+    -> (Model on `mesh`, tokenizer, the checkpoint's record; its "run_config": the ConfigDict the
+    run trained with)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {workdir} is not a flowrl-jax run directory")
@@ -67,14 +71,37 @@ def load_run_policy(workdir: str, step: int | None = None, mesh=None):
     if restored is None:
         raise FileNotFoundError(f"no readable checkpoint in {checkpoints.directory}")
     state, record = restored
-    return Model(model_cfg, state.params["policy"], mesh=mesh), tokenizer, record
+    source = config.model.checkpoint  # the run's HF starting point: its config keys carry over
+    hf_config = read_hf_config(source) if source and os.path.isdir(source) else None
+    model = Model(model_cfg, state.params["policy"], mesh=mesh, hf_config=hf_config)
+    # The config of the start that saved this step (config.json is the latest start's).
+    saved = ConfigDict(json.loads(record["config"])) if "config" in record else config
+    return model, tokenizer, record | {"run_config": saved}
 
 
 def export(workdir: str, step: int | None = None, out: str | None = None, dtype=None) -> str:
+    """-> the directory written: weights, config.json, generation_config.json (every token that
+    ends a response in training: the tokenizer's EOS and rollout.stop_tokens) and the tokenizer."""
+    if dtype is not None:
+        dtype_name(dtype)  # a bad name fails before the checkpoint is read
     model, tokenizer, record = load_run_policy(workdir, step)
+    config = record["run_config"]
     out = out or os.path.join(workdir, "export", f"step_{record['rl_step']}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    save_hf(model, out, tokenizer=tokenizer, dtype=dtype, overwrite=True)
+    base = None
+    source = config.model.checkpoint
+    if source and os.path.isfile(os.path.join(source, "generation_config.json")):
+        with open(os.path.join(source, "generation_config.json")) as f:
+            base = json.load(f)
+    save_hf(
+        model,
+        out,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        overwrite=True,
+        stop_token_ids=stop_token_ids(tokenizer, config.rollout.get("stop_tokens", "")),
+        base_generation_config=base,
+    )
     log.info("exported the policy of RL step %d to %s", record["rl_step"], out)
     return out
 
@@ -88,6 +115,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="output directory (default: <workdir>/export/step_<N>)")
     parser.add_argument("--dtype", help="dtype of the exported weights (default: as trained)")
     args = parser.parse_args(argv)
+    if args.dtype is not None:
+        try:
+            dtype_name(args.dtype)
+        except ValueError as e:
+            parser.error(f"--dtype: {e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     print(export(args.workdir, args.step, args.out, args.dtype))

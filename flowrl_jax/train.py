@@ -30,8 +30,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from flowrl_jax import evaluate, tasks
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax import tasks
 from flowrl_jax.models import from_config, load_hf, save_hf
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.rollout import token_logprobs
@@ -180,16 +180,16 @@ def sample_and_recompute(config, model, tokenizer, prompt: str, mesh) -> dict:
     }
 
 
-def train(config, mesh, model=None, tokenizer=None, task=None) -> run_lib.RunResult:
+def train(config, mesh, model=None, tokenizer=None, task=None, eval_todo=None) -> run_lib.RunResult:
     """Train on `config.task` (or `task`, built from it already) in `config.workdir`, resuming from
-    its latest checkpoint."""
+    its latest checkpoint. eval_todo: the periodic evaluation's tasks, if built already."""
     check_sizes(config, mesh)  # before anything is built or compiled
     tasks.prompt_limit(config)
     if task is None:
         task = tasks.get(config.task, config.seed)
     if model is None:
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
-    return run_lib.run(config, mesh, model, tokenizer, task)
+    return run_lib.run(config, mesh, model, tokenizer, task, eval_todo)
 
 
 def main(argv) -> None:
@@ -213,7 +213,9 @@ def main(argv) -> None:
             check_sizes(config, mesh)
             tasks.prompt_limit(config)
             task = tasks.get(config.task, config.seed)
-            model_cfg, _ = from_config.model_config(config.model, config.workdir)
+            eval_todo = evaluate.eval_tasks(config, task) if config.eval.every else None
+            model_cfg, tokenizer = from_config.model_config(config.model, config.workdir)
+            sampler_lib.stop_token_ids(tokenizer, config.rollout.stop_tokens)
             held.enter_context(WorkdirLock(config.workdir))
             run_lib.claim_workdir(
                 config.workdir, run_lib.signature(model_cfg, config.algorithm.name)
@@ -222,7 +224,7 @@ def main(argv) -> None:
             if os.environ.get("FLOWRL_JAX_TRACEBACK"):
                 raise
             fail(_message(e))
-        figures, result = _build_and_train(config, mesh, task)
+        figures, result = _build_and_train(config, mesh, task, eval_todo)
     if jax.process_index() != 0:
         return
     if figures:
@@ -253,7 +255,7 @@ def main(argv) -> None:
         )
 
 
-def _build_and_train(config, mesh, task):
+def _build_and_train(config, mesh, task, eval_todo):
     with jax.set_mesh(mesh):  # the context mesh: bare PartitionSpecs resolve against it
         t0 = time.perf_counter()
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
@@ -261,7 +263,7 @@ def _build_and_train(config, mesh, task):
         if config.smoke.enabled:
             figures = smoke(config, mesh, model, tokenizer, time.perf_counter() - t0)
         # The trainer starts from the same (immutable) parameters the smoke checks used.
-        return figures, train(config, mesh, model, tokenizer, task)
+        return figures, train(config, mesh, model, tokenizer, task, eval_todo)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ def test_main_job_runs_on_its_embedded_default(tmp_path):
 
 def test_unknown_config_key_is_an_error(tmp_path):
     out = run(["-m", "flowrl_jax.train", f"--config.workdir={tmp_path}", "--config.modle.dtype=x"])
-    assert out.returncode != 0
-    assert 'Did you mean "model"' in out.stderr
+    assert out.returncode == 2
+    assert "no such key 'modle'; did you mean 'model'?" in out.stderr
 
 
 def load_module(path):

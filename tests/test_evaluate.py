@@ -92,7 +92,56 @@ def test_cli_on_a_tiny_checkpoint(tmp_path, capsys):
         assert json.load(f)["math"]["problems"] == 2
     table = open(prefix + ".md").read().splitlines()
     assert table[0].startswith("| dataset") and table[2].startswith("| math")
-    assert len(json.load(open(prefix + ".problems.json"))["math"]["problems"]) == 2
+    problems = json.load(open(prefix + ".problems.json"))
+    assert problems["checkpoint"]["hf"] == str(model_dir)
+    assert problems["settings"]["k"] == 2 and problems["settings"]["max_new_tokens"] == 4
+    rows = problems["datasets"]["math"]["problems"]
+    assert [r["gold"] for r in rows] == ["0", "2"] and rows[1]["prompt"] == "What is 1 + 1?"
+    assert all(len(r["responses"]) == 2 and "mean@2" in r for r in rows)
+    assert "What is 1 + 1?" in rows[1]["input"] and "<|im_start|>user" in rows[1]["input"]
+    assert "checkpoint: hf " in open(prefix + ".md").read()
+
+
+def test_cli_refuses_pass_k_above_k(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--hf", str(tmp_path), "--data", "x.jsonl", "--k", "4", "--pass-k", "1,8"])
+    assert e.value.code == 2 and "[8] not in 1..k=4" in capsys.readouterr().err
+
+
+def test_gym_evaluation_split_has_no_training_problem():
+    config = tasks.default_config()
+    config.name, config.gym_size = "gym:basic_arithmetic", 200
+    train = tasks.get(config, seed=3)
+    held_out = evaluate.gym_eval_task(config, "gym:basic_arithmetic", 100, seed=3)
+    assert held_out.prompts and not set(held_out.prompts) & set(train.prompts)
+    # Periodic evaluation of a gym run with no eval data: that split, not the training rows.
+    from flowrl_jax.config import get_config
+
+    run = get_config()
+    run.task = config
+    run.seed = 3
+    (only,) = evaluate.eval_tasks(run, train).values()
+    assert not set(only.prompts) & set(train.prompts)
+
+
+def test_periodic_evaluation_reads_files_as_training_does(tmp_path):
+    """eval.data rows use the training task's field names, and a bad file fails before training."""
+    from flowrl_jax.config import get_config
+
+    rows = [{"question": f"{i} + 1?", "solution": str(i + 1)} for i in range(4)]
+    config = get_config()
+    config.task.name, config.task.path = "file", write_jsonl(tmp_path / "train.jsonl", rows)
+    config.task.fields.prompt, config.task.fields.answer = "question", "solution"
+    config.eval.every, config.eval.data = 1, write_jsonl(tmp_path / "test.jsonl", rows[:2])
+    train_task = tasks.get(config.task)
+    (test,) = evaluate.eval_tasks(config, train_task).values()
+    assert list(test.prompts) == ["0 + 1?", "1 + 1?"] and test.rows[1]["answer"] == "2"
+    config.eval.data = write_jsonl(tmp_path / "bad.jsonl", [{"question": "no solution"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: .*solution"):
+        evaluate.eval_tasks(config, train_task)
+    config.eval.data, config.eval.pass_k = "", "1,8"
+    with pytest.raises(ValueError, match=r"eval.pass_k='1,8': \[8\] not in 1..k=4"):
+        evaluate.eval_tasks(config, train_task)
 
 
 def test_cli_refuses_bad_data_before_loading_a_model(tmp_path):
@@ -114,6 +163,7 @@ def test_periodic_evaluation_in_training(tmp_path):
     config.workdir = str(tmp_path)
     config.eval.every, config.eval.problems, config.eval.k = 1, 3, 2
     config.eval.pass_k, config.eval.max_new_tokens = "1,2", 4
+    config.task.system_prompt = "Count carefully."
     mesh = mesh_lib.make_mesh()
     with jax.set_mesh(mesh):
         result = train(config, mesh)
@@ -125,6 +175,21 @@ def test_periodic_evaluation_in_training(tmp_path):
     assert (tmp_path / "eval" / "step_2.md").exists() and (
         tmp_path / "eval" / "step_1.json"
     ).exists()
+    periodic = json.load(open(tmp_path / "eval" / "step_2.problems.json"))
+    assert periodic["checkpoint"]["rl_step"] == 2
+    assert all("Count carefully." in p["input"] for p in periodic["datasets"]["digits"]["problems"])
+
+    # The CLI on the run evaluates the prompts it trained with: its system prompt, by default.
+    data = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "What is 2 + 2?", "answer": "4"}])
+    prefix = str(tmp_path / "cli")
+    evaluate.main(["--workdir", str(tmp_path), "--data", data, "--k", "2", "--pass-k", "1,2"]
+                  + ["--max-new-tokens", "4", "--out", prefix])  # fmt: skip
+    report = json.load(open(prefix + ".problems.json"))
+    assert report["checkpoint"]["rl_step"] == 2 and report["settings"]["temperature"] == 0.6
+    assert report["settings"]["system_prompt"] == "Count carefully."
+    (problem,) = report["datasets"]["m"]["problems"]
+    assert "Count carefully." in problem["input"] and problem["gold"] == "4"
+    assert len(problem["responses"]) == 2
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")

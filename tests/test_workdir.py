@@ -186,8 +186,9 @@ def test_the_lock_is_reentrant_and_refuses_a_live_holder_elsewhere(tmp_path, mon
         (["--config.train.minibatch_size=3"], "train.minibatch_size=3 is not a multiple of"),
         (["--config.seed=1", "--config=configs/default.py"], "before a value for --config"),
         (["--config=configs/nope.py"], "bad --config: "),
+        (["--config.rollout.stop_tokens=hello world"], "'hello world' is not one token"),
     ],
-    ids=["key", "value", "size", "order", "file"],
+    ids=["key", "value", "size", "order", "file", "stop"],
 )
 def test_bad_config_is_one_line_and_exit_status_2(tmp_path, args, message):
     out = subprocess.run(

@@ -213,6 +213,41 @@ def _export_plan(cfg: DecoderConfig, params, dtype) -> Iterator[tuple[str, tuple
             yield name, shape, dtype, (e, i if e.stacked else None)
 
 
+DTYPES = {
+    "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
+}  # fmt: skip
+
+
+def dtype_name(name: str) -> str:
+    """'fp16' / 'bf16' / 'fp32' (and their long names) -> the numpy name; anything else is an
+    error that lists the choices."""
+    key = str(name).lower()
+    if key not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+def generation_config(tokenizer, stop_token_ids=(), base: dict | None = None) -> dict:
+    """generation_config.json: the tokenizer's bos / pad ids and every id that ends a response
+    (the tokenizer's EOS, then `stop_token_ids`), over `base` (the source checkpoint's own file,
+    whose sampling defaults stay). Without it `transformers`' generate never stops."""
+    out = dict(base or {})
+    ends = out.get("eos_token_id", [])
+    ends = [ends] if isinstance(ends, int) else list(ends)
+    for i in [tokenizer.eos_token_id, *stop_token_ids]:
+        if i is not None and i not in ends:
+            ends.append(int(i))
+    if ends:
+        out["eos_token_id"] = ends[0] if len(ends) == 1 else ends
+    for key in ("bos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, key, None)
+        if value is not None:
+            out.setdefault(key, int(value))
+    return out
+
+
 def save_hf(
     model: Model,
     path: str,
@@ -221,18 +256,22 @@ def save_hf(
     dtype: str | None = None,
     max_shard_bytes: int = 5 << 30,
     overwrite: bool = False,
+    stop_token_ids=(),
+    base_generation_config: dict | None = None,
 ) -> str:
-    """Write `model` as an HF checkpoint directory that `transformers` loads.
+    """Write `model` as an HF checkpoint directory that `transformers` loads and serves as it is.
 
-    Atomic: files are written to a temporary sibling directory that is renamed into place at the end,
-    so an interrupted export leaves no half-written checkpoint. Multi-host: every process gathers,
-    process 0 writes. Only the decoder is exported (never the log-Z or value heads).
+    With a tokenizer, config.json holds its bos / eos / pad ids and generation_config.json every id
+    that ends a response (`generation_config`). Atomic: files are written to a temporary sibling
+    directory that is renamed into place at the end, so an interrupted export leaves no half-written
+    checkpoint; the directory gets the umask's mode, as `mkdir` would. Multi-host: every process
+    gathers, process 0 writes. Only the decoder is exported (never the log-Z or value heads).
     """
     path = os.fspath(path).rstrip("/")
     if os.path.exists(path) and os.listdir(path) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
     cfg = model.cfg
-    np_dtype = np.dtype(jnp.dtype(dtype or cfg.param_dtype))
+    np_dtype = np.dtype(jnp.dtype(dtype_name(dtype or cfg.param_dtype)))
     plan = list(_export_plan(cfg, model.params, np_dtype))
     # Group tensors into shards of at most max_shard_bytes, in key-map order.
     shards, size = [[]], 0
@@ -280,10 +319,20 @@ def save_hf(
             with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
                 json.dump(index, f, indent=2)
         hf = config_to_hf(cfg.replace(param_dtype=str(np_dtype)), base=model.hf_config)
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(hf, f, indent=2)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+            generation = generation_config(tokenizer, stop_token_ids, base_generation_config)
+            # config.json: the tokenizer's own ids (generation_config.json lists every stop).
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                if hf.get(key) is None and getattr(tokenizer, key, None) is not None:
+                    hf[key] = int(getattr(tokenizer, key))
+            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                json.dump(generation, f, indent=2)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the export from its server
         if os.path.exists(path):  # swap: the old directory goes only once the new one is in place
             old = tempfile.mkdtemp(prefix=os.path.basename(path) + ".old-", dir=parent)
             os.replace(path, os.path.join(old, "previous"))

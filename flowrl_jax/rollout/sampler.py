@@ -253,8 +253,36 @@ def default_config():
             "top_k": 0,
             "prompt_buckets": DEFAULT_PROMPT_BUCKETS,
             "cache_segments": 4,  # decode phases, each attending only over the slots filled so far
+            # Tokens that end a response besides the tokenizer's EOS, comma-separated strings of
+            # one token each, e.g. "<|im_end|>,<|endoftext|>". Training, evaluation and the
+            # export's generation_config.json all stop on them.
+            "stop_tokens": "",
         }
     )
+
+
+def stop_token_ids(tokenizer, stop_tokens: str) -> tuple[int, ...]:
+    """The ids of rollout.stop_tokens ("a,b"): each must be one token of the tokenizer."""
+    vocab = tokenizer.get_vocab()
+    ids = []
+    for text in [t for t in str(stop_tokens or "").split(",") if t]:
+        if text in vocab:
+            ids.append(int(vocab[text]))
+            continue
+        encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(encoded) != 1:
+            raise ValueError(
+                f"rollout.stop_tokens: {text!r} is not one token of the tokenizer (it encodes as "
+                f"{encoded}); each stop string must be a single token"
+            )
+        ids.append(int(encoded[0]))
+    return tuple(ids)
+
+
+def stops(tokenizer, stop_tokens: str) -> tuple[int, ...]:
+    """Every id that ends a response: the tokenizer's EOS, then rollout.stop_tokens."""
+    ids = [tokenizer.eos_token_id, *stop_token_ids(tokenizer, stop_tokens)]
+    return tuple(dict.fromkeys(i for i in ids if i is not None))
 
 
 def _bucket(value: int, buckets, what: str) -> int:
@@ -356,7 +384,8 @@ class Sampler:
 
 
 def from_config(model_cfg: DecoderConfig, rollout, mesh, tokenizer, max_new_tokens=None):
-    """(Sampler, SamplingParams) for `config.rollout`, stopping on the tokenizer's EOS."""
+    """(Sampler, SamplingParams) for `config.rollout`, stopping on the tokenizer's EOS and
+    rollout.stop_tokens."""
     sampler = Sampler(
         model_cfg,
         mesh=mesh,
@@ -370,7 +399,7 @@ def from_config(model_cfg: DecoderConfig, rollout, mesh, tokenizer, max_new_toke
         temperature=rollout.temperature,
         top_p=rollout.top_p,
         top_k=rollout.top_k,
-        stop_tokens=(tokenizer.eos_token_id,),
+        stop_tokens=stops(tokenizer, rollout.get("stop_tokens", "")),
         pad_id=tokenizer.pad_token_id,
     )
     return sampler, sp

@@ -61,9 +61,11 @@ def default_config() -> ConfigDict:
     )
 
 
-def get(config: ConfigDict | str, seed: int = 0) -> Task:
+def get(config: ConfigDict | str, seed: int = 0, split: str = "train", train_size: int = 0) -> Task:
     """The task `config` (config.task, or only a name) describes; `seed` seeds generated data.
-    Cheap to call early: errors in the config or the data surface before any model is built."""
+    Cheap to call early: errors in the config or the data surface before any model is built.
+    split="eval": a generated task's evaluation problems, none of them among the `train_size`
+    (0: config.gym_size) training problems of the same seed; other tasks have one split."""
     if isinstance(config, str):
         name, config = config, default_config()
         config.name = name
@@ -83,7 +85,7 @@ def get(config: ConfigDict | str, seed: int = 0) -> Task:
     if name.startswith("gym:"):
         from flowrl_jax.tasks import gym
 
-        return gym.task(name.removeprefix("gym:"), config, seed)
+        return gym.task(name.removeprefix("gym:"), config, seed, split, train_size)
     raise ValueError(
         f"task.name={name!r} is not a known task; "
         "known: ['digits', 'file', 'gym:<dataset>', 'humaneval']"

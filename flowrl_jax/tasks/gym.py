@@ -14,11 +14,14 @@ import dataclasses
 import difflib
 import functools
 import json
+import logging
 from collections.abc import Mapping
 
 from ml_collections import ConfigDict
 
 from flowrl_jax.tasks.base import Task
+
+log = logging.getLogger("flowrl_jax")
 
 # The output half of reasoning-gym's "default" system prompt (reasoning_gym.utils.SYSTEM_PROMPTS),
 # in the user message so that it holds whatever task.system_prompt says.
@@ -28,19 +31,47 @@ ANSWER_FORMAT = (
 )
 
 
-def task(name: str, config: ConfigDict, seed: int) -> Task:
+# The evaluation split's problems are generated from seed + EVAL_SEED_OFFSET.
+EVAL_SEED_OFFSET = 7_919
+
+
+def task(
+    name: str, config: ConfigDict, seed: int, split: str = "train", train_size: int = 0
+) -> Task:
     """`config.gym_size` rows of the reasoning-gym dataset `name`, generated now (so a bad name or
-    config fails before any model is built)."""
-    dataset = make_dataset(name, config.gym_size, seed, config.gym_config)
+    config fails before any model is built).
+
+    split="eval": problems from another seed, less every problem whose question is one of the
+    training split's (`train_size` rows from `seed`; 0 = config.gym_size), so a run is never tested
+    on what it trained on. Generators with few distinct problems may leave fewer rows (logged)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split={split!r}: expected 'train' or 'eval'")
+    offset = EVAL_SEED_OFFSET if split == "eval" else 0
+    dataset = make_dataset(name, config.gym_size, seed + offset, config.gym_config)
     entries = [dataset[i] for i in range(len(dataset))]
+    kept = list(range(len(entries)))
+    if split == "eval":
+        training = make_dataset(name, train_size or config.gym_size, seed, config.gym_config)
+        seen = {training[i]["question"] for i in range(len(training))}
+        kept = [i for i in kept if entries[i]["question"] not in seen]
+        if len(kept) < len(entries):
+            log.info(
+                "gym:%s evaluation split: %d of %d generated problems are training problems, left out",
+                name,
+                len(entries) - len(kept),
+                len(entries),
+            )
+        if not kept:
+            raise ValueError(f"gym:{name}: every evaluation problem is also a training problem")
     rows = [
         {
-            "prompt": f"{e['question']}\n\n{ANSWER_FORMAT}",
-            "answer": str(e["answer"]),
-            "entry": e,  # what score_answer needs: some datasets check the metadata, not the answer
-            "source": f"gym:{name}:{i}",
+            "prompt": f"{entries[i]['question']}\n\n{ANSWER_FORMAT}",
+            "answer": str(entries[i]["answer"]),
+            # what score_answer needs: some datasets check the metadata, not the answer
+            "entry": entries[i],
+            "source": f"gym:{name}:{split}:{i}" if split == "eval" else f"gym:{name}:{i}",
         }
-        for i, e in enumerate(entries)
+        for i in kept
     ]
     reward = functools.partial(_score, dataset, rows)
     return Task(f"gym:{name}", [r["prompt"] for r in rows], reward, 1.0, rows)

@@ -36,13 +36,13 @@ __all__ = ["RunResult", "claim_workdir", "run", "signature"]
 log = logging.getLogger("flowrl_jax")
 
 
-def _evaluate(config, trainer, tokenizer, mesh, rl_step: int, task: Task) -> dict:
+def _evaluate(config, trainer, tokenizer, mesh, rl_step: int, todo: dict) -> dict:
     from flowrl_jax import evaluate
     from flowrl_jax.models import Model
 
     t0 = time.perf_counter()
     policy = Model(trainer.model.cfg, trainer.state.params["policy"], mesh=mesh)
-    metrics = evaluate.periodic(config, policy, tokenizer, mesh, rl_step, task)
+    metrics = evaluate.periodic(config, policy, tokenizer, mesh, rl_step, todo)
     log.info("evaluation after RL step %d took %.1f s", rl_step, time.perf_counter() - t0)
     return metrics | {"time/eval": time.perf_counter() - t0}
 
@@ -94,15 +94,20 @@ class RunResult:
     state: TrainState | None = None  # the train state at the end
 
 
-def run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
-    """Train `config.train.steps` RL steps in `config.workdir`, resuming if it holds a checkpoint."""
+def run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo=None) -> RunResult:
+    """Train `config.train.steps` RL steps in `config.workdir`, resuming if it holds a checkpoint.
+    eval_todo: the periodic evaluation's tasks (evaluate.eval_tasks), if built already."""
     check_sizes(config, mesh)
     with WorkdirLock(config.workdir):
-        return _run(config, mesh, model, tokenizer, task)
+        return _run(config, mesh, model, tokenizer, task, eval_todo)
 
 
-def _run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
+def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo) -> RunResult:
     workdir = config.workdir
+    if config.eval.every and eval_todo is None:  # bad eval data fails now, not after training
+        from flowrl_jax import evaluate
+
+        eval_todo = evaluate.eval_tasks(config, task)
     claim_workdir(workdir, signature(model.cfg, config.algorithm.name))
     # Every row (of this process's data shards) encoded now, before anything compiles; rows too
     # long for the sampler are dropped here, with a log line. The order permutes the kept prompts,
@@ -142,7 +147,7 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task) -> RunResult:
             metrics = (trainer.fused_step if trainer.fused else trainer.step)(next_prompts)
             every = config.eval.every
             if every and (rl_step % every == 0 or rl_step == total):
-                metrics |= _evaluate(config, trainer, tokenizer, mesh, rl_step, task)
+                metrics |= _evaluate(config, trainer, tokenizer, mesh, rl_step, eval_todo)
             metrics_log.write(rl_step, metrics)
             result.history.append(metrics)
             result.last_step = rl_step
