@@ -12,8 +12,8 @@ Each baseline is the same run with one override (the rest of the recipe stays id
     # ... or ppo | reinforce_pp | dapo | gspo
 
 The training data is a placeholder too: --config.task.path=FILE (rows with `prompt` and `tests`: a
-Python test program or stdin/stdout cases, run in the sandbox). Not here (the paper gives none): the
-number of RL steps (train.steps keeps the default; pass --config.train.steps=N).
+Python test program or stdin/stdout cases, run in the sandbox). The number of RL steps is ours
+(the paper gives none): train.steps = 300, --config.train.steps=N changes it.
 """
 
 from flowrl_jax.config import get_config as _default
@@ -68,6 +68,9 @@ def get_config():
     # Our choices (the paper gives none): no foundation checks (they write a full HF export on every
     # start), and a checkpoint every 5 RL steps (each holds several optimiser steps), newest 3 kept.
     config.smoke.enabled = False
+    # 300 RL steps of 64 prompts: 19,200 prompts, a few passes over a code set of some thousands
+    # (the paper states no step count). The cosine schedule, if chosen, decays over them.
+    config.train.steps = 300
     config.checkpoint.every = 5
     config.checkpoint.keep = 3
     return config

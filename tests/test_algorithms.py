@@ -287,6 +287,34 @@ def test_grpo_matches_numpy(seed, kl_coef, loss_agg, scale_rewards):
 # --------------------------------------------------------------------------- DAPO
 
 
+def test_dapo_overlong_buffer_is_a_fraction_of_the_budget():
+    """The default L_cache is 0.2 of L_max (the paper's 4096 of 20480), whatever the budget: short
+    responses are not punished. A buffer as long as the budget is refused before anything runs."""
+    from flowrl_jax.algorithms import dapo
+    from flowrl_jax.config import get_config
+    from flowrl_jax.trainer import check_sizes
+
+    cfg = config("dapo")
+    assert dapo.buffer_length(cfg, 20480) == 4096 and dapo.buffer_length(cfg, 1024) == 205
+    x = make_inputs(0)
+    lengths = x["mask"].sum(1)
+    batch = algorithms.get("dapo").prepare(to_batch(x), cfg)  # T = 7: L_cache = 1
+    want = x["rewards"] - np.clip(lengths - (T - 1), 0, 1)
+    np.testing.assert_allclose(np.asarray(batch.scores), want, **TOL)
+    assert np.any(lengths < T) and np.all(
+        np.asarray(batch.scores)[lengths < T] == x["rewards"][lengths < T]
+    )
+
+    run = get_config()
+    run.algorithm.name, run.rollout.max_new_tokens = "dapo", 1024
+    run.algorithm.dapo.overlong_buffer = 4096  # the paper's absolute figure on a 1024 budget
+    with pytest.raises(ValueError, match=r"overlong_buffer=4096 is not shorter than .*=1024"):
+        check_sizes(run, None)
+    run.algorithm.dapo.overlong_buffer, run.algorithm.dapo.overlong_buffer_fraction = 0, 1.0
+    with pytest.raises(ValueError, match=r"overlong_buffer_fraction=1.0 must be in \(0, 1\)"):
+        check_sizes(run, None)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("overlong_penalty", [True, False])
 def test_dapo_matches_numpy(seed, overlong_penalty):

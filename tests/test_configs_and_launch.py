@@ -121,6 +121,29 @@ def test_paper_config_matches_the_spec(file):
     assert check_sizes(config, mesh) == 256
 
 
+REAL = [p for p in CONFIGS if name(p) != "default"]  # configs for real checkpoints
+
+
+@pytest.mark.parametrize("path", REAL, ids=name)
+def test_configs_for_real_checkpoints_have_real_defaults(path):
+    """Not the tiny model's: no export + reload at every start, fp32 master weights under bf16
+    compute, a real model's rate, long responses, hundreds of RL steps, a real task; and the DAPO
+    baseline's overlong buffer fits the response budget (one override, nothing else)."""
+    config = load(path)
+    assert config.model.checkpoint.startswith("/path/to/")
+    assert not config.smoke.enabled
+    assert config.model.dtype == "bfloat16" and config.model.param_dtype == "float32"
+    assert config.optimizer.learning_rate <= 1e-5
+    assert config.rollout.max_new_tokens >= 1024 and config.train.steps >= 100
+    assert config.task.name == "file" and config.task.path.startswith("/path/to/")
+    dapo = load(path, "--config.algorithm.name=dapo")
+    check_sizes(dapo, AbstractMesh((1, 8, 1), ("data", "fsdp", "tensor")))  # DAPO checks its buffer
+    from flowrl_jax.algorithms import dapo as dapo_lib
+
+    L = dapo.rollout.max_new_tokens
+    assert dapo_lib.buffer_length(dapo.algorithm.dapo, L) == round(0.2 * L)
+
+
 def test_32b_tensor_parallel_keeps_whole_heads():
     tensor = load(os.path.join(ROOT, "configs", "qwen2_5_32b_math.py")).mesh.tensor
     heads, kv_heads, head_dim = 40, 8, 128  # Qwen2.5-32B config.json

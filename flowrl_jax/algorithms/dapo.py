@@ -20,9 +20,11 @@ def default_config() -> ConfigDict:
             "norm_eps": 1e-6,
             "loss_agg": "token-mean",  # token-level aggregation (paper)
             "overlong_penalty": True,  # soft overlong punishment (paper section 3.4)
-            # L_cache: the penalty ramps from 0 to -overlong_penalty_factor over the last
-            # L_cache slots before L_max (the response width). Paper: 4096 of 20480.
-            "overlong_buffer": 4096,
+            # L_cache: the penalty ramps from 0 to -overlong_penalty_factor over the last L_cache
+            # slots before L_max (rollout.max_new_tokens). As a fraction of L_max, so that it
+            # fits any budget: the paper's 4096 of 20480 is 0.2.
+            "overlong_buffer_fraction": 0.2,
+            "overlong_buffer": 0,  # L_cache in tokens instead (must be < L_max); 0 = the fraction
             "overlong_penalty_factor": 1.0,
             "dynamic_sampling": True,  # drop all-equal groups and sample more (the loop does it)
             "max_refills": 8,  # rollout batches drawn at most per step to fill the batch
@@ -37,12 +39,36 @@ def overlong_penalty(length, max_len: int, buffer: int, factor: float):
     return -factor * jnp.clip((length - start) / max(buffer, 1), 0.0, 1.0)
 
 
+def buffer_length(cfg, max_len: int) -> int:
+    """L_cache in tokens: overlong_buffer, or overlong_buffer_fraction of L_max."""
+    return int(cfg.overlong_buffer) or round(cfg.overlong_buffer_fraction * max_len)
+
+
+def check(cfg, rollout) -> None:
+    """A buffer as long as the budget would punish every response from length 0."""
+    if not cfg.overlong_penalty:
+        return
+    L = rollout.max_new_tokens
+    if not cfg.overlong_buffer and not 0.0 < cfg.overlong_buffer_fraction < 1.0:
+        raise ValueError(
+            f"algorithm.dapo.overlong_buffer_fraction={cfg.overlong_buffer_fraction} must be in "
+            "(0, 1) (the paper's 4096 of 20480 is 0.2)"
+        )
+    buffer = buffer_length(cfg, L)
+    if not 0 < buffer < L:
+        raise ValueError(
+            f"algorithm.dapo.overlong_buffer={cfg.overlong_buffer} is not shorter than the response "
+            f"budget rollout.max_new_tokens={L}: the overlong penalty would punish every response; "
+            "set it below the budget, or 0 to use overlong_buffer_fraction (paper: 0.2)"
+        )
+
+
 def prepare(batch: Batch, cfg) -> Batch:
     rewards = batch.rewards
     if cfg.overlong_penalty:
         T = batch.mask.shape[-1]
         rewards = rewards + overlong_penalty(
-            A.lengths(batch.mask), T, cfg.overlong_buffer, cfg.overlong_penalty_factor
+            A.lengths(batch.mask), T, buffer_length(cfg, T), cfg.overlong_penalty_factor
         )
     adv = A.group_normalize(rewards, batch.group, cfg.norm_eps)
     return batch._replace(scores=rewards, advantages=adv[:, None] * batch.mask)
@@ -52,4 +78,4 @@ def loss(batch: Batch, cfg):
     return clipped_policy_loss(batch, cfg, cfg.clip_eps_low, cfg.clip_eps_high, 0.0)
 
 
-ALGORITHM = register(Algorithm("dapo", default_config, prepare, loss))
+ALGORITHM = register(Algorithm("dapo", default_config, prepare, loss, check=check))

@@ -45,6 +45,9 @@ class Algorithm:
     needs_ref: bool = False  # the step computes batch.ref_logp
     needs_logz: bool = False  # ... batch.logz from the log-Z head
     needs_values: bool = False  # ... batch.values / old_values from the value head
+    # (cfg, config.rollout) -> None: refuses settings that cannot work together, before anything
+    # compiles (trainer.check_sizes calls it).
+    check: Callable | None = None
 
 
 _REGISTRY: dict[str, Algorithm] = {}

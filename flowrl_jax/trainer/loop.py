@@ -66,7 +66,9 @@ def default_config() -> ConfigDict:
 
 def check_sizes(config: ConfigDict, mesh) -> int:
     """Refuse sizes that cannot work, before anything compiles. Returns the mini-batch size."""
-    algorithms.get(config.algorithm.name)  # an unknown name lists the known ones
+    alg = algorithms.get(config.algorithm.name)  # an unknown name lists the known ones
+    if alg.check is not None:
+        alg.check(config.algorithm[config.algorithm.name], config.rollout)
     n, t = config.rollout.n, config.train
     rollout = t.prompts_per_step * n
     size = t.minibatch_size or rollout

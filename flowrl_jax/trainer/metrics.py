@@ -167,7 +167,17 @@ PLOTTED = ("reward/mean", "accuracy", "loss", "response/length_mean", "entropy",
 
 
 def plot(workdir: str) -> str | None:
-    """`<workdir>/metrics.png`: the main curves of metrics.jsonl against the RL step."""
+    """`<workdir>/metrics.png`: the main curves of metrics.jsonl against the RL step. A plot that
+    cannot be drawn (no matplotlib, a broken backend) is a warning: it must not fail a run that
+    trained."""
+    try:
+        return _plot(workdir)
+    except Exception as e:  # noqa: BLE001 -- the run's results are in metrics.jsonl regardless
+        log.warning("metrics.png not drawn: %s: %s", type(e).__name__, e)
+        return None
+
+
+def _plot(workdir: str) -> str | None:
     path = os.path.join(workdir, "metrics.jsonl")
     if jax.process_index() != 0 or not os.path.exists(path):
         return None

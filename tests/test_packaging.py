@@ -1,0 +1,41 @@
+"""`pip install .` brings everything a run imports, and a plot that cannot be drawn does not fail
+a finished run."""
+
+import json
+import os
+import re
+import sys
+import tomllib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def names(lines):
+    out = set()
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.add(re.split(r"[<>=!\[; ]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return out
+
+
+def test_the_package_declares_every_runtime_requirement():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        declared = names(tomllib.load(f)["project"]["dependencies"])
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        pinned = names(f)
+    # jaxlib comes with jax (a dependency of it); requirements.txt pins it beside jax.
+    assert pinned - {"jaxlib"} <= declared, sorted(pinned - {"jaxlib"} - declared)
+
+
+def test_a_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch, caplog):
+    from flowrl_jax.trainer import metrics
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises
+    with caplog.at_level("WARNING"):
+        assert metrics.plot(str(tmp_path)) is None
+    assert "metrics.png not drawn: ModuleNotFoundError" in caplog.text
+    assert not (tmp_path / "metrics.png").exists()
+    monkeypatch.delitem(sys.modules, "matplotlib")
+    assert metrics.plot(str(tmp_path)) == str(tmp_path / "metrics.png")
