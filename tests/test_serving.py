@@ -10,9 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from flowrl_jax import evaluate
+from flowrl_jax import evaluate, testing
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax import testing
 from flowrl_jax.config import get_config
 from flowrl_jax.export import main as export_main
 from flowrl_jax.models import Model, from_config, load_tokenizer
