@@ -118,7 +118,16 @@ def test_main_job_on_a_local_hf_checkpoint(tmp_path):
             "--config=configs/hf_checkpoint.py",
             f"--config.model.checkpoint={ckpt}",
             f"--config.workdir={tmp_path / 'run'}",
+            # The config's real-model defaults, scaled down to the tiny checkpoint; the
+            # foundation checks back on (the config turns them off).
+            "--config.smoke.enabled=True",
             "--config.smoke.new_tokens=4",
+            "--config.task.name=digits",
+            "--config.train.steps=1",
+            "--config.train.prompts_per_step=2",
+            "--config.train.minibatch_size=0",
+            "--config.train.micro_batches=1",
+            "--config.rollout.max_new_tokens=8",
         ]
     )
     assert out.returncode == 0, out.stderr[-3000:]
