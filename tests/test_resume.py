@@ -6,10 +6,9 @@ are skipped, and a workdir refuses a run of another model."""
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import jax
+import jobs
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -26,31 +25,12 @@ TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
 
 
 def start(workdir, *extra):
-    argv = [
-        sys.executable,
-        "-m",
-        "flowrl_jax.train",
-        f"--workdir={workdir}",
-        "--config.smoke.enabled=False",
-        f"--config.train.steps={STEPS}",
-        "--config.checkpoint.every=2",
-        *extra,
-    ]
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    return jobs.start(
+        workdir, f"--config.train.steps={STEPS}", "--config.checkpoint.every=2", *extra
     )
 
 
-def run_until(proc, line_start: str) -> str:
-    """Read the job's output until a line contains `line_start`; returns what was read."""
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line_start in line:
-            return "".join(seen)
-    proc.wait()
-    raise AssertionError(f"the job ended before {line_start!r}:\n" + "".join(seen)[-3000:])
+run_until = jobs.read_until
 
 
 def finish(proc) -> str:

@@ -110,35 +110,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(tmp_path):
-    """Also per-host data: the two processes each encode and draw one of two data shards, and
-    equal one process that owns both."""
-    steps, shape = 2, {"fsdp": 2, "tensor": 2}
-    mesh = mesh_lib.make_mesh(shape, jax.devices()[:4])
-    reference = train_on(mesh, tmp_path / "one", steps, data_shards=2)
-    port, workdir = free_port(), tmp_path / "two"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env |= {"PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+def two_processes(argv, env) -> list[str]:
+    """Run ranks 0 and 1 (argv(rank), env(rank)) to the end; -> their outputs. Both must succeed."""
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flowrl_jax.train",
-                f"--workdir={workdir}",
-                "--config.smoke.enabled=False",
-                f"--config.train.steps={steps}",
-                "--config.checkpoint.every=0",
-                "--config.mesh.fsdp=2",
-                "--config.mesh.tensor=2",
-                "--config.distributed.enabled=True",
-                f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                "--config.distributed.num_processes=2",
-                "--config.task.data_shards=-1",
-                f"--config.distributed.process_id={rank}",
-            ],
+            argv(rank),
             cwd=ROOT,
-            env=env,
+            env=env(rank),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -148,6 +126,37 @@ def test_two_processes_equal_one(tmp_path):
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
+def test_two_processes_equal_one(tmp_path):
+    """Also per-host data: the two processes each encode and draw one of two data shards, and
+    equal one process that owns both."""
+    steps, shape = 2, {"fsdp": 2, "tensor": 2}
+    mesh = mesh_lib.make_mesh(shape, jax.devices()[:4])
+    reference = train_on(mesh, tmp_path / "one", steps, data_shards=2)
+    port, workdir = free_port(), tmp_path / "two"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env |= {"PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    outputs = two_processes(
+        lambda rank: [
+            sys.executable,
+            "-m",
+            "flowrl_jax.train",
+            f"--workdir={workdir}",
+            "--config.smoke.enabled=False",
+            f"--config.train.steps={steps}",
+            "--config.checkpoint.every=0",
+            "--config.mesh.fsdp=2",
+            "--config.mesh.tensor=2",
+            "--config.distributed.enabled=True",
+            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2",
+            "--config.task.data_shards=-1",
+            f"--config.distributed.process_id={rank}",
+        ],
+        lambda rank: env,
+    )
     assert "RL steps 1-2" in outputs[0] and "RL steps 1-2" not in outputs[1]  # process 0 prints
     for out in outputs:  # each process encoded its own half of the 100 prompts
         assert "shard of 50 rows: kept 50 of 50 prompts" in out
@@ -185,20 +194,10 @@ def test_two_hosts_through_the_launcher_train_the_default_config_as_written(tmp_
         "--config.mesh.fsdp=2",
         "--config.mesh.tensor=2",
     ]
-    procs = [
-        subprocess.Popen(
-            ["bash", "launch/multi_gpu.sh", *args],
-            cwd=ROOT,
-            env=env | {"HOST_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+    outputs = two_processes(
+        lambda rank: ["bash", "launch/multi_gpu.sh", *args],
+        lambda rank: env | {"HOST_RANK": str(rank)},
+    )
     assert f"RL steps 1-{steps}" in outputs[0]
     for out in outputs:  # one shard: each process encoded all 100 prompts
         assert "kept 100 of 100 prompts" in out, out[-2000:]

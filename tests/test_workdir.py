@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import jobs
 import pytest
 
 from flowrl_jax import mesh as mesh_lib
@@ -93,29 +94,7 @@ def test_a_changed_config_on_resume_is_logged_and_each_start_kept(tmp_path, capl
     assert second == latest and latest["train"]["steps"] == 4
 
 
-def start(workdir, *extra):
-    argv = [
-        sys.executable,
-        "-m",
-        "flowrl_jax.train",
-        f"--workdir={workdir}",
-        "--config.smoke.enabled=False",
-        *extra,
-    ]
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def read_until(proc, text):
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if text in line:
-            return "".join(seen)
-    proc.wait()
-    raise AssertionError(f"ended before {text!r}:\n" + "".join(seen)[-3000:])
+start, read_until = jobs.start, jobs.read_until
 
 
 def test_a_second_job_is_refused_ctrl_c_saves_and_a_stale_lock_is_taken_over(tmp_path):
@@ -187,8 +166,10 @@ def test_the_lock_is_reentrant_and_refuses_a_live_holder_elsewhere(tmp_path, mon
         (["--config.seed=1", "--config=configs/default.py"], "before a value for --config"),
         (["--config=configs/nope.py"], "bad --config: "),
         (["--config.rollout.stop_tokens=hello world"], "'hello world' is not one token"),
+        # Periodic evaluation's data is read before training, not at the first evaluation.
+        (["--config.eval.every=1", "--config.eval.data=/nonexistent.jsonl"], "no such file"),
     ],
-    ids=["key", "value", "size", "order", "file", "stop"],
+    ids=["key", "value", "size", "order", "file", "stop", "eval-data"],
 )
 def test_bad_config_is_one_line_and_exit_status_2(tmp_path, args, message):
     out = subprocess.run(

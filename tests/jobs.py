@@ -1,0 +1,35 @@
+"""`python -m flowrl_jax.train` as a child process, read line by line (shared by the tests that kill,
+signal or race real jobs)."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start(workdir, *extra):
+    """The trainer on `workdir` without the foundation checks; stdout and stderr in one pipe."""
+    argv = [
+        sys.executable,
+        "-m",
+        "flowrl_jax.train",
+        f"--workdir={workdir}",
+        "--config.smoke.enabled=False",
+        *extra,
+    ]
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def read_until(proc, text: str) -> str:
+    """Read the job's output until a line contains `text`; returns what was read."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    proc.wait()
+    raise AssertionError(f"the job ended before {text!r}:\n" + "".join(seen)[-3000:])
