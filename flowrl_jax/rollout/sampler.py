@@ -263,6 +263,8 @@ def default_config():
 
 def stop_token_ids(tokenizer, stop_tokens: str) -> tuple[int, ...]:
     """The ids of rollout.stop_tokens ("a,b"): each must be one token of the tokenizer."""
+    if not stop_tokens:
+        return ()
     vocab = tokenizer.get_vocab()
     ids = []
     for text in [t for t in str(stop_tokens or "").split(",") if t]:
