@@ -74,6 +74,9 @@ def verdict(task: tasks.Task, response: str, row: int) -> tuple[bool, str | None
 
         correct = math_answers.math_verify_reward(response, data["answer"]) >= 1.0
         return correct, math_answers.final_answer(response)
+    if task.answer_key is not None:
+        key = task.answer_key(response, row)
+        return key is not None, key
     return task.reward(response, row) >= task.solved, None
 
 
@@ -160,7 +163,7 @@ def score(task, rows: list[int], texts: list[list[str]], settings: EvalSettings)
                 "row": row,
                 "source": data.get("source"),
                 "prompt": task.prompts[row],
-                "gold": data.get("answer", data.get("tests")),
+                "gold": data.get("answer", data.get("tests", data.get("answers"))),
                 "responses": [
                     {"text": text, "correct": bool(c), "answer": a}
                     for text, (c, a) in zip(group, judged)
@@ -279,6 +282,8 @@ def eval_tasks(config, train_task: tasks.Task) -> dict[str, tasks.Task]:
     name = train_task.name.replace(":", "_")
     if task_cfg.name.startswith("gym:"):
         return {name: gym_eval_task(task_cfg, task_cfg.name, ev.problems, config.seed)}
+    if task_cfg.name == "countdown":  # its fixed test split
+        return {name: tasks.get(task_cfg, config.seed, split="eval")}
     log.info("evaluation: no eval.data or eval.gym given, so it samples the training prompts")
     return {name: train_task}
 

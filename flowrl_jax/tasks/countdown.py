@@ -1,0 +1,289 @@
+"""Countdown: reach a target from a few small numbers with + - * / and parentheses, each number used
+at most once. A problem has many correct answers, and the task enumerates all of them, so how much of
+a problem's correct set a policy covers (and how it spreads over it) is measured exactly.
+
+Two answers are the same answer when they are the same arithmetic up to the order of a sum's terms
+or a product's factors and the grouping of repeated + - or * /: `3*8`, `8*3` and `(8*3)` are one
+answer, `3*8` and `(9-1)*3` two. `canonical` computes that form; it is also a valid expression, the
+one the task prints. Arithmetic is exact (fractions: intermediate values need not be whole).
+
+Problems are fixed: `problems(...)` generates them from its own seed, each with its complete set of
+correct answers, and splits them once into train and test by a hash of the problem, so the split
+does not depend on the order or the count generated. Test problems are never trained on.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+from fractions import Fraction
+
+import numpy as np
+
+MAX_ANSWER_CHARS = 48  # longer responses are wrong (an answer is short by construction)
+_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+class BadAnswer(ValueError):
+    """A response that is not an admissible answer: not an expression of the given numbers."""
+
+
+# --- expressions: ('n', k) leaves and (op, left, right) nodes -----------------------------------
+
+
+def parse(text: str) -> tuple:
+    """An answer's expression tree. Only integers, + - * / and parentheses are admitted."""
+    text = text.strip()
+    if not text or len(text) > MAX_ANSWER_CHARS:
+        raise BadAnswer(f"an answer has 1 to {MAX_ANSWER_CHARS} characters, not {len(text)}")
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError as e:
+        raise BadAnswer(f"not an expression: {e.msg}") from None
+
+    def build(node):
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return (_OPS[type(node.op)], build(node.left), build(node.right))
+        if isinstance(node, ast.Constant) and type(node.value) is int and node.value >= 0:
+            return ("n", node.value)
+        raise BadAnswer(f"{ast.unparse(node)!r} is not a number or + - * / of two expressions")
+
+    return build(tree)
+
+
+def leaves(tree) -> list[int]:
+    return [tree[1]] if tree[0] == "n" else leaves(tree[1]) + leaves(tree[2])
+
+
+def value(tree) -> Fraction:
+    if tree[0] == "n":
+        return Fraction(tree[1])
+    a, b = value(tree[1]), value(tree[2])
+    op = tree[0]
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    if b == 0:
+        raise BadAnswer("division by zero")
+    return a / b
+
+
+def canonical(tree) -> str:
+    """The answer's canonical form (see the module doc), itself a valid expression."""
+    return _canon(tree)[1]
+
+
+def _canon(tree) -> tuple[str, str]:
+    """-> (kind: 'n' | 'sum' | 'prod', text)."""
+    if tree[0] == "n":
+        return "n", str(tree[1])
+    if tree[0] in "+-":
+        terms = _signed(tree, "+-", 1)
+        pos = sorted(t for s, t in terms if s > 0)
+        neg = sorted(t for s, t in terms if s < 0)
+        return "sum", "+".join(pos) + "".join("-" + t for t in neg)
+    factors = _signed(tree, "*/", 1)
+    num = sorted(t for s, t in factors if s > 0)
+    den = sorted(t for s, t in factors if s < 0)
+    return "prod", "*".join(num) + "".join("/" + t for t in den)
+
+
+def _signed(tree, ops: str, sign: int) -> list[tuple[int, str]]:
+    """Flatten a run of + - (or * /) into (sign, canonical text of the operand) pairs."""
+    if tree[0] not in ops:
+        kind, text = _canon(tree)
+        return [(sign, f"({text})" if ops == "*/" and kind == "sum" else text)]
+    plus, minus = ops
+    right = sign if tree[0] == plus else -sign
+    return _signed(tree[1], ops, sign) + _signed(tree[2], ops, right)
+
+
+# --- problems ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def solutions(numbers: tuple[int, ...], target: int) -> tuple[str, ...]:
+    """Every correct answer of a problem, canonical, sorted: all + - * / expressions over
+    sub-multisets of `numbers` (each used at most once) whose value is `target`."""
+    return tuple(sorted(k for k, v in _reachable(tuple(sorted(numbers))).items() if v == target))
+
+
+@functools.lru_cache(maxsize=4096)
+def _reachable(numbers: tuple[int, ...]) -> dict[str, Fraction]:
+    """canonical form -> value, for every expression over every sub-multiset of `numbers`.
+
+    Built bottom-up over sets of positions, each expression kept as its canonical parts (a sum's
+    signed terms, a product's factors) so that combining two is a merge of sorted tuples, not a
+    walk of trees: the same forms `canonical` gives (tested)."""
+    n = len(numbers)
+    by_set: dict[int, dict[str, tuple]] = {}  # bit mask of positions -> text -> (form, value)
+    for mask in range(1, 1 << n):
+        members = [i for i in range(n) if mask >> i & 1]
+        if len(members) == 1:
+            k = numbers[members[0]]
+            by_set[mask] = {str(k): (("n", str(k)), Fraction(k))}
+            continue
+        out = {}
+        sub = (mask - 1) & mask
+        while sub:  # every split into two non-empty parts, both orders
+            for a, va in by_set[sub].values():
+                for b, vb in by_set[mask ^ sub].values():
+                    for op in "+-*/":
+                        if op == "/" and vb == 0:
+                            continue
+                        form = _combine(op, a, b)
+                        text = _text(form)
+                        if text not in out:
+                            v = va + vb if op == "+" else va - vb if op == "-" else va * vb
+                            out[text] = (form, va / vb if op == "/" else v)
+            sub = (sub - 1) & mask
+        by_set[mask] = out
+    return {text: v for forms in by_set.values() for text, (_, v) in forms.items()}
+
+
+def _text(form) -> str:
+    kind, pos, neg = form if form[0] != "n" else ("n", (form[1],), ())
+    if kind == "n":
+        return pos[0]
+    glue = "+-" if kind == "sum" else "*/"
+    return glue[0].join(pos) + "".join(glue[1] + t for t in neg)
+
+
+def _parts(form, kind: str) -> tuple[tuple, tuple]:
+    """`form` as the (positive, negative) operands of a `kind` node."""
+    if form[0] == kind:
+        return form[1], form[2]
+    text = _text(form)
+    return ((f"({text})" if kind == "prod" and form[0] == "sum" else text),), ()
+
+
+def _combine(op: str, a, b):
+    kind = "sum" if op in "+-" else "prod"
+    (ap, an), (bp, bn) = _parts(a, kind), _parts(b, kind)
+    if op in "-/":
+        bp, bn = bn, bp
+    return (kind, tuple(sorted(ap + bp)), tuple(sorted(an + bn)))
+
+
+def check(response: str, numbers, target: int) -> str:
+    """The canonical form of a correct answer; BadAnswer says why a response is not one."""
+    tree = parse(response)
+    pool = list(numbers)
+    for k in leaves(tree):
+        if k not in pool:
+            raise BadAnswer(f"{k} is not one of the given numbers {sorted(numbers)} left to use")
+        pool.remove(k)
+    got = value(tree)
+    if got != target:
+        raise BadAnswer(f"the expression makes {got}, not {target}")
+    return canonical(tree)
+
+
+def split_of(numbers, target: int, test_percent: int = 20) -> str:
+    """'train' or 'test', fixed by a hash of the problem."""
+    digest = hashlib.sha256(f"{sorted(numbers)}->{target}".encode()).digest()
+    return "test" if digest[0] * 100 // 256 < test_percent else "train"
+
+
+def problems(
+    count: int = 600,
+    numbers: int = 3,
+    largest: int = 9,
+    targets: tuple[int, int] = (10, 60),
+    min_answers: int = 4,
+    seed: int = 20261202,
+) -> list[dict]:
+    """`count` distinct problems, each {"numbers", "target", "answers", "split"}: `numbers` draws
+    from 1..`largest` and a target in `targets` that at least `min_answers` different answers
+    reach, chosen uniformly among such targets."""
+    rng = np.random.default_rng(seed)
+    out, seen = [], set()
+    for _ in range(count * 50):
+        if len(out) == count:
+            break
+        drawn = tuple(sorted(int(x) for x in rng.integers(1, largest + 1, numbers)))
+        reach = _reachable(drawn)
+        counts: dict[int, int] = {}
+        for v in reach.values():
+            if v.denominator == 1 and targets[0] <= v <= targets[1]:
+                counts[int(v)] = counts.get(int(v), 0) + 1
+        choices = sorted(
+            t for t, c in counts.items() if c >= min_answers and (drawn, t) not in seen
+        )
+        if not choices:
+            continue
+        target = int(rng.choice(choices))
+        seen.add((drawn, target))
+        out.append(
+            {
+                "numbers": list(drawn),
+                "target": target,
+                "answers": list(solutions(drawn, target)),
+                "split": split_of(drawn, target),
+            }
+        )
+    if len(out) < count:
+        raise ValueError(
+            f"countdown: only {len(out)} of {count} problems exist with these settings"
+        )
+    return out
+
+
+# --- the task ----------------------------------------------------------------------------------
+
+PROMPT = "Numbers: {numbers}. Target: {target}. Use each number at most once, with + - * / and ()."
+
+
+def answer_of(response: str) -> str:
+    """The answer in a response: its last non-empty line, without a leading 'Answer:'."""
+    lines = [line.strip() for line in response.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last.removeprefix("Answer:").strip()
+
+
+def answer_key(rows: list[dict], response: str, row: int) -> str | None:
+    """The canonical form of a correct response (the identity of the answer), else None."""
+    try:
+        return check(answer_of(response), rows[row]["numbers"], rows[row]["target"])
+    except BadAnswer:
+        return None
+
+
+def _reward(rows: list[dict], response: str, row: int) -> float:
+    return float(answer_key(rows, response, row) is not None)
+
+
+def task(split: str = "train"):
+    """The built-in countdown problems of one split ('train'; 'eval' is the test split). Each row:
+    numbers, target, every correct answer (canonical, sorted) and its source."""
+    from flowrl_jax.tasks.base import Task
+
+    if split not in ("train", "eval"):
+        raise ValueError(f"split={split!r}: expected 'train' or 'eval'")
+    want = "test" if split == "eval" else "train"
+    rows = [
+        p | {"source": f"countdown:{i}", "prompt": _prompt(p)}
+        for i, p in enumerate(_all_problems())
+        if p["split"] == want
+    ]
+    return Task(
+        "countdown",
+        [r["prompt"] for r in rows],
+        functools.partial(_reward, rows),
+        1.0,
+        rows,
+        answer_key=functools.partial(answer_key, rows),
+    )
+
+
+def _prompt(problem: dict) -> str:
+    return PROMPT.format(numbers=" ".join(map(str, problem["numbers"])), target=problem["target"])
+
+
+@functools.cache
+def _all_problems() -> tuple[dict, ...]:
+    return tuple(problems(count=600, numbers=4))
