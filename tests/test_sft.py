@@ -79,3 +79,55 @@ def test_bad_rows_are_refused():
         sft.batch([[1, 2, 3]], [[4, 5, 6, 7]], length=6)
     with pytest.raises(ValueError, match="row 0: an empty response"):
         sft.batch([[1, 2, 3]], [[]], length=6)
+
+
+def write_jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_demonstration_files_are_checked_row_by_row(tmp_path, caplog):
+    from flowrl_jax.models import load_tokenizer
+    from flowrl_jax.tasks import DataError
+
+    good = [
+        {"q": "1 + 1?", "a": "2"},
+        {
+            "messages": [
+                {"role": "user", "content": "3 + 4?"},
+                {"role": "assistant", "content": "7"},
+            ]
+        },
+        {"q": "a very long question " * 20, "a": "x"},
+    ]
+    path = write_jsonl(tmp_path / "sft.jsonl", good)
+    rows = sft.load(path, {"prompt": "q", "response": "a"})
+    assert [r["response"] for r in rows] == ["2", "7", "x"]
+    assert rows[1]["messages"] == [{"role": "user", "content": "3 + 4?"}]
+    tokenizer = load_tokenizer(testing.make_tiny_tokenizer(str(tmp_path / "tok")))
+    with caplog.at_level("WARNING"):
+        prompts, responses, sources = sft.encode(rows, tokenizer, max_len=64)
+    assert sources == [f"{path}:1", f"{path}:2"]  # the long row dropped, and counted
+    assert "dropped 1 of 3 demonstrations over sft.max_len=64 tokens" in caplog.text
+    assert f"{path}:3" in caplog.text
+    assert responses[0][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(responses[0][:-1]) == "2"
+    with pytest.raises(DataError, match="every demonstration is longer"):
+        sft.encode(rows[2:], tokenizer, max_len=64)
+
+    bad = {
+        "missing": ([{"q": "1 + 1?"}], r"missing.jsonl:1: missing field 'response'"),
+        "empty": ([{"prompt": "1 + 1?", "response": " "}], r"empty.jsonl:1: the response must"),
+        "chat": (
+            [{"messages": [{"role": "user", "content": "hi"}]}],
+            r"chat.jsonl:1: field 'messages' must be",
+        ),
+    }
+    for name, (data, message) in bad.items():
+        file = write_jsonl(tmp_path / f"{name}.jsonl", data)
+        with pytest.raises(DataError, match=message):
+            sft.load(file, {"prompt": "q"} if name == "missing" else None)
+    with pytest.raises(DataError, match=r"nope.jsonl: no such file"):
+        sft.load(str(tmp_path / "nope.jsonl"))

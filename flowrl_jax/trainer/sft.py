@@ -44,3 +44,105 @@ def batch(prompts: list[list[int]], responses: list[list[int]], length: int, pad
         mask[i, :n] = 1
         loss_mask[i, len(p) : n] = 1
     return tokens, mask, loss_mask
+
+
+# --- demonstrations from files -----------------------------------------------------------------
+
+FIELDS = {"prompt": "prompt", "response": "response", "messages": "messages"}
+
+
+def load(paths: str, fields: dict | None = None) -> list[dict]:
+    """Demonstrations of the comma-separated .jsonl / .json / .parquet `paths`, every row checked
+    now: a `prompt` and a `response` string, or chat `messages` whose last one is the assistant's
+    response. -> [{"messages": [...], "response": str, "source": "path:line"}]. `fields` renames
+    (as task.fields does for task data)."""
+    from flowrl_jax.tasks.files import DataError, _records
+
+    names = FIELDS | dict(fields or {})
+    parts = [p.strip() for p in str(paths).split(",") if p.strip()]
+    if not parts:
+        raise DataError("sft.path is empty: give a demonstrations file")
+    out = []
+    for path in parts:
+        start = len(out)
+        for source, record in _records(path):
+            out.append(_demonstration(source, record, names, DataError))
+        if len(out) == start:
+            raise DataError(f"{path}: no rows (an empty file?)")
+    return out
+
+
+def _demonstration(source: str, record, names: dict, error) -> dict:
+    if not isinstance(record, dict):
+        raise error(f"{source}: a row must be a JSON object, not {type(record).__name__}")
+    if names["messages"] in record:
+        messages = record[names["messages"]]
+        ok = (
+            isinstance(messages, list)
+            and len(messages) >= 2
+            and all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m
+                for m in messages
+            )
+        )
+        if not ok or messages[-1]["role"] != "assistant":
+            raise error(
+                f"{source}: field {names['messages']!r} must be a list of "
+                '{"role", "content"} messages ending with the assistant\'s response'
+            )
+        prompt, response = messages[:-1], messages[-1]["content"]
+    else:
+        for key in ("prompt", "response"):
+            if names[key] not in record:
+                raise error(
+                    f"{source}: missing field {names[key]!r} (fields: "
+                    f"{', '.join(map(str, record))}); sft.fields.{key} names the field that "
+                    f"holds the {key}, or give chat {names['messages']!r}"
+                )
+        prompt = record[names["prompt"]]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise error(
+                f"{source}: field {names['prompt']!r} (the prompt) must be a non-empty string"
+            )
+        prompt, response = [{"role": "user", "content": prompt}], record[names["response"]]
+    if not isinstance(response, str) or not response.strip():
+        raise error(f"{source}: the response must be a non-empty string, not {response!r}")
+    return {"messages": prompt, "response": response, "source": source}
+
+
+def encode(rows: list[dict], tokenizer, max_len: int, system_prompt: str = ""):
+    """Token ids of each demonstration: the prompt through the chat template (generation prompt
+    added), the response followed by EOS. Rows over `max_len` tokens are dropped and counted in the
+    log, never silently; if none is left that is an error. -> (prompts, responses, sources)."""
+    import logging
+
+    from flowrl_jax.tasks.files import DataError
+
+    prompts, responses, sources, dropped = [], [], [], []
+    for row in rows:
+        messages = row["messages"]
+        if system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system_prompt}, *messages]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        p = tokenizer(text, add_special_tokens=False)["input_ids"]
+        r = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        r = r + [tokenizer.eos_token_id]
+        if len(p) + len(r) > max_len:
+            dropped.append((len(p) + len(r), row["source"]))
+            continue
+        prompts.append(p)
+        responses.append(r)
+        sources.append(row["source"])
+    if dropped:
+        longest = max(n for n, _ in dropped)
+        logging.getLogger("flowrl_jax").warning(
+            "SFT: dropped %d of %d demonstrations over sft.max_len=%d tokens (longest %d; first: %s)",
+            len(dropped),
+            len(rows),
+            max_len,
+            longest,
+            ", ".join(s for _, s in dropped[:3]),
+        )
+    if not prompts:
+        raise DataError(f"SFT: every demonstration is longer than sft.max_len={max_len} tokens")
+    return prompts, responses, sources
