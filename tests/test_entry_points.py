@@ -128,6 +128,7 @@ def test_main_job_on_a_local_hf_checkpoint(tmp_path):
             "--config.train.minibatch_size=0",
             "--config.train.micro_batches=1",
             "--config.rollout.max_new_tokens=8",
+            "--config.rollout.n=4",
         ]
     )
     assert out.returncode == 0, out.stderr[-3000:]
