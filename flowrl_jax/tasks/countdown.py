@@ -74,32 +74,14 @@ def value(tree) -> Fraction:
 
 def canonical(tree) -> str:
     """The answer's canonical form (see the module doc), itself a valid expression."""
-    return _canon(tree)[1]
+    return _text(_form(tree))
 
 
-def _canon(tree) -> tuple[str, str]:
-    """-> (kind: 'n' | 'sum' | 'prod', text)."""
+def _form(tree):
+    """A tree as canonical parts: ('n', text), or ('sum' | 'prod', positive, negative operands)."""
     if tree[0] == "n":
         return "n", str(tree[1])
-    if tree[0] in "+-":
-        terms = _signed(tree, "+-", 1)
-        pos = sorted(t for s, t in terms if s > 0)
-        neg = sorted(t for s, t in terms if s < 0)
-        return "sum", "+".join(pos) + "".join("-" + t for t in neg)
-    factors = _signed(tree, "*/", 1)
-    num = sorted(t for s, t in factors if s > 0)
-    den = sorted(t for s, t in factors if s < 0)
-    return "prod", "*".join(num) + "".join("/" + t for t in den)
-
-
-def _signed(tree, ops: str, sign: int) -> list[tuple[int, str]]:
-    """Flatten a run of + - (or * /) into (sign, canonical text of the operand) pairs."""
-    if tree[0] not in ops:
-        kind, text = _canon(tree)
-        return [(sign, f"({text})" if ops == "*/" and kind == "sum" else text)]
-    plus, minus = ops
-    right = sign if tree[0] == plus else -sign
-    return _signed(tree[1], ops, sign) + _signed(tree[2], ops, right)
+    return _combine(tree[0], _form(tree[1]), _form(tree[2]))
 
 
 # --- problems ----------------------------------------------------------------------------------
@@ -116,9 +98,8 @@ def solutions(numbers: tuple[int, ...], target: int) -> tuple[str, ...]:
 def _reachable(numbers: tuple[int, ...]) -> dict[str, Fraction]:
     """canonical form -> value, for every expression over every sub-multiset of `numbers`.
 
-    Built bottom-up over sets of positions, each expression kept as its canonical parts (a sum's
-    signed terms, a product's factors) so that combining two is a merge of sorted tuples, not a
-    walk of trees: the same forms `canonical` gives (tested)."""
+    Built bottom-up over sets of positions, each expression kept as its canonical parts (`_form`),
+    so that combining two is a merge of sorted tuples, not a walk of trees."""
     n = len(numbers)
     by_set: dict[int, dict[str, tuple]] = {}  # bit mask of positions -> text -> (form, value)
     for mask in range(1, 1 << n):

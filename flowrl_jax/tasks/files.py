@@ -71,16 +71,23 @@ def load(paths: str, kind: str, fields: dict | None = None) -> list[dict]:
     parts = [p.strip() for p in paths.split(",") if p.strip()]
     if not parts:
         raise DataError("task.path is empty: give a data file (or several, comma-separated)")
-    rows = []
     for path in parts:
         if path.startswith("/path/to/"):  # the shipped configs' placeholder
             raise DataError(
                 f"task.path={path!r} is still the config's placeholder; pass "
                 "--config.task.path=FILE (a .jsonl, .json or .parquet file of your data)"
             )
+    return read_rows(parts, lambda source, record: _row(source, record, wanted, names))
+
+
+def read_rows(paths: list[str], make_row) -> list:
+    """make_row(source, record) of every record of the files, in order; a file with no rows is an
+    error that names it."""
+    rows = []
+    for path in paths:
         start = len(rows)
         for source, record in _records(path):
-            rows.append(_row(source, record, wanted, names))
+            rows.append(make_row(source, record))
         if len(rows) == start:
             raise DataError(f"{path}: no rows (an empty file?)")
     return rows

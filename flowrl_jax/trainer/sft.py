@@ -56,20 +56,13 @@ def load(paths: str, fields: dict | None = None) -> list[dict]:
     now: a `prompt` and a `response` string, or chat `messages` whose last one is the assistant's
     response. -> [{"messages": [...], "response": str, "source": "path:line"}]. `fields` renames
     (as task.fields does for task data)."""
-    from flowrl_jax.tasks.files import DataError, _records
+    from flowrl_jax.tasks.files import DataError, read_rows
 
     names = FIELDS | dict(fields or {})
     parts = [p.strip() for p in str(paths).split(",") if p.strip()]
     if not parts:
         raise DataError("sft.path is empty: give a demonstrations file")
-    out = []
-    for path in parts:
-        start = len(out)
-        for source, record in _records(path):
-            out.append(_demonstration(source, record, names, DataError))
-        if len(out) == start:
-            raise DataError(f"{path}: no rows (an empty file?)")
-    return out
+    return read_rows(parts, lambda source, record: _demonstration(source, record, names, DataError))
 
 
 def _demonstration(source: str, record, names: dict, error) -> dict:
