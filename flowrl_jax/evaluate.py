@@ -140,7 +140,7 @@ def score(task, rows: list[int], texts: list[list[str]], settings: EvalSettings)
     workers = settings.code_workers if any("tests" in r for r in task.rows) else 1
     with ThreadPoolExecutor(workers) as pool:
         verdicts = list(pool.map(lambda rt: verdict(task, rt[1], rt[0]), flat))
-    problems, start = [], 0
+    problems, details, start = [], [], 0
     for row, group in zip(rows, texts):
         judged = verdicts[start : start + len(group)]
         start += len(group)
@@ -151,13 +151,8 @@ def score(task, rows: list[int], texts: list[list[str]], settings: EvalSettings)
         if settings.judge is not None:
             figures["judge"] = float(settings.judge(task.prompts[row], list(group)))
         problems.append({"row": row, **figures})
-    summary = metrics.aggregate([{k: v for k, v in p.items() if k != "row"} for p in problems])
-    # What a person needs to read the figures: each problem's prompt, gold, responses, verdicts.
-    details, start = [], 0
-    for row, group in zip(rows, texts):
+        # What a person needs to read the figures: the prompt, the gold, responses and verdicts.
         data = task.rows[row] if row < len(task.rows) else {}
-        judged = verdicts[start : start + len(group)]
-        start += len(group)
         details.append(
             {
                 "row": row,
@@ -170,6 +165,7 @@ def score(task, rows: list[int], texts: list[list[str]], settings: EvalSettings)
                 ],
             }
         )
+    summary = metrics.aggregate([{k: v for k, v in p.items() if k != "row"} for p in problems])
     return {"summary": summary, "problems": problems, "details": details}
 
 
@@ -242,7 +238,7 @@ def periodic_settings(config) -> EvalSettings:
     from flowrl_jax.tasks import prompt_limit
 
     ev = config.eval
-    settings = EvalSettings(
+    return EvalSettings(
         k=ev.k,
         temperature=ev.temperature,
         top_p=ev.top_p,
@@ -253,7 +249,6 @@ def periodic_settings(config) -> EvalSettings:
         system_prompt=config.task.system_prompt,
         stop_tokens=config.rollout.stop_tokens,
     )
-    return settings
 
 
 def parse_pass_k(text: str, k: int, what: str = "--pass-k") -> tuple[int, ...]:
