@@ -132,11 +132,11 @@ def write_checkpoint(path: str):
 
 
 def our_trainer(path: str, algorithm: str, fused: bool, tuned: bool, mesh, workdir: str):
-    from flowrl_jax.config import get_config
+    from flowrl_jax.config import base_config
     from flowrl_jax.models import load_hf
     from flowrl_jax.trainer.loop import Trainer
 
-    config = get_config()
+    config = base_config()
     config.workdir = workdir
     config.algorithm.name = algorithm
     if algorithm == "grpo":

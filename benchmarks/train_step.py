@@ -119,7 +119,7 @@ def run_size(
 
     from benchmarks.forward import matmul_peak
     from flowrl_jax import algorithms
-    from flowrl_jax.config import get_config
+    from flowrl_jax.config import base_config
     from flowrl_jax.models import load_hf
     from flowrl_jax.rollout.logprobs import token_logprobs
     from flowrl_jax.trainer import step as step_lib
@@ -135,7 +135,7 @@ def run_size(
         reference.save_pretrained(path)
         ours = load_hf(path, remat=remat)
 
-    config = get_config()
+    config = base_config()
     config.heads.logz.dropout = 0.0  # the same deterministic function on both sides
     algo_cfg = config.algorithm[ALGORITHM]
     spec = step_lib.StepSpec(

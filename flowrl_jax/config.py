@@ -1,8 +1,14 @@
 """The embedded default config of `python -m flowrl_jax.train`, composed from component defaults.
 
 Each component owns its defaults (`mesh.default_config`, `models.from_config.default_config`); this
-file only composes them. The config is locked after loading: an override of a key that does not
-exist (`--config.modle.dtype=...`) is an error, not a new key.
+file composes them. `base_config()` is the engine's plain composition (the tiny model, the `digits`
+task, two FlowRL steps, no warm-up: what tests and quick checks start from); `get_config()` is the
+default job on top of it (`job_config`): a supervised warm-up on the countdown task, an evaluation of
+the warm-up model, FlowRL with periodic evaluation, and a before/after report. `--config=
+flowrl_jax/config.py:base` picks the plain composition from the command line.
+
+The config is locked after loading: an override of a key that does not exist
+(`--config.modle.dtype=...`) is an error, not a new key.
 """
 
 from ml_collections import ConfigDict
@@ -11,10 +17,10 @@ from flowrl_jax import algorithms, evaluate, mesh, tasks
 from flowrl_jax.algorithms import heads
 from flowrl_jax.models import from_config
 from flowrl_jax.rollout import sampler
-from flowrl_jax.trainer import checkpoint, loop, step
+from flowrl_jax.trainer import checkpoint, loop, sft, step
 
 
-def get_config() -> ConfigDict:
+def base_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
     config.workdir = "runs/default"
@@ -31,15 +37,55 @@ def get_config() -> ConfigDict:
     config.optimizer = step.optimizer_config()
     config.train = loop.default_config()
     config.checkpoint = checkpoint.default_config()
-    # digits (synthetic, the default) | file (--config.task.path=data.jsonl, task.kind math|code) |
-    # gym:<reasoning-gym dataset> (task.gym_size, task.gym_config); tasks/base.py documents each key.
+    # digits (synthetic) | countdown (built in, many answers) | file (--config.task.path=data.jsonl,
+    # task.kind math|code) | gym:<reasoning-gym dataset> | humaneval; tasks/base.py documents each key.
     config.task = tasks.default_config()
+    config.sft = sft.default_config()  # the supervised warm-up before RL; off by default
     config.eval = evaluate.default_config()  # periodic evaluation; off by default
-    # The embedded default is a tiny random model on the CPU: short responses, small groups, and a
-    # learning rate a random tiny model notices (the paper's 1e-6 is for 7B checkpoints).
+    # A tiny random model on the CPU: short responses, small groups, and a learning rate a random
+    # tiny model notices (the paper's 1e-6 is for 7B checkpoints).
     config.rollout.n = 4
     config.rollout.max_new_tokens = 16
     config.optimizer.learning_rate = 1e-4
-    # The smoke run: greedy and sampled tokens per response.
-    config.smoke = ConfigDict({"enabled": True, "new_tokens": 24})
+    # The foundation checks before training (greedy decode, sampled vs recomputed log-probs, export
+    # and reload): --config.smoke.enabled=True. new_tokens: greedy and sampled tokens per response.
+    config.smoke = ConfigDict({"enabled": False, "new_tokens": 24})
     return config
+
+
+def job_config(config: ConfigDict) -> ConfigDict:
+    """The default job: teach a small model countdown by SFT, then improve it with FlowRL, and
+    report the test problems' accuracy and diversity before and after (BENCHMARKS.md has a full
+    run's figures)."""
+    config.workdir = "runs/countdown"
+    config.task.name = "countdown"
+    config.model.tiny_hidden_size = 128
+    config.model.tiny_layers = 4
+    config.sft.steps = 300
+    config.sft.batch_size = 32
+    config.sft.optimizer.learning_rate = 3e-3
+    config.sft.optimizer.warmup_steps = 20
+    config.rollout.n = 8
+    config.rollout.max_new_tokens = 16
+    config.train.steps = 100
+    config.train.prompts_per_step = 16
+    config.optimizer.learning_rate = 1e-4
+    config.checkpoint.every = 20
+    # Evaluation: every test problem, 16 samples each at temperature 1 (the policy's own
+    # distribution, so coverage measures what it would sample).
+    config.eval.every = 20
+    config.eval.problems = 0
+    config.eval.k = 16
+    config.eval.pass_k = "1,4,16"
+    config.eval.temperature = 1.0
+    config.eval.top_p = 1.0
+    config.eval.before = True
+    config.eval.report = True
+    return config
+
+
+def get_config(which: str = "") -> ConfigDict:
+    """The default job; `which="base"` (--config=flowrl_jax/config.py:base): the plain engine."""
+    if which not in ("", "job", "base"):
+        raise ValueError(f"config {which!r}: expected 'base' or nothing (the default job)")
+    return base_config() if which == "base" else job_config(base_config())

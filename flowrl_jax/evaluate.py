@@ -145,14 +145,16 @@ def score(task, rows: list[int], texts: list[list[str]], settings: EvalSettings)
         judged = verdicts[start : start + len(group)]
         start += len(group)
         ks = tuple(j for j in settings.pass_k if j <= len(group))
+        data = task.rows[row] if row < len(task.rows) else {}
+        # A task that enumerates each problem's correct answers (countdown) gets coverage.
+        answer_set = data.get("answers") if task.answer_key is not None else None
         figures = metrics.problem_metrics(
-            group, [a for _, a in judged], [c for c, _ in judged], ks=ks
+            group, [a for _, a in judged], [c for c, _ in judged], ks=ks, answer_set=answer_set
         )
         if settings.judge is not None:
             figures["judge"] = float(settings.judge(task.prompts[row], list(group)))
         problems.append({"row": row, **figures})
         # What a person needs to read the figures: the prompt, the gold, responses and verdicts.
-        data = task.rows[row] if row < len(task.rows) else {}
         details.append(
             {
                 "row": row,
@@ -228,6 +230,12 @@ def default_config():
             "temperature": 0.6,
             "top_p": 0.95,
             "max_new_tokens": 0,  # 0 = rollout.max_new_tokens
+            # Evaluate the starting policy (after the SFT warm-up, if any) before the first RL
+            # step, as <workdir>/eval/before.*: the "before" of the report.
+            "before": False,
+            # At the end: <workdir>/report.md, report.json and report_*.png, the evaluation
+            # before RL against the last one (needs before; evaluation/job_report.py).
+            "report": False,
         }
     )
 
@@ -295,18 +303,21 @@ def gym_eval_task(train_cfg, name: str, problems: int, seed: int) -> tasks.Task:
     return tasks.get(config, seed, split="eval", train_size=train_size)
 
 
-def periodic(config, model, tokenizer, mesh, step: int, todo: dict[str, tasks.Task]) -> dict:
-    """One evaluation of `model` on `todo` (`eval_tasks`). Writes the reports (process 0) and
-    returns flat metrics {"eval/<dataset>/<metric>": value}."""
+def periodic(
+    config, model, tokenizer, mesh, step: int, todo: dict[str, tasks.Task], name: str = ""
+) -> dict:
+    """One evaluation of `model` on `todo` (`eval_tasks`) after RL step `step`. Writes the reports
+    (process 0) as <workdir>/eval/<name or step_N>.* and returns flat metrics
+    {"eval/<dataset>/<metric>": value}."""
     settings = periodic_settings(config)
     results = {}
-    for i, (name, task) in enumerate(todo.items()):
+    for i, (dataset, task) in enumerate(todo.items()):
         rng = jax.random.fold_in(jax.random.key(config.seed + 1), step * 1000 + i)
-        results[name] = evaluate_task(task, model, tokenizer, mesh, settings, rng)
+        results[dataset] = evaluate_task(task, model, tokenizer, mesh, settings, rng)
     if jax.process_index() == 0:
-        prefix = os.path.join(config.workdir, "eval", f"step_{step}")
+        prefix = os.path.join(config.workdir, "eval", name or f"step_{step}")
         write_reports(results, prefix, settings, {"workdir": config.workdir, "rl_step": step})
-    return {f"eval/{name}/{k}": v for name, r in results.items() for k, v in r["summary"].items()}
+    return {f"eval/{d}/{k}": v for d, r in results.items() for k, v in r["summary"].items()}
 
 
 def eval_datasets(data, kind, fields, gym, problems, seed, train_cfg=None) -> dict[str, tasks.Task]:

@@ -1,16 +1,19 @@
 """The main job.
 
-    python -m flowrl_jax.train                                  # embedded default (tiny model, CPU)
+    python -m flowrl_jax.train                                  # the default job (tiny model, CPU)
     python -m flowrl_jax.train --config=configs/default.py --config.mesh.tensor=2
+    python -m flowrl_jax.train --config=flowrl_jax/config.py:base   # the plain engine, two steps
     python -m flowrl_jax.train --config=configs/hf_checkpoint.py --config.model.checkpoint=/ckpt \
         --workdir=runs/qwen7b
 
-Builds the mesh, loads (or builds) the policy and tokenizer sharded on it, and (`smoke.enabled`)
-checks the foundation end to end: greedy decode with the KV cache, a sampled group whose log-probs
-match a recomputation, HF export and sharded reload. Then it trains `algorithm.name` (flowrl by
-default; grpo, ppo, reinforce_pp, dapo, gspo) on `task.name` for `train.steps` RL steps in the
-workdir, resuming from its latest checkpoint (trainer/run.py). The default task, `digits`, rewards
-the fraction of a response's characters that are digits: no download needed.
+Builds the mesh, loads (or builds) the policy and tokenizer sharded on it, and trains in the
+workdir, resuming from its latest checkpoint (trainer/run.py): the SFT warm-up where `sft` asks for
+one, an evaluation before RL (`eval.before`), `train.steps` RL steps of `algorithm.name` (flowrl by
+default; grpo, ppo, reinforce_pp, dapo, gspo) on `task.name` with periodic evaluation, and the
+before / after report (`eval.report`). The default job does all of it on the built-in countdown
+task (config.py), with no download. `--config.smoke.enabled=True` first checks the foundation end
+to end: greedy decode with the KV cache, a sampled group whose log-probs match a recomputation, HF
+export and sharded reload.
 
 Run the same command again to resume; SIGTERM saves a checkpoint and exits with status 0.
 """
@@ -32,10 +35,11 @@ from ml_collections import config_flags
 
 from flowrl_jax import evaluate, tasks
 from flowrl_jax import mesh as mesh_lib
+from flowrl_jax.evaluation import job_report
 from flowrl_jax.models import from_config, load_hf, save_hf
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.rollout import token_logprobs
-from flowrl_jax.trainer import check_sizes
+from flowrl_jax.trainer import check_sizes, sft
 from flowrl_jax.trainer import run as run_lib
 from flowrl_jax.trainer.workdir import WorkdirLock
 
@@ -180,16 +184,19 @@ def sample_and_recompute(config, model, tokenizer, prompt: str, mesh) -> dict:
     }
 
 
-def train(config, mesh, model=None, tokenizer=None, task=None, eval_todo=None) -> run_lib.RunResult:
+def train(
+    config, mesh, model=None, tokenizer=None, task=None, eval_todo=None, demos=None
+) -> run_lib.RunResult:
     """Train on `config.task` (or `task`, built from it already) in `config.workdir`, resuming from
-    its latest checkpoint. eval_todo: the periodic evaluation's tasks, if built already."""
+    its latest checkpoint. eval_todo: the evaluation's tasks, demos: the warm-up's encoded
+    demonstrations, if built already."""
     check_sizes(config, mesh)  # before anything is built or compiled
     tasks.prompt_limit(config)
     if task is None:
         task = tasks.get(config.task, config.seed)
     if model is None:
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
-    return run_lib.run(config, mesh, model, tokenizer, task, eval_todo)
+    return run_lib.run(config, mesh, model, tokenizer, task, eval_todo, demos)
 
 
 def main(argv) -> None:
@@ -213,9 +220,14 @@ def main(argv) -> None:
             check_sizes(config, mesh)
             tasks.prompt_limit(config)
             task = tasks.get(config.task, config.seed)
-            eval_todo = evaluate.eval_tasks(config, task) if config.eval.every else None
+            wants_eval = config.eval.every or config.eval.before
+            eval_todo = evaluate.eval_tasks(config, task) if wants_eval else None
+            settings = evaluate.periodic_settings(config)
+            job_report.check(config.eval, config.eval.k in settings.pass_k)
+            sft.check(config.sft, mesh)
             model_cfg, tokenizer = from_config.model_config(config.model, config.workdir)
             sampler_lib.stop_token_ids(tokenizer, config.rollout.stop_tokens)
+            demos = run_lib.demonstrations_for(config, task, tokenizer)
             held.enter_context(WorkdirLock(config.workdir))
             run_lib.claim_workdir(
                 config.workdir, run_lib.signature(model_cfg, config.algorithm.name)
@@ -224,7 +236,7 @@ def main(argv) -> None:
             if os.environ.get("FLOWRL_JAX_TRACEBACK"):
                 raise
             fail(_message(e))
-        figures, result = _build_and_train(config, mesh, task, eval_todo)
+        figures, result = _build_and_train(config, mesh, task, eval_todo, demos)
     if jax.process_index() != 0:
         return
     if figures:
@@ -232,6 +244,23 @@ def main(argv) -> None:
         print("\nflowrl-jax: decoder, sampler, log-probs, export")
         for key, value in figures.items():
             print(f"  {key:<{width}}  {value}")
+    print_summary(config, result)
+
+
+def print_summary(config, result: run_lib.RunResult) -> None:
+    """What the run did, in a few lines: the warm-up, the RL steps, the report."""
+    warm = result.sft
+    if warm is not None:
+        done = f"steps {warm.steps - len(warm.history) + 1}-{warm.steps}" if warm.history else ""
+        losses = [m["sft/loss"] for m in warm.history]
+        print(
+            f"\nSFT warm-up: {done or 'loaded'} of {warm.total}"
+            + (f", loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "")
+            + f" (workdir {config.workdir}/sft)"
+        )
+        if warm.preempted:
+            print(f"stopped by {warm.preempted} during SFT; run the same command to resume")
+            return
     if not result.history:
         print(
             f"\nnothing to train: {config.workdir} already holds RL step {result.last_step} of "
@@ -242,7 +271,14 @@ def main(argv) -> None:
         f"\n{config.algorithm.name}: RL steps {result.first_step + 1}-{result.last_step} of "
         f"{config.train.steps} on the {config.task.name} task (workdir {config.workdir})"
     )
-    for i, m in enumerate(result.history, result.first_step + 1):
+    shown = list(enumerate(result.history, result.first_step + 1))
+    if len(shown) > 8:  # the first steps and the last ones; metrics.jsonl has them all
+        shown = shown[:3] + [None] + shown[-4:]
+    for item in shown:
+        if item is None:
+            print("  ...")
+            continue
+        i, m = item
         print(
             f"  step {i}: loss {m['loss']:.4f}  reward {m['reward/mean']:.3f}  "
             f"grad norm {m['grad_norm']:.3f}  {m['time/step']:.1f} s"
@@ -253,9 +289,12 @@ def main(argv) -> None:
             f"stopped by {result.preempted} after step {result.last_step}; "
             "run the same command to resume"
         )
+    if result.report is not None:
+        print("\n" + job_report.markdown(result.report))
+        print(f"report: {config.workdir}/report.md, report.json, report_*.png")
 
 
-def _build_and_train(config, mesh, task, eval_todo):
+def _build_and_train(config, mesh, task, eval_todo, demos):
     with jax.set_mesh(mesh):  # the context mesh: bare PartitionSpecs resolve against it
         t0 = time.perf_counter()
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
@@ -263,7 +302,7 @@ def _build_and_train(config, mesh, task, eval_todo):
         if config.smoke.enabled:
             figures = smoke(config, mesh, model, tokenizer, time.perf_counter() - t0)
         # The trainer starts from the same (immutable) parameters the smoke checks used.
-        return figures, train(config, mesh, model, tokenizer, task, eval_todo)
+        return figures, train(config, mesh, model, tokenizer, task, eval_todo, demos)
 
 
 if __name__ == "__main__":

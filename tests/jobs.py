@@ -9,13 +9,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def start(workdir, *extra):
-    """The trainer on `workdir` without the foundation checks; stdout and stderr in one pipe."""
+    """The plain engine config's trainer on `workdir`; stdout and stderr in one pipe."""
     argv = [
         sys.executable,
         "-m",
         "flowrl_jax.train",
+        "--config=flowrl_jax/config.py:base",  # the plain engine: two digits steps, no warm-up
         f"--workdir={workdir}",
-        "--config.smoke.enabled=False",
         *extra,
     ]
     env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")

@@ -291,7 +291,7 @@ def test_dapo_overlong_buffer_is_a_fraction_of_the_budget():
     """The default L_cache is 0.2 of L_max (the paper's 4096 of 20480), whatever the budget: short
     responses are not punished. A buffer as long as the budget is refused before anything runs."""
     from flowrl_jax.algorithms import dapo
-    from flowrl_jax.config import get_config
+    from flowrl_jax.config import base_config
     from flowrl_jax.trainer import check_sizes
 
     cfg = config("dapo")
@@ -305,7 +305,7 @@ def test_dapo_overlong_buffer_is_a_fraction_of_the_budget():
         np.asarray(batch.scores)[lengths < T] == x["rewards"][lengths < T]
     )
 
-    run = get_config()
+    run = base_config()
     run.algorithm.name, run.rollout.max_new_tokens = "dapo", 1024
     run.algorithm.dapo.overlong_buffer = 4096  # the paper's absolute figure on a 1024 budget
     with pytest.raises(ValueError, match=r"overlong_buffer=4096 is not shorter than .*=1024"):

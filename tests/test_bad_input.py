@@ -133,10 +133,10 @@ def test_unsupported_features_are_named():
 
 def test_config_placeholder_and_unknown_task(tmp_path):
     from flowrl_jax import tasks
-    from flowrl_jax.config import get_config
+    from flowrl_jax.config import base_config
     from flowrl_jax.models import from_config
 
-    config = get_config()
+    config = base_config()
     config.model.checkpoint = "/path/to/Qwen/Qwen2.5-7B"
     with pytest.raises(ValueError, match="still the config's placeholder; pass --config.model"):
         from_config.model_config(config.model, str(tmp_path))

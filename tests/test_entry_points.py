@@ -20,14 +20,16 @@ def run(args, **kw):
     )
 
 
-def test_main_job_runs_on_its_embedded_default(tmp_path):
-    """`python -m flowrl_jax.train` end to end on 8 CPU devices (fsdp=4, tensor=2), with the
-    algorithm switched by its one config key."""
+def test_the_plain_engine_config_runs_with_its_foundation_checks(tmp_path):
+    """`python -m flowrl_jax.train --config=flowrl_jax/config.py:base` end to end on 8 CPU devices
+    (fsdp=4, tensor=2) with the foundation checks, the algorithm switched by its one config key."""
     out = run(
         [
             "-m",
             "flowrl_jax.train",
+            "--config=flowrl_jax/config.py:base",
             f"--config.workdir={tmp_path}",
+            "--config.smoke.enabled=True",
             "--config.mesh.tensor=2",
             "--config.smoke.new_tokens=8",
             "--config.algorithm.name=gspo",

@@ -115,9 +115,9 @@ def test_gym_evaluation_split_has_no_training_problem():
     held_out = evaluate.gym_eval_task(config, "gym:basic_arithmetic", 100, seed=3)
     assert held_out.prompts and not set(held_out.prompts) & set(train.prompts)
     # Periodic evaluation of a gym run with no eval data: that split, not the training rows.
-    from flowrl_jax.config import get_config
+    from flowrl_jax.config import base_config
 
-    run = get_config()
+    run = base_config()
     run.task = config
     run.seed = 3
     (only,) = evaluate.eval_tasks(run, train).values()
@@ -126,10 +126,10 @@ def test_gym_evaluation_split_has_no_training_problem():
 
 def test_periodic_evaluation_reads_files_as_training_does(tmp_path):
     """eval.data rows use the training task's field names, and a bad file fails before training."""
-    from flowrl_jax.config import get_config
+    from flowrl_jax.config import base_config
 
     rows = [{"question": f"{i} + 1?", "solution": str(i + 1)} for i in range(4)]
-    config = get_config()
+    config = base_config()
     config.task.name, config.task.path = "file", write_jsonl(tmp_path / "train.jsonl", rows)
     config.task.fields.prompt, config.task.fields.answer = "question", "solution"
     config.eval.every, config.eval.data = 1, write_jsonl(tmp_path / "test.jsonl", rows[:2])
@@ -156,10 +156,10 @@ def test_periodic_evaluation_in_training(tmp_path):
     import jax
 
     from flowrl_jax import mesh as mesh_lib
-    from flowrl_jax.config import get_config
+    from flowrl_jax.config import base_config
     from flowrl_jax.train import train
 
-    config = get_config()
+    config = base_config()
     config.workdir = str(tmp_path)
     config.eval.every, config.eval.problems, config.eval.k = 1, 3, 2
     config.eval.pass_k, config.eval.max_new_tokens = "1,2", 4

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.config import get_config
+from flowrl_jax.config import base_config
 from flowrl_jax.models import from_config
 from flowrl_jax.tasks import Task, digits
 from flowrl_jax.trainer.data import PromptOrder
@@ -24,7 +24,7 @@ def host_digits():
 
 
 def make_trainer(tmp_path, algorithm, mesh, task=None):
-    config = get_config()
+    config = base_config()
     config.workdir = str(tmp_path)
     config.algorithm.name = algorithm
     config.train.prompts_per_step = 2
@@ -92,7 +92,7 @@ def test_one_program_for_five_steps(tmp_path):
 
 def test_fused_on_eight_devices_equals_one(tmp_path):
     def run(mesh, workdir):
-        config = get_config()
+        config = base_config()
         config.workdir = str(workdir)
         config.train.prompts_per_step = 4  # fills the batch bucket of data x fsdp = 4
         config.train.minibatch_size = 8
@@ -120,7 +120,7 @@ def test_selection(tmp_path):
     insisting on fused where it cannot run is an error before anything compiles."""
     mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
     with jax.set_mesh(mesh):
-        config = get_config()
+        config = base_config()
         config.workdir = str(tmp_path)
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
         assert Trainer(config, model, tokenizer, mesh, digits.task()).fused
@@ -157,7 +157,7 @@ def test_host_reward_failure_stops_the_fused_step_and_keeps_the_checkpoint(tmp_p
             raise ValueError("no answer here")
         return 0.5
 
-    config = get_config()
+    config = base_config()
     config.workdir = str(tmp_path)
     config.train.steps, config.checkpoint.every = 3, 1
     config.train.fused, config.train.reward_timeout = "true", 2.0
@@ -193,7 +193,7 @@ def test_fused_phase_times_time_a_known_phase(tmp_path):
     mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
     with jax.set_mesh(mesh):
         task = Task("slow", digits.task().prompts, slow_reward)
-        config = get_config()
+        config = base_config()
         config.workdir = str(tmp_path)
         config.train.reward_workers = 1
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)

@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from flowrl_jax.config import get_config
+from flowrl_jax.config import base_config
 from flowrl_jax.export import main as export_main
 from flowrl_jax.models import load_hf
 from flowrl_jax.trainer import checkpoint as checkpoint_lib
@@ -100,7 +100,7 @@ def test_killed_and_preempted_run_resumes_exactly(tmp_path):
 def test_corrupt_and_partial_checkpoints_are_skipped(tmp_path, caplog):
     """A step whose data files are damaged, or whose arrays disagree with their fingerprint, is
     skipped with a warning naming it; an unfinished save's temporary directory is ignored."""
-    cfg = get_config().checkpoint
+    cfg = base_config().checkpoint
     cfg.async_save = False
     like = _tiny_state()
     ck = checkpoint_lib.Checkpoints(str(tmp_path), cfg)
@@ -151,7 +151,7 @@ def _tiny_state():
     from flowrl_jax.models import Model
     from flowrl_jax.trainer import step as step_lib
 
-    config = get_config()
+    config = base_config()
     cfg = testing.tiny_config("qwen3")
     spec = step_lib.StepSpec(
         cfg, "flowrl", config.algorithm.flowrl, config.heads, prompt_len=4, temperature=1.0

@@ -12,7 +12,7 @@ import pytest
 
 from flowrl_jax import evaluate, testing
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.config import get_config
+from flowrl_jax.config import base_config
 from flowrl_jax.export import main as export_main
 from flowrl_jax.models import Model, from_config, load_tokenizer
 from flowrl_jax.rollout import sampler as sampler_lib
@@ -27,7 +27,7 @@ transformers = pytest.importorskip("transformers")
 def trained(tmp_path_factory):
     """A one-step run of the default job with a stop token besides EOS."""
     workdir = tmp_path_factory.mktemp("run")
-    config = get_config()
+    config = base_config()
     config.workdir, config.train.steps = str(workdir), 1
     config.rollout.stop_tokens = "<|endoftext|>"
     mesh = mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1])
@@ -93,7 +93,7 @@ def test_stop_tokens_end_responses(tmp_path):
 
     # Sampling with a free run's most frequent token as a stop string: every response equals
     # the free run's, cut just after that token's first occurrence (same key, same draws).
-    config = get_config()
+    config = base_config()
     cfg = testing.tiny_config("qwen3", vocab_size=len(tokenizer))
     model = Model.random(cfg, seed=2)
     prompts = [tokenizer("a b c")["input_ids"], tokenizer("d e")["input_ids"]]

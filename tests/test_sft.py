@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 
 from flowrl_jax import testing
 from flowrl_jax.models import Model, load_hf, save_hf
-from flowrl_jax.trainer import sft
+from flowrl_jax.trainer import demonstrations, sft
 
 torch = pytest.importorskip("torch")
 
@@ -103,19 +103,20 @@ def test_demonstration_files_are_checked_row_by_row(tmp_path, caplog):
         {"q": "a very long question " * 20, "a": "x"},
     ]
     path = write_jsonl(tmp_path / "sft.jsonl", good)
-    rows = sft.load(path, {"prompt": "q", "response": "a"})
+    rows = demonstrations.load(path, {"prompt": "q", "response": "a"})
     assert [r["response"] for r in rows] == ["2", "7", "x"]
     assert rows[1]["messages"] == [{"role": "user", "content": "3 + 4?"}]
     tokenizer = load_tokenizer(testing.make_tiny_tokenizer(str(tmp_path / "tok")))
     with caplog.at_level("WARNING"):
-        prompts, responses, sources = sft.encode(rows, tokenizer, max_len=64)
+        encoded = demonstrations.encode(rows, tokenizer, max_len=64)
+    responses, sources = encoded.responses, encoded.sources
     assert sources == [f"{path}:1", f"{path}:2"]  # the long row dropped, and counted
     assert "dropped 1 of 3 demonstrations over sft.max_len=64 tokens" in caplog.text
     assert f"{path}:3" in caplog.text
     assert responses[0][-1] == tokenizer.eos_token_id
     assert tokenizer.decode(responses[0][:-1]) == "2"
     with pytest.raises(DataError, match="every demonstration is longer"):
-        sft.encode(rows[2:], tokenizer, max_len=64)
+        demonstrations.encode(rows[2:], tokenizer, max_len=64)
 
     bad = {
         "missing": ([{"q": "1 + 1?"}], r"missing.jsonl:1: missing field 'response'"),
@@ -128,6 +129,6 @@ def test_demonstration_files_are_checked_row_by_row(tmp_path, caplog):
     for name, (data, message) in bad.items():
         file = write_jsonl(tmp_path / f"{name}.jsonl", data)
         with pytest.raises(DataError, match=message):
-            sft.load(file, {"prompt": "q"} if name == "missing" else None)
+            demonstrations.load(file, {"prompt": "q"} if name == "missing" else None)
     with pytest.raises(DataError, match=r"nope.jsonl: no such file"):
-        sft.load(str(tmp_path / "nope.jsonl"))
+        demonstrations.load(str(tmp_path / "nope.jsonl"))

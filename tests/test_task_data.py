@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flowrl_jax import tasks, testing
-from flowrl_jax.config import get_config
+from flowrl_jax.config import base_config
 from flowrl_jax.models import load_tokenizer
 from flowrl_jax.tasks import DataError, files
 from flowrl_jax.trainer.data import PromptOrder, PromptSource, shard_count, shard_rows
@@ -126,7 +126,7 @@ def test_unknown_kind_and_task_names():
         tasks.get(task_config(name="file", kind="proof", path="x.jsonl"))
     with pytest.raises(ValueError, match=r"task.name='gsm9k' is not a known task; known: \["):
         tasks.get("gsm9k")
-    digits = tasks.get(get_config().task)  # the embedded default, from the config or by name
+    digits = tasks.get(base_config().task)  # the embedded default, from the config or by name
     assert digits.name == "digits" and list(digits.prompts) == list(tasks.get("digits").prompts)
 
 
@@ -244,7 +244,7 @@ def test_encoding_drops_long_prompts_and_says_so(tmp_path, tokenizer, caplog):
 
 
 def test_prompt_limit_follows_the_sampler_buckets():
-    config = get_config()
+    config = base_config()
     assert tasks.prompt_limit(config) == max(config.rollout.prompt_buckets)
     config.task.max_prompt_len = 100
     assert tasks.prompt_limit(config) == 100

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from flowrl_jax import algorithms, testing
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.algorithms import heads
-from flowrl_jax.config import get_config
+from flowrl_jax.config import base_config
 from flowrl_jax.models import Model, partition
 from flowrl_jax.rollout import token_logprobs
 from flowrl_jax.train import train
@@ -37,7 +37,7 @@ OWN_METRICS = {
 
 
 def _config(tmp_path, name):
-    config = get_config()
+    config = base_config()
     config.workdir = str(tmp_path)
     config.algorithm.name = name
     config.train.steps = 1
@@ -101,7 +101,7 @@ def _setup(name, micro_batches=1, family="qwen3", changes=None, head_lr=0.0):
     left-padded prompts, right-padded responses of uneven lengths (row 3 has none), old and
     reference log-probs near the current ones (so some ratios clip, and values for PPO), varied
     rewards."""
-    config = get_config()
+    config = base_config()
     algo_cfg = config.algorithm[name]
     for key, value in (changes or {}).items():
         algo_cfg[key] = value
@@ -299,7 +299,7 @@ def test_the_optimizer_steps_at_the_scheduled_rate(schedule):
     """Through make_optimizer: with a constant gradient, no decay and a loose clip, Adam's step is
     -lr_s · g / (|g| + ε) per weight, so each update reads back the rate (the policy's and, at its
     own peak, the log-Z head's)."""
-    config = get_config()
+    config = base_config()
     cfg, heads_cfg = config.optimizer, config.heads
     cfg.learning_rate, cfg.warmup_steps, cfg.weight_decay, cfg.grad_clip = 2e-3, 4, 0.0, 1e6
     cfg.schedule, cfg.min_lr_ratio = schedule, 0.2
@@ -320,7 +320,7 @@ def test_the_optimizer_steps_at_the_scheduled_rate(schedule):
 
 def test_bad_schedules_are_refused():
     cfg = step_lib.optimizer_config()
-    heads_cfg = get_config().heads
+    heads_cfg = base_config().heads
     cfg.schedule = "cosine"
     with pytest.raises(ValueError, match=r"optimizer.schedule='cosine' .* needs total_steps"):
         step_lib.make_optimizer(cfg, heads_cfg)
@@ -345,7 +345,7 @@ def test_sharded_update_equals_single_device(name, head_lr):
         name, micro_batches=2, family="llama", head_lr=head_lr
     )
     adamw_lr = 1e-3  # large enough that two steps move the weights visibly
-    config = get_config()
+    config = base_config()
     config.optimizer.learning_rate, config.optimizer.warmup_steps = adamw_lr, 1
     config.heads.logz.learning_rate = head_lr
     optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
@@ -400,7 +400,7 @@ def test_sharded_update_equals_single_device(name, head_lr):
 
 
 def test_every_head_parameter_has_a_rule_and_a_miss_is_an_error():
-    config = get_config()
+    config = base_config()
     params = {"policy": {}} | heads.init(jax.random.key(0), 64, config.heads, True, True)
     mesh = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})
     shardings = step_lib.param_shardings(mesh, params, "qwen2")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.config import get_config
+from flowrl_jax.config import base_config
 from flowrl_jax.models import from_config
 from flowrl_jax.tasks import Task
 from flowrl_jax.trainer.data import PromptOrder
@@ -28,7 +28,7 @@ def test_prompt_order_is_a_seeded_permutation_per_epoch_and_resumes():
 
 
 def test_a_failing_reward_names_the_row(tmp_path):
-    config = get_config()
+    config = base_config()
     config.workdir = str(tmp_path)
     mesh = mesh_lib.make_mesh()
 

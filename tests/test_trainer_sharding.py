@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.config import get_config
+from flowrl_jax.config import base_config
 from flowrl_jax.models import from_config
 from flowrl_jax.tasks import digits
 from flowrl_jax.trainer.checkpoint import Checkpoints
@@ -23,7 +23,7 @@ TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
 
 
 def config_for(workdir, steps, micro_batches=1, data_shards=1, fused="auto"):
-    config = get_config()
+    config = base_config()
     config.train.fused = fused
     config.task.data_shards = data_shards
     config.workdir = str(workdir)
@@ -143,8 +143,8 @@ def test_two_processes_equal_one(tmp_path):
             sys.executable,
             "-m",
             "flowrl_jax.train",
+            "--config=flowrl_jax/config.py:base",
             f"--workdir={workdir}",
-            "--config.smoke.enabled=False",
             f"--config.train.steps={steps}",
             "--config.checkpoint.every=0",
             "--config.mesh.fsdp=2",
@@ -161,7 +161,7 @@ def test_two_processes_equal_one(tmp_path):
     for out in outputs:  # each process encoded its own half of the 100 prompts
         assert "shard of 50 rows: kept 50 of 50 prompts" in out
     assert_metrics_close(metrics(tmp_path / "one"), metrics(workdir))
-    checkpoints = Checkpoints(str(workdir), get_config().checkpoint)
+    checkpoints = Checkpoints(str(workdir), base_config().checkpoint)
     saved, record = checkpoints.restore_latest(reference.state)  # onto this process's 4 devices
     checkpoints.close()
     assert record["rl_step"] == steps and int(saved.step) == int(reference.state.step)
@@ -186,9 +186,8 @@ def test_two_hosts_through_the_launcher_train_the_default_config_as_written(tmp_
         "COORDINATOR": f"127.0.0.1:{port}",
     }
     args = [
-        "--config=configs/default.py",
+        "--config=flowrl_jax/config.py:base",
         f"--config.workdir={workdir}",
-        "--config.smoke.enabled=False",
         f"--config.train.steps={steps}",
         "--config.checkpoint.every=0",
         "--config.mesh.fsdp=2",

@@ -13,7 +13,7 @@ import jobs
 import pytest
 
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.config import get_config
+from flowrl_jax.config import base_config
 from flowrl_jax.models import from_config
 from flowrl_jax.tasks import digits
 from flowrl_jax.trainer import workdir as workdir_lib
@@ -24,7 +24,7 @@ TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
 
 
 def train(workdir, steps, **overrides):
-    config = get_config()
+    config = base_config()
     config.workdir, config.train.steps = str(workdir), steps
     config.checkpoint.async_save = False
     for key, value in overrides.items():  # algorithm__flowrl__beta=5.0: algorithm.flowrl.beta
@@ -55,7 +55,7 @@ def test_a_damaged_checkpoint_a_stale_lock_and_a_changed_config_on_restart(tmp_p
     # logged: the warm-up's first step already at learning_rate / warmup_steps.
     assert raw[0]["time/compile"] > 1.0 and raw[1]["time/compile"] < 0.05
     assert raw[0]["time/step"] < raw[0]["time/compile"]
-    config = get_config().optimizer
+    config = base_config().optimizer
     want = [
         config.learning_rate * min(s, config.warmup_steps) / config.warmup_steps for s in (1, 2)
     ]

@@ -167,10 +167,13 @@ def problem_metrics(
     answers: Sequence[str | None],
     correct: Sequence[bool],
     ks: Sequence[int] = (1, 4, 16),
+    answer_set: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """All metrics for one problem's k samples, keyed as they appear in reports.
 
     mean@ and maj@ are named after the number of samples; pass@k is included only for k <= it.
+    answer_set: the problem's complete set of correct answers (keys as in `answers`), where the task
+    enumerates it: `coverage` is then the fraction of it that the samples found.
     """
     k = len(responses)
     if not k or len(answers) != k or len(correct) != k:
@@ -189,7 +192,18 @@ def problem_metrics(
     out["correct_answers"] = float(distinct_correct_answers(answers, ok))
     out["solution_paths"] = float(distinct_solution_paths(responses, ok))
     out["pairwise_similarity"] = mean_pairwise_similarity(responses)
+    if answer_set is not None:
+        out["coverage"] = coverage(answers, ok, answer_set)
     return out
+
+
+def coverage(answers: Sequence[str | None], correct: Sequence[bool], answer_set) -> float:
+    """The fraction of a problem's correct answers `answer_set` that the correct samples found."""
+    full = set(answer_set)
+    if not full:
+        raise ValueError("coverage needs a non-empty set of correct answers")
+    found = {a for a, c in zip(answers, correct) if c and a is not None}
+    return len(found & full) / len(full)
 
 
 def aggregate(per_problem: Sequence[dict[str, float]]) -> dict[str, float]:

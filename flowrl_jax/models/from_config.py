@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -26,6 +27,9 @@ def default_config() -> ConfigDict:
             "checkpoint": "",
             "tokenizer": "",  # a local HF tokenizer directory; empty: the checkpoint's own
             "tiny_family": "qwen3",
+            # The tiny model's width and depth; 0 = the test suite's shape (64 wide, 2 layers).
+            "tiny_hidden_size": 0,
+            "tiny_layers": 0,
             "dtype": "float32",  # compute dtype; bfloat16 on accelerators
             "param_dtype": "",  # storage dtype; empty: same as dtype
             "remat": "none",  # 'none' | 'full' | 'dots'
@@ -64,7 +68,13 @@ def model_config(config: ConfigDict, workdir: str):
         testing.make_tiny_tokenizer(tok_dir)
     tokenizer = load_tokenizer(tok_dir)
     cfg = testing.tiny_config(config.tiny_family, vocab_size=len(tokenizer), **_overrides(config))
-    return cfg, tokenizer
+    shape = {}
+    if config.tiny_hidden_size:  # 4 heads (2 for keys and values), the MLP twice as wide
+        D = config.tiny_hidden_size
+        shape = dict(hidden_size=D, intermediate_size=2 * D, head_dim=D // cfg.num_heads)
+    if config.tiny_layers:
+        shape["num_layers"] = config.tiny_layers
+    return dataclasses.replace(cfg, **shape), tokenizer
 
 
 def build(config: ConfigDict, mesh: Mesh, workdir: str, seed: int = 0):

@@ -27,6 +27,9 @@ class Task:
     # for a wrong one: evaluation counts distinct correct answers by it. Tasks whose answers have
     # no such key (free-form math keys by the final answer instead) leave it None.
     answer_key: Callable | None = None
+    # (seed, per_problem, skew) -> SFT demonstrations drawn from the task's own correct answers,
+    # each {"messages", "response", "source"} (trainer/demonstrations.py); None: the task has none.
+    demonstrations: Callable | None = None
 
 
 def default_config() -> ConfigDict:

@@ -238,6 +238,30 @@ def _reward(rows: list[dict], response: str, row: int) -> float:
     return float(answer_key(rows, response, row) is not None)
 
 
+def demonstrations(rows: list[dict], seed: int, per_problem: int = 4, skew: float = 1.0):
+    """SFT demonstrations: `per_problem` draws of a correct answer for each problem of `rows`. The
+    draw is skewed on purpose, so the warm-up model starts RL with uneven preferences among a
+    problem's answers, as a pretrained model does: the answers are put in a random order of their
+    own per problem (seeded by `seed` and the problem), and rank j is drawn with probability
+    proportional to 1 / (j + 1)^skew (skew 1: Zipf; 0: uniform). The same answer may be drawn
+    twice, and some answers of a problem are never shown."""
+    out = []
+    for i, row in enumerate(rows):
+        answers = row["answers"]
+        rng = np.random.default_rng([seed, i])
+        order = rng.permutation(len(answers))
+        weights = 1.0 / (np.arange(len(answers)) + 1.0) ** skew
+        for d, rank in enumerate(rng.choice(len(answers), per_problem, p=weights / weights.sum())):
+            out.append(
+                {
+                    "messages": [{"role": "user", "content": row["prompt"]}],
+                    "response": answers[order[rank]],
+                    "source": f"{row['source']}#{d}",
+                }
+            )
+    return out
+
+
 def task(split: str = "train"):
     """The built-in countdown problems of one split ('train'; 'eval' is the test split). Each row:
     numbers, target, every correct answer (canonical, sorted) and its source."""
@@ -258,6 +282,7 @@ def task(split: str = "train"):
         1.0,
         rows,
         answer_key=functools.partial(answer_key, rows),
+        demonstrations=functools.partial(demonstrations, rows) if split == "train" else None,
     )
 
 

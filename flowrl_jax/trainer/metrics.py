@@ -99,14 +99,17 @@ def forward_flops(cfg: DecoderConfig, tokens: int) -> float:
 
 
 class MetricsLog:
-    """Writes each RL step's metrics; only process 0 writes files and prints."""
+    """Writes each step's metrics (RL steps; SFT's optimiser steps under <workdir>/sft); only process
+    0 writes files and prints. line(metrics) -> the progress line's figures (default: RL's)."""
 
-    def __init__(self, workdir: str, total_steps: int, first_step: int = 0):
+    def __init__(self, workdir: str, total_steps: int, first_step: int = 0, line=None):
         self.total, self.first = total_steps, first_step
+        self.line = line or rl_line
         self.enabled = jax.process_index() == 0
         self.start = time.perf_counter()
         if not self.enabled:
             return
+        os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, "metrics.jsonl")
         kept = []
         if os.path.exists(path):  # a resumed run recomputes the steps after its checkpoint
@@ -152,15 +155,21 @@ class MetricsLog:
             f"step {step}/{self.total} [{bar}] {m['time/step']:.1f} s/step"
             + (f" (+{m['time/compile']:.1f} s compile)" if m.get("time/compile", 0) > 0.05 else "")
             + f", ETA {_clock(eta)} | "
-            f"reward {m['reward/mean']:.3f} acc {m['accuracy']:.3f} loss {m['loss']:.4f} | "
-            f"rollout {m['rollout/tokens_per_s']:,.0f} tok/s, train {m['train/tokens_per_s']:,.0f} "
-            f"tok/s, MFU {m['perf/mfu']:.1%}"
+            + self.line(m)
         )
 
     def close(self) -> None:
         if self.enabled:
             self.jsonl.close()
             self.events.close()
+
+
+def rl_line(m: dict) -> str:
+    return (
+        f"reward {m['reward/mean']:.3f} acc {m['accuracy']:.3f} loss {m['loss']:.4f} | "
+        f"rollout {m['rollout/tokens_per_s']:,.0f} tok/s, train {m['train/tokens_per_s']:,.0f} "
+        f"tok/s, MFU {m['perf/mfu']:.1%}"
+    )
 
 
 PLOTTED = ("reward/mean", "accuracy", "loss", "response/length_mean", "entropy", "grad_norm")

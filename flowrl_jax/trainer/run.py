@@ -1,11 +1,18 @@
-"""A training run in a workdir: resume from its latest checkpoint, run the RL steps, log every step,
-save every `checkpoint.every` steps, at the end and on SIGTERM or Ctrl-C (SIGINT).
+"""A training run in a workdir: the SFT warm-up if `sft` asks for one (trainer/sft.py), an evaluation
+before RL (`eval.before`), then the RL steps, resumed from the latest checkpoint, logged every step,
+saved every `checkpoint.every` steps, at the end and on SIGTERM or Ctrl-C (SIGINT); the report
+(`eval.report`) at the end.
 
     <workdir>/run.json, config*.json, lock   whose run it is, each start's config, the job's lock
                                              (trainer/workdir.py)
-    <workdir>/checkpoints/   Orbax checkpoints (trainer/checkpoint.py)
+    <workdir>/sft/           the warm-up's checkpoints, metrics.jsonl and tensorboard/
+    <workdir>/checkpoints/   Orbax checkpoints of RL (trainer/checkpoint.py)
     <workdir>/metrics.jsonl, <workdir>/tensorboard/   per-step metrics (trainer/metrics.py)
     <workdir>/metrics.png    the main curves, drawn at the end of each start
+    <workdir>/eval/          evaluations (before.*, step_<N>.*); report.* (evaluation/job_report.py)
+
+A run killed during SFT resumes SFT; one killed during RL resumes RL and loads the finished warm-up
+(RL's reference policy) instead of redoing it.
 
 A resumed run continues bit for bit: the train state holds the PRNG key and the step, and the data
 order is a function of the seed and the saved positions (one per data shard).
@@ -15,20 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
-import threading
+import os
 import time
 
 import jax
-import numpy as np
 from ml_collections import ConfigDict
 
+from flowrl_jax.evaluation import job_report
 from flowrl_jax.tasks import Task, prompt_limit
+from flowrl_jax.trainer import demonstrations
+from flowrl_jax.trainer import sft as sft_lib
 from flowrl_jax.trainer.checkpoint import Checkpoints
 from flowrl_jax.trainer.data import PromptSource, shard_count
 from flowrl_jax.trainer.loop import Trainer, check_sizes
 from flowrl_jax.trainer.metrics import MetricsLog, plot
 from flowrl_jax.trainer.step import TrainState
+from flowrl_jax.trainer.stop import StopFlag
 from flowrl_jax.trainer.workdir import WorkdirLock, claim_workdir, record_config, signature
 
 __all__ = ["RunResult", "claim_workdir", "run", "signature"]
@@ -36,53 +45,19 @@ __all__ = ["RunResult", "claim_workdir", "run", "signature"]
 log = logging.getLogger("flowrl_jax")
 
 
-def _evaluate(config, trainer, tokenizer, mesh, rl_step: int, todo: dict) -> dict:
+def _evaluate(config, cfg, params, tokenizer, mesh, rl_step: int, todo: dict, name="") -> dict:
     from flowrl_jax import evaluate
     from flowrl_jax.models import Model
 
     t0 = time.perf_counter()
-    policy = Model(trainer.model.cfg, trainer.state.params["policy"], mesh=mesh)
-    metrics = evaluate.periodic(config, policy, tokenizer, mesh, rl_step, todo)
-    log.info("evaluation after RL step %d took %.1f s", rl_step, time.perf_counter() - t0)
+    policy = Model(cfg, params, mesh=mesh)
+    metrics = evaluate.periodic(config, policy, tokenizer, mesh, rl_step, todo, name)
+    log.info(
+        "evaluation %s took %.1f s",
+        name or f"after RL step {rl_step}",
+        time.perf_counter() - t0,
+    )
     return metrics | {"time/eval": time.perf_counter() - t0}
-
-
-class StopFlag:
-    """Set by SIGTERM (preemption) or SIGINT (Ctrl-C); every process agrees on it at the end of a
-    step. A second Ctrl-C stops at once (KeyboardInterrupt), without the checkpoint."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.local = None  # the name of the signal that asked to stop
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.local == "SIGINT" and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning(
-            "%s: saving a checkpoint after this step, then stopping%s",
-            name,
-            " (Ctrl-C again stops at once, without it)" if name == "SIGINT" else "",
-        )
-        self.local = name
-
-    def requested(self) -> str | None:
-        """The signal that asked this run to stop, on any process, or None."""
-        if jax.process_count() == 1:
-            return self.local
-        from jax.experimental import multihost_utils
-
-        code = self.SIGNALS.index(signal.Signals[self.local]) + 1 if self.local else 0
-        codes = np.asarray(multihost_utils.process_allgather(np.array([code])))
-        return signal.Signals(self.SIGNALS[int(codes.max()) - 1]).name if codes.max() else None
-
-    def restore(self) -> None:
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
 
 
 @dataclasses.dataclass
@@ -92,23 +67,48 @@ class RunResult:
     last_step: int
     preempted: str | None = None  # the signal that stopped it early (SIGTERM, SIGINT)
     state: TrainState | None = None  # the train state at the end
+    sft: sft_lib.Result | None = None  # the warm-up, where there is one
+    report: dict | None = None  # the before / after report (eval.report)
 
 
-def run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo=None) -> RunResult:
-    """Train `config.train.steps` RL steps in `config.workdir`, resuming if it holds a checkpoint.
-    eval_todo: the periodic evaluation's tasks (evaluate.eval_tasks), if built already."""
+def run(
+    config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo=None, demos=None
+) -> RunResult:
+    """Train `config.train.steps` RL steps in `config.workdir` (after the SFT warm-up, if
+    `config.sft` asks for one), resuming if it holds a checkpoint. eval_todo: the evaluation's
+    tasks (evaluate.eval_tasks), demos: the warm-up's encoded demonstrations, if built already."""
     check_sizes(config, mesh)
     with WorkdirLock(config.workdir):
-        return _run(config, mesh, model, tokenizer, task, eval_todo)
+        return _run(config, mesh, model, tokenizer, task, eval_todo, demos)
 
 
-def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo) -> RunResult:
+def demonstrations_for(config: ConfigDict, task: Task, tokenizer):
+    """The warm-up's demonstrations, read, checked and tokenized (None without a warm-up)."""
+    if not sft_lib.enabled(config.sft):
+        return None
+    rows = demonstrations.rows_for(config, task)
+    return demonstrations.encode(
+        rows, tokenizer, demonstrations.max_len(config), config.task.system_prompt
+    )
+
+
+def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo, demos) -> RunResult:
     workdir = config.workdir
-    if config.eval.every and eval_todo is None:  # bad eval data fails now, not after training
+    wants_eval = config.eval.every or config.eval.before
+    if wants_eval and eval_todo is None:  # bad eval data fails now, not after training
         from flowrl_jax import evaluate
 
         eval_todo = evaluate.eval_tasks(config, task)
     claim_workdir(workdir, signature(model.cfg, config.algorithm.name))
+    if demos is None:
+        demos = demonstrations_for(config, task, tokenizer)
+    warm = None
+    if demos is not None:
+        sft_lib.check(config.sft, mesh)
+        warm = sft_lib.run(config, mesh, model, tokenizer, demos, _has_checkpoint(workdir))
+        if warm.preempted:
+            return RunResult([], 0, 0, warm.preempted, sft=warm)
+        model = warm.model  # RL starts from it, and it is RL's reference policy
     # Every row (of this process's data shards) encoded now, before anything compiles; rows too
     # long for the sampler are dropped here, with a log line. The order permutes the kept prompts,
     # so its saved size is theirs: a resume whose dataset, filter or tokenizer changes the count is
@@ -138,16 +138,19 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo) -> R
     def next_prompts():
         return prompts.take(config.train.prompts_per_step)
 
+    if config.eval.before and not first:
+        _evaluate(config, model.cfg, model.params, tokenizer, mesh, 0, eval_todo, "before")
     metrics_log = MetricsLog(workdir, total, first)
     log.info("MFU is against a peak of %.3g FLOP/s (%s)", trainer.peak, trainer.peak_source)
-    result = RunResult([], first, first)
+    result = RunResult([], first, first, sft=warm)
     stop = StopFlag()
     try:
         for rl_step in range(first + 1, total + 1):
             metrics = (trainer.fused_step if trainer.fused else trainer.step)(next_prompts)
             every = config.eval.every
             if every and (rl_step % every == 0 or rl_step == total):
-                metrics |= _evaluate(config, trainer, tokenizer, mesh, rl_step, eval_todo)
+                policy = trainer.state.params["policy"]
+                metrics |= _evaluate(config, model.cfg, policy, tokenizer, mesh, rl_step, eval_todo)
             metrics_log.write(rl_step, metrics)
             result.history.append(metrics)
             result.last_step = rl_step
@@ -170,4 +173,14 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo) -> R
         metrics_log.close()
     plot(workdir)
     result.state = trainer.state
+    if config.eval.report and result.last_step == total and jax.process_index() == 0:
+        result.report = job_report.write(
+            workdir, config.eval.k, total, job_report.process_seconds(), bool(first)
+        )
     return result
+
+
+def _has_checkpoint(workdir: str) -> bool:
+    """Whether RL has saved a step in `workdir` (then the warm-up is loaded, not trained)."""
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))

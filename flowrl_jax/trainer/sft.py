@@ -1,28 +1,54 @@
-"""Supervised fine-tuning on demonstrations (issue #19's warm-up before RL): the loss and its batch.
+"""Supervised fine-tuning (SFT) on demonstrations: the warm-up before RL, or a job of its own.
 
 The loss is the mean cross-entropy over the response tokens only, the prompt and the padding masked
 out: `transformers`' causal-LM loss with the other labels at -100 (tested equal, loss and gradient).
-It runs through the chunked log-prob path, so the [B, T, V] float32 logits never exist.
+It runs through the chunked log-prob path, so the [B, T, V] float32 logits never exist, on the RL
+update's mesh, partition rules, micro-batch split and optimiser factory (trainer/step.py).
 
 Rows are right-padded (prompt, response, padding): positions then run 0.. on every row, as a
 reference implementation without position ids computes them.
+
+`run` trains `sft.steps` optimiser steps in `<workdir>/sft/` (checkpoints, metrics.jsonl,
+tensorboard), resuming from its latest checkpoint; a finished warm-up is loaded, not redone.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
+import math
+import os
+
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from ml_collections import ConfigDict
 
+from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.rollout.logprobs import token_logprobs
+from flowrl_jax.trainer import demonstrations
+from flowrl_jax.trainer import metrics as metrics_lib
+from flowrl_jax.trainer import step as step_lib
+from flowrl_jax.trainer.checkpoint import Checkpoints
+from flowrl_jax.trainer.stop import StopFlag
+
+log = logging.getLogger("flowrl_jax")
 
 
 def loss(cfg, params, tokens, mask, loss_mask, chunk: int = 256):
     """tokens, mask, loss_mask [B, T]; loss_mask marks the response tokens to predict. -> (mean
     negative log-likelihood over them, number of them)."""
+    total, count = _nll(cfg, params, tokens, mask, loss_mask, chunk)
+    return total / jnp.maximum(count, 1.0), count
+
+
+def _nll(cfg, params, tokens, mask, loss_mask, chunk):
+    """(sum of the response tokens' negative log-likelihoods, their count)."""
     logp = token_logprobs(cfg, params, tokens, mask, 1.0, chunk)
     weight = loss_mask.astype(jnp.float32) * mask.astype(jnp.float32)
-    count = jnp.sum(weight)
-    return -jnp.sum(logp * weight) / jnp.maximum(count, 1.0), count
+    return -jnp.sum(logp * weight), jnp.sum(weight)
 
 
 def batch(prompts: list[list[int]], responses: list[list[int]], length: int, pad_id: int = 0):
@@ -46,96 +72,253 @@ def batch(prompts: list[list[int]], responses: list[list[int]], length: int, pad
     return tokens, mask, loss_mask
 
 
-# --- demonstrations from files -----------------------------------------------------------------
-
-FIELDS = {"prompt": "prompt", "response": "response", "messages": "messages"}
+# --- the phase -----------------------------------------------------------------------------------
 
 
-def load(paths: str, fields: dict | None = None) -> list[dict]:
-    """Demonstrations of the comma-separated .jsonl / .json / .parquet `paths`, every row checked
-    now: a `prompt` and a `response` string, or chat `messages` whose last one is the assistant's
-    response. -> [{"messages": [...], "response": str, "source": "path:line"}]. `fields` renames
-    (as task.fields does for task data)."""
-    from flowrl_jax.tasks.files import DataError, read_rows
+def default_config() -> ConfigDict:
+    """config.sft. Off while steps and epochs are both 0."""
+    optimizer = step_lib.optimizer_config()
+    optimizer.update(
+        {
+            "learning_rate": 1e-5,
+            "warmup_steps": 10,
+            "schedule": "cosine",
+            "min_lr_ratio": 0.1,
+            "weight_decay": 0.0,
+        }
+    )
+    return ConfigDict(
+        {
+            "steps": 0,  # optimiser steps of the warm-up; 0 with epochs 0 = no SFT
+            # Passes over the demonstrations instead (steps = ceil(epochs x rows / batch_size));
+            # used when steps is 0.
+            "epochs": 0.0,
+            # Demonstration files, comma-separated (.jsonl / .json / .parquet): rows of prompt +
+            # response, or chat messages ending with the assistant's. "" = the task's own
+            # demonstrations (the countdown task draws them from its training problems' answers).
+            "path": "",
+            "fields": dict(demonstrations.FIELDS),  # the files' field names
+            # The task's demonstrations: draws per training problem, and the skew of the draw
+            # (tasks/countdown.py: answer rank j with probability proportional to 1/(j+1)^skew).
+            "per_problem": 4,
+            "skew": 1.0,
+            "batch_size": 32,  # sequences per optimiser step
+            "micro_batches": 1,  # gradient accumulation, as train.micro_batches
+            # Longest demonstration in tokens (longer ones are dropped and counted in the log);
+            # 0 = the longest prompt the sampler takes + rollout.max_new_tokens.
+            "max_len": 0,
+            "checkpoint_every": 100,  # optimiser steps between checkpoints (and at the end)
+            "optimizer": optimizer,  # the RL optimiser's keys (trainer/step.py), SFT's values
+        }
+    )
 
-    names = FIELDS | dict(fields or {})
-    parts = [p.strip() for p in str(paths).split(",") if p.strip()]
-    if not parts:
-        raise DataError("sft.path is empty: give a demonstrations file")
-    return read_rows(parts, lambda source, record: _demonstration(source, record, names, DataError))
+
+def total_steps(cfg: ConfigDict, rows: int) -> int:
+    if cfg.steps:
+        return int(cfg.steps)
+    return math.ceil(cfg.epochs * rows / cfg.batch_size) if cfg.epochs > 0 else 0
 
 
-def _demonstration(source: str, record, names: dict, error) -> dict:
-    if not isinstance(record, dict):
-        raise error(f"{source}: a row must be a JSON object, not {type(record).__name__}")
-    if names["messages"] in record:
-        messages = record[names["messages"]]
-        ok = (
-            isinstance(messages, list)
-            and len(messages) >= 2
-            and all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m
-                for m in messages
+def enabled(cfg: ConfigDict) -> bool:
+    return cfg.steps > 0 or cfg.epochs > 0
+
+
+def check(cfg: ConfigDict, mesh) -> None:
+    """Sizes that cannot work, before anything compiles."""
+    if cfg.steps < 0 or cfg.epochs < 0:
+        raise ValueError(f"sft.steps={cfg.steps}, sft.epochs={cfg.epochs} must be >= 0")
+    step_lib.check_micro_batches(cfg.batch_size, cfg.micro_batches, mesh)
+    mesh_lib.check_batch(cfg.batch_size, mesh, "sft.batch_size")
+
+
+def update(cfg, optimizer, micro_batches: int, chunk: int, state, tokens, mask, loss_mask):
+    """One optimiser step on a batch [B, T], its gradient summed over `micro_batches` strided
+    micro-batches (trainer/step.split_rows) in a scan, each weighted by its share of the batch's
+    response tokens: the gradient of the whole batch's mean loss. -> (state, metrics)."""
+    k = micro_batches
+    weight = loss_mask.astype(jnp.float32) * mask.astype(jnp.float32)
+    total = jnp.maximum(jnp.sum(weight), 1.0)
+    micro = jax.tree.map(functools.partial(step_lib.split_rows, k), (tokens, mask, loss_mask))
+
+    def micro_loss(params, t, m, lm):
+        return _nll(cfg, params["policy"], t, m, lm, chunk)[0] / total
+
+    def accumulate(carry, xs):
+        value, grads = jax.value_and_grad(micro_loss)(state.params, *xs)
+        summed = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), carry[1], grads)
+        return (carry[0] + value, summed), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    (value, grads), _ = jax.lax.scan(accumulate, (jnp.float32(0), zeros), micro)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"sft/loss": value, "sft/grad_norm": optax.tree.norm(grads), "sft/tokens": total}
+    return step_lib.TrainState(state.step + 1, params, opt_state, state.rng), metrics
+
+
+@dataclasses.dataclass
+class Result:
+    model: object  # the policy as SFT left it (a Model)
+    steps: int  # optimiser steps done of `total`
+    total: int
+    history: list[dict]  # metrics of the steps this call ran
+    preempted: str | None = None  # the signal that stopped it before the end
+
+
+def _checkpoint_config(config: ConfigDict) -> ConfigDict:
+    c = config.checkpoint
+    return ConfigDict(
+        {"every": config.sft.checkpoint_every, "keep": c.keep, "async_save": c.async_save}
+    )
+
+
+def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = False) -> Result:
+    """The warm-up in `<workdir>/sft`: trained, resumed from its latest checkpoint, or (finished, or
+    RL already started) loaded. data: demonstrations.Encoded. The returned model is RL's starting
+    point and its reference policy."""
+    cfg = config.sft
+    total = total_steps(cfg, len(data))
+    directory = os.path.join(config.workdir, "sft")
+    optimizer = step_lib.make_optimizer(cfg.optimizer, None, total_steps=total)
+    rate = step_lib.learning_rate_schedule(cfg.optimizer, cfg.optimizer.learning_rate, total)
+
+    def init(params, rng):
+        params = {"policy": params}
+        return step_lib.TrainState(jnp.int32(0), params, optimizer.init(params), rng)
+
+    rng = jax.random.key(config.seed)
+    abstract = jax.eval_shape(init, model.params, rng)
+    sharding = step_lib.state_shardings(mesh, abstract, model.cfg.family)
+    like = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sharding
+    )
+    checkpoints = Checkpoints(directory, _checkpoint_config(config))
+    restored = checkpoints.restore_latest(like, set_aside=True)
+    if rl_started:
+        checkpoints.close()
+        if restored is None:
+            raise FileNotFoundError(
+                f"{config.workdir} holds RL checkpoints but no readable SFT checkpoint under "
+                f"{directory}: RL's reference policy is the model SFT left, which cannot be "
+                "rebuilt; restore it, or start in a new --workdir"
             )
+        state, _ = restored
+        if int(state.step) < total:
+            log.warning(
+                "SFT stopped at step %d of %d, but RL has started: the warm-up is not resumed",
+                int(state.step),
+                total,
+            )
+        return Result(_policy(model, state), int(state.step), total, [])
+    state = restored[0] if restored else jax.jit(init, out_shardings=sharding)(model.params, rng)
+    first = int(state.step)
+    result = Result(None, first, total, [])
+    if first < total:
+        log.info(
+            "SFT: %s %d optimiser steps of %d demonstrations x %d",
+            f"resuming after step {first} of" if first else "training",
+            total,
+            len(data),
+            cfg.batch_size,
         )
-        if not ok or messages[-1]["role"] != "assistant":
-            raise error(
-                f"{source}: field {names['messages']!r} must be a list of "
-                '{"role", "content"} messages ending with the assistant\'s response'
-            )
-        prompt, response = messages[:-1], messages[-1]["content"]
+        state = _train(
+            config,
+            mesh,
+            model,
+            tokenizer,
+            data,
+            state,
+            sharding,
+            optimizer,
+            rate,
+            checkpoints,
+            result,
+        )
     else:
-        for key in ("prompt", "response"):
-            if names[key] not in record:
-                raise error(
-                    f"{source}: missing field {names[key]!r} (fields: "
-                    f"{', '.join(map(str, record))}); sft.fields.{key} names the field that "
-                    f"holds the {key}, or give chat {names['messages']!r}"
+        log.info("SFT: finished already (%d steps); loaded", total)
+    checkpoints.close()
+    result.model = _policy(model, state)
+    return result
+
+
+def _policy(model, state):
+    return dataclasses.replace(model, params=state.params["policy"])
+
+
+def _train(
+    config,
+    mesh,
+    model,
+    tokenizer,
+    data,
+    state,
+    sharding,
+    optimizer,
+    rate,
+    checkpoints,
+    result: Result,
+):
+    cfg = config.sft
+    limit = demonstrations.max_len(config)
+    rows = mesh_lib.batch_sharding(mesh, ndim=1)
+    step_fn = jax.jit(
+        functools.partial(update, model.cfg, optimizer, cfg.micro_batches, 256),
+        in_shardings=(sharding, rows, rows, rows),
+        out_shardings=(sharding, mesh_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+    on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(mesh, np.ndim(x)))
+    peak, _ = metrics_lib.mesh_peak_flops(mesh, config.train.peak_flops)
+    metrics_log = metrics_lib.MetricsLog(
+        os.path.join(config.workdir, "sft"), result.total, result.steps, line=_progress
+    )
+    stop = StopFlag()
+    try:
+        for s in range(result.steps, result.total):
+            t0, compiled = metrics_lib.clock(), metrics_lib.compile_seconds()
+            picked = data.order(config.seed, s, cfg.batch_size)
+            prompts = [data.prompts[i] for i in picked]
+            responses = [data.responses[i] for i in picked]
+            longest = max(len(p) + len(r) for p, r in zip(prompts, responses))
+            length = min(limit, -(-longest // 32) * 32)  # a few shapes, so a few compiles
+            tokens, mask, loss_mask = batch(prompts, responses, length, tokenizer.pad_token_id)
+            state, m = step_fn(state, on_mesh(tokens), on_mesh(mask), on_mesh(loss_mask))
+            m = {k: float(mesh_lib.to_host(v)) for k, v in m.items()}
+            seconds = max(metrics_lib.clock() - t0, 1e-9)
+            real = float(mask.sum())
+            m |= {
+                "sft/tokens_per_s": real / seconds,
+                "perf/mfu": 3 * metrics_lib.forward_flops(model.cfg, real) / (seconds * peak),
+                "sft/learning_rate": float(rate(s)),
+                "time/step": seconds,
+                "time/compile": metrics_lib.compile_seconds() - compiled,
+            }
+            metrics_log.write(s + 1, m)
+            result.history.append(m)
+            result.steps = s + 1
+            result.preempted = stop.requested()
+            if result.preempted or s + 1 == result.total or checkpoints.due(s + 1):
+                checkpoints.save(
+                    s + 1, state, {"phase": "sft", "config": config.to_json_best_effort()}
                 )
-        prompt = record[names["prompt"]]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise error(
-                f"{source}: field {names['prompt']!r} (the prompt) must be a non-empty string"
-            )
-        prompt, response = [{"role": "user", "content": prompt}], record[names["response"]]
-    if not isinstance(response, str) or not response.strip():
-        raise error(f"{source}: the response must be a non-empty string, not {response!r}")
-    return {"messages": prompt, "response": response, "source": source}
+            if result.preempted:
+                log.warning(
+                    "SFT stopped after step %d of %d (%s); checkpoint saved",
+                    s + 1,
+                    result.total,
+                    result.preempted,
+                )
+                break
+    finally:
+        stop.restore()
+        checkpoints.wait()
+        metrics_log.close()
+    return state
 
 
-def encode(rows: list[dict], tokenizer, max_len: int, system_prompt: str = ""):
-    """Token ids of each demonstration: the prompt through the chat template (generation prompt
-    added), the response followed by EOS. Rows over `max_len` tokens are dropped and counted in the
-    log, never silently; if none is left that is an error. -> (prompts, responses, sources)."""
-    import logging
-
-    from flowrl_jax.tasks.files import DataError
-
-    prompts, responses, sources, dropped = [], [], [], []
-    for row in rows:
-        messages = row["messages"]
-        if system_prompt and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": system_prompt}, *messages]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        p = tokenizer(text, add_special_tokens=False)["input_ids"]
-        r = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
-        r = r + [tokenizer.eos_token_id]
-        if len(p) + len(r) > max_len:
-            dropped.append((len(p) + len(r), row["source"]))
-            continue
-        prompts.append(p)
-        responses.append(r)
-        sources.append(row["source"])
-    if dropped:
-        longest = max(n for n, _ in dropped)
-        logging.getLogger("flowrl_jax").warning(
-            "SFT: dropped %d of %d demonstrations over sft.max_len=%d tokens (longest %d; first: %s)",
-            len(dropped),
-            len(rows),
-            max_len,
-            longest,
-            ", ".join(s for _, s in dropped[:3]),
-        )
-    if not prompts:
-        raise DataError(f"SFT: every demonstration is longer than sft.max_len={max_len} tokens")
-    return prompts, responses, sources
+def _progress(m: dict) -> str:
+    return (
+        f"SFT loss {m['sft/loss']:.4f} lr {m['sft/learning_rate']:.2e} | "
+        f"{m['sft/tokens_per_s']:,.0f} tok/s, MFU {m['perf/mfu']:.1%}"
+    )

@@ -113,10 +113,10 @@ def learning_rate_schedule(cfg: ConfigDict, peak: float, total_steps: int | None
 
 
 def make_optimizer(
-    cfg: ConfigDict, heads_cfg: ConfigDict, total_steps: int | None = None
+    cfg: ConfigDict, heads_cfg: ConfigDict | None, total_steps: int | None = None
 ) -> optax.GradientTransformation:
     """Global-norm clip, then AdamW on `learning_rate_schedule`. total_steps: the run's optimiser
-    steps, needed by the cosine schedule only."""
+    steps, needed by the cosine schedule only. heads_cfg None: no heads (SFT)."""
 
     def adamw(lr):
         return optax.adamw(
@@ -124,7 +124,9 @@ def make_optimizer(
         )
 
     inner = adamw(cfg.learning_rate)
-    if heads_cfg.logz.learning_rate > 0:  # the log-Z head at its own rate, same clip and decay
+    if (
+        heads_cfg is not None and heads_cfg.logz.learning_rate > 0
+    ):  # the log-Z head at its own rate, same clip and decay
         labels = lambda params: {k: "logz" if k == "logz_head" else "main" for k in params}
         inner = optax.multi_transform(
             {"main": inner, "logz": adamw(heads_cfg.logz.learning_rate)}, labels
