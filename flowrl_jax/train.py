@@ -228,6 +228,8 @@ def main(argv) -> None:
             model_cfg, tokenizer = from_config.model_config(config.model, config.workdir)
             sampler_lib.stop_token_ids(tokenizer, config.rollout.stop_tokens)
             demos = run_lib.demonstrations_for(config, task, tokenizer)
+            if demos is not None:
+                sft.check(config.sft, mesh, len(demos))
             held.enter_context(WorkdirLock(config.workdir))
             run_lib.claim_workdir(
                 config.workdir, run_lib.signature(model_cfg, config.algorithm.name)

@@ -104,7 +104,7 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo, demo
         demos = demonstrations_for(config, task, tokenizer)
     warm = None
     if demos is not None:
-        sft_lib.check(config.sft, mesh)
+        sft_lib.check(config.sft, mesh, len(demos))
         warm = sft_lib.run(config, mesh, model, tokenizer, demos, _has_checkpoint(workdir))
         if warm.preempted:
             return RunResult([], 0, 0, warm.preempted, sft=warm)

@@ -123,12 +123,18 @@ def enabled(cfg: ConfigDict) -> bool:
     return cfg.steps > 0 or cfg.epochs > 0
 
 
-def check(cfg: ConfigDict, mesh) -> None:
-    """Sizes that cannot work, before anything compiles."""
+def check(cfg: ConfigDict, mesh, rows: int | None = None) -> None:
+    """Sizes and a schedule that cannot work, before anything compiles. rows: the demonstrations'
+    count, once they are read (the schedule's length depends on it under sft.epochs)."""
     if cfg.steps < 0 or cfg.epochs < 0:
         raise ValueError(f"sft.steps={cfg.steps}, sft.epochs={cfg.epochs} must be >= 0")
     step_lib.check_micro_batches(cfg.batch_size, cfg.micro_batches, mesh)
     mesh_lib.check_batch(cfg.batch_size, mesh, "sft.batch_size")
+    if rows is not None and enabled(cfg):
+        try:
+            step_lib.learning_rate_schedule(cfg.optimizer, 1.0, total_steps(cfg, rows))
+        except ValueError as e:
+            raise ValueError(f"sft.{e}") from None
 
 
 def update(cfg, optimizer, micro_batches: int, chunk: int, state, tokens, mask, loss_mask):

@@ -1,0 +1,165 @@
+"""The SFT warm-up as a phase of the run (issue #19): a run killed with SIGKILL during SFT, and again
+during RL, resumes to the same per-step metrics as an uninterrupted run (CPU, fp32, bit for bit);
+the default job runs in reduced form through the real entry point and writes its report from the
+evaluation files; bad demonstration files fail before anything compiles, naming the file and line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jobs
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s", "sft/tokens_per_s")
+WARMUP = (
+    "--config.task.name=countdown",
+    "--config.sft.steps=8",
+    "--config.sft.batch_size=8",
+    "--config.sft.checkpoint_every=2",
+    "--config.sft.optimizer.learning_rate=1e-3",
+    "--config.sft.optimizer.warmup_steps=2",
+    "--config.train.steps=4",
+    "--config.checkpoint.every=1",
+)
+
+
+def finish(proc) -> str:
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def metrics(path) -> list[dict]:
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def kill_at(workdir, line: str) -> None:
+    job = jobs.start(workdir, *WARMUP)
+    jobs.read_until(job, line)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+
+
+def test_killed_during_sft_and_during_rl_resumes_exactly(tmp_path):
+    plain, broken = str(tmp_path / "plain"), str(tmp_path / "broken")
+    out = finish(jobs.start(plain, *WARMUP))
+    assert "SFT warm-up: steps 1-8 of 8" in out, out[-2000:]
+
+    kill_at(broken, "step 5/8 [")  # SFT's step 5: checkpoints of step 2 (and maybe 4) exist
+    saved = [int(d) for d in os.listdir(os.path.join(broken, "sft", "checkpoints")) if d.isdigit()]
+    assert max(saved) in (2, 4) and not os.path.exists(os.path.join(broken, "checkpoints"))
+    job = jobs.start(broken, *WARMUP)
+    out = jobs.read_until(job, f"SFT: resuming after step {max(saved)} of 8")
+    out += jobs.read_until(job, "step 3/4 [")  # RL's step 3: RL checkpoints 1, 2 exist
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    sft_rows = metrics(os.path.join(broken, "sft", "metrics.jsonl"))
+
+    out = finish(jobs.start(broken, *WARMUP))  # RL resumes; the warm-up is loaded, not redone
+    assert "resuming after RL step" in out and "SFT: resuming" not in out, out[-2000:]
+    assert "SFT warm-up: loaded of 8" in out
+    assert metrics(os.path.join(broken, "sft", "metrics.jsonl")) == sft_rows
+
+    a = metrics(os.path.join(plain, "sft", "metrics.jsonl"))
+    assert [r["step"] for r in a] == list(range(1, 9)) and a == sft_rows
+    assert a[-1]["sft/loss"] < a[0]["sft/loss"]
+    a, b = (
+        metrics(os.path.join(plain, "metrics.jsonl")),
+        metrics(os.path.join(broken, "metrics.jsonl")),
+    )
+    assert [r["step"] for r in b] == [1, 2, 3, 4] and a == b  # FlowRL against the warm-up model
+
+
+def test_the_default_job_in_reduced_form(tmp_path):
+    """`python -m flowrl_jax.train` with its embedded default config (the countdown job), scaled
+    down: its workdir holds both phases' checkpoints and logs, the report and the plots, and
+    report.json's figures are those of the evaluation files the run wrote."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowrl_jax.train",
+            f"--workdir={tmp_path}",
+            "--config.sft.steps=4",
+            "--config.sft.optimizer.warmup_steps=2",
+            "--config.sft.checkpoint_every=2",
+            "--config.train.steps=2",
+            "--config.eval.every=2",
+            "--config.eval.problems=4",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| mean@16 (accuracy of a sample) |" in out.stdout, out.stdout[-2000:]
+    files = set(os.listdir(tmp_path))
+    assert {"report.md", "report.json", "metrics.jsonl", "report_reward.png"} <= files, files
+    assert {"report_logz.png", "report_diversity.png"} <= files
+    assert "4" in os.listdir(tmp_path / "sft" / "checkpoints")
+    assert "2" in os.listdir(tmp_path / "checkpoints")
+    for events in (tmp_path / "tensorboard", tmp_path / "sft" / "tensorboard"):
+        assert any(name.startswith("events.out.tfevents") for name in os.listdir(events))
+    assert len(metrics(tmp_path / "sft" / "metrics.jsonl")) == 4
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["k"] == 16 and report["test_problems"] == 4 and report["rl_steps"] == 2
+    assert 0 < report["wall_seconds"] < 900
+    for side, name in (("before", "before"), ("after", "step_2")):
+        summary = json.loads((tmp_path / "eval" / f"{name}.json").read_text())["countdown"]
+        problems = json.loads((tmp_path / "eval" / f"{name}.problems.json").read_text())
+        rows = problems["datasets"]["countdown"]["problems"]
+        assert report[side] == {
+            "mean_at_k": summary["mean@16"],
+            "pass_at_k": summary["pass@16"],
+            "pass_at_1": summary["pass@1"],
+            "distinct_correct": summary["correct_answers"],
+            "coverage": summary["coverage"],
+        }
+        # coverage is each problem's distinct correct answers over its enumerated set
+        for row in rows:
+            found = {r["answer"] for r in row["responses"] if r["correct"]}
+            assert row["coverage"] == len(found & set(row["gold"])) / len(row["gold"])
+    assert (tmp_path / "report.md").read_text().count("|") > 10
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"prompt": "1 + 1?"}], r"sft.jsonl:1: missing field 'response'"),
+        ([{"prompt": "1?", "response": "1"}, {"prompt": "1 + 1?", "response": ""}], "sft.jsonl:2:"),
+        (None, "sft.jsonl: no such file"),
+    ],
+    ids=["missing-response", "empty-response", "no-file"],
+)
+def test_bad_demonstrations_fail_before_anything_compiles(tmp_path, rows, message):
+    path = tmp_path / "sft.jsonl"
+    if rows is not None:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowrl_jax.train",
+            "--config=flowrl_jax/config.py:base",
+            f"--workdir={tmp_path / 'run'}",
+            "--config.sft.steps=2",
+            f"--config.sft.path={path}",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "compil" not in out.stderr.lower()  # nothing was built or compiled
+    assert not os.path.exists(tmp_path / "run" / "sft")
