@@ -11,7 +11,7 @@ Rows hold `prompt` and `answer` (--config.task.fields.* renames them); the rewar
 `Answer:` line (+1 / -1). For the paper's exact recipes see configs/qwen2_5_7b_math.py and friends.
 """
 
-from flowrl_jax.config import get_config as _default
+from flowrl_jax.config import base_config as _default
 
 
 def get_config():

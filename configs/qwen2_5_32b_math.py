@@ -18,7 +18,7 @@ The training data is a placeholder too: --config.task.path=FILE (rows with `prom
 --config.train.steps=N changes it.
 """
 
-from flowrl_jax.config import get_config as _default
+from flowrl_jax.config import base_config as _default
 
 
 def get_config():

@@ -16,7 +16,7 @@ Python test program or stdin/stdout cases, run in the sandbox). The number of RL
 (the paper gives none): train.steps = 300, --config.train.steps=N changes it.
 """
 
-from flowrl_jax.config import get_config as _default
+from flowrl_jax.config import base_config as _default
 
 
 def get_config():

@@ -52,10 +52,10 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
     )
 
 
-def load_run_policy(workdir: str, step: int | None = None, mesh=None):
-    """A run's policy from its newest readable checkpoint (or `step`).
-    -> (Model on `mesh`, tokenizer, the checkpoint's record; its "run_config": the ConfigDict the
-    run trained with)."""
+def load_run_policy(workdir: str, step: int | None = None, mesh=None, sft_phase: bool = False):
+    """A run's policy from its newest readable checkpoint (or `step`); `sft_phase`: of its SFT
+    warm-up (<workdir>/sft/checkpoints). -> (Model on `mesh`, tokenizer, the checkpoint's record;
+    its "run_config": the ConfigDict the run trained with)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {workdir} is not a flowrl-jax run directory")
@@ -63,9 +63,19 @@ def load_run_policy(workdir: str, step: int | None = None, mesh=None):
         config = ConfigDict(json.load(f))
     mesh = mesh or mesh_lib.make_mesh()
     model_cfg, tokenizer = from_config.model_config(config.model, workdir)
-    checkpoints = Checkpoints(workdir, config.checkpoint)
+    if sft_phase:
+        from flowrl_jax.models.decoder import init_params as init
+        from flowrl_jax.trainer import sft
+
+        policy = jax.eval_shape(lambda: init(model_cfg, jax.random.key(0)))
+        optimizer = sft.optimizer_for_restore(config.sft)
+        like = sft.abstract_state(optimizer, policy, mesh, model_cfg.family)[0]
+        checkpoints = Checkpoints(os.path.join(workdir, "sft"), config.checkpoint)
+    else:
+        like = abstract_state(config, model_cfg, mesh)
+        checkpoints = Checkpoints(workdir, config.checkpoint)
     try:
-        restored = checkpoints.restore_latest(abstract_state(config, model_cfg, mesh), step)
+        restored = checkpoints.restore_latest(like, step)
     finally:
         checkpoints.close()
     if restored is None:
@@ -79,14 +89,17 @@ def load_run_policy(workdir: str, step: int | None = None, mesh=None):
     return model, tokenizer, record | {"run_config": saved}
 
 
-def export(workdir: str, step: int | None = None, out: str | None = None, dtype=None) -> str:
+def export(
+    workdir: str, step: int | None = None, out: str | None = None, dtype=None, sft_phase=False
+) -> str:
     """-> the directory written: weights, config.json, generation_config.json (every token that
     ends a response in training: the tokenizer's EOS and rollout.stop_tokens) and the tokenizer."""
     if dtype is not None:
         dtype_name(dtype)  # a bad name fails before the checkpoint is read
-    model, tokenizer, record = load_run_policy(workdir, step)
+    model, tokenizer, record = load_run_policy(workdir, step, sft_phase=sft_phase)
     config = record["run_config"]
-    out = out or os.path.join(workdir, "export", f"step_{record['rl_step']}")
+    name = f"{'sft_' if sft_phase else ''}step_{record['rl_step']}"
+    out = out or os.path.join(workdir, "export", name)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     base = None
     source = config.model.checkpoint
@@ -102,7 +115,8 @@ def export(workdir: str, step: int | None = None, out: str | None = None, dtype=
         stop_token_ids=stop_token_ids(tokenizer, config.rollout.get("stop_tokens", "")),
         base_generation_config=base,
     )
-    log.info("exported the policy of RL step %d to %s", record["rl_step"], out)
+    phase = "SFT" if sft_phase else "RL"
+    log.info("exported the policy of %s step %d to %s", phase, record["rl_step"], out)
     return out
 
 
@@ -114,6 +128,9 @@ def main(argv=None) -> None:
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest readable)")
     parser.add_argument("--out", help="output directory (default: <workdir>/export/step_<N>)")
     parser.add_argument("--dtype", help="dtype of the exported weights (default: as trained)")
+    parser.add_argument(
+        "--sft", action="store_true", help="the SFT warm-up's checkpoint (<workdir>/sft), not RL's"
+    )
     args = parser.parse_args(argv)
     if args.dtype is not None:
         try:
@@ -122,7 +139,7 @@ def main(argv=None) -> None:
             parser.error(f"--dtype: {e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    print(export(args.workdir, args.step, args.out, args.dtype))
+    print(export(args.workdir, args.step, args.out, args.dtype, args.sft))
 
 
 if __name__ == "__main__":

@@ -263,6 +263,11 @@ def print_summary(config, result: run_lib.RunResult) -> None:
         if warm.preempted:
             print(f"stopped by {warm.preempted} during SFT; run the same command to resume")
             return
+    if not result.history and not config.train.steps:
+        print(
+            "no RL steps (train.steps=0): export the warm-up with python -m flowrl_jax.export --sft"
+        )
+        return
     if not result.history:
         print(
             f"\nnothing to train: {config.workdir} already holds RL step {result.last_step} of "

@@ -163,3 +163,47 @@ def test_bad_demonstrations_fail_before_anything_compiles(tmp_path, rows, messag
     assert message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "compil" not in out.stderr.lower()  # nothing was built or compiled
     assert not os.path.exists(tmp_path / "run" / "sft")
+
+
+def test_sft_alone_on_a_users_file_then_export(tmp_path):
+    """SFT only (train.steps=0) on a demonstrations file, then `python -m flowrl_jax.export --sft`:
+    the exported HF directory holds exactly the warm-up's last checkpoint."""
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from flowrl_jax.export import main as export_main
+    from flowrl_jax.models import load_hf
+
+    path = tmp_path / "demos.jsonl"
+    rows = [{"q": f"{a} + {b}?", "a": str(a + b)} for a in range(4) for b in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    workdir = str(tmp_path / "run")
+    job = jobs.start(
+        workdir,
+        "--config.sft.steps=6",
+        "--config.sft.batch_size=8",
+        "--config.sft.optimizer.warmup_steps=2",
+        "--config.sft.optimizer.learning_rate=3e-3",
+        f"--config.sft.path={path}",
+        "--config.sft.fields.prompt=q",
+        "--config.sft.fields.response=a",
+        "--config.train.steps=0",
+    )
+    out = finish(job)
+    assert "SFT warm-up: steps 1-6 of 6" in out and "no RL steps (train.steps=0)" in out, out[
+        -2000:
+    ]
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+    losses = [r["sft/loss"] for r in metrics(os.path.join(workdir, "sft", "metrics.jsonl"))]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+
+    export_main(["--workdir", workdir, "--sft"])
+    exported = load_hf(os.path.join(workdir, "export", "sft_step_6"))
+    with ocp.CheckpointManager(os.path.join(workdir, "sft", "checkpoints")) as manager:
+        state = manager.restore(6, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    policy = state["state"]["params"]["policy"]
+    for (p, x), y in zip(
+        jax.tree_util.tree_leaves_with_path(policy), jax.tree.leaves(exported.params)
+    ):
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(x), err_msg=str(p))

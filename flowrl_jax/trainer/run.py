@@ -109,6 +109,9 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo, demo
         if warm.preempted:
             return RunResult([], 0, 0, warm.preempted, sft=warm)
         model = warm.model  # RL starts from it, and it is RL's reference policy
+        if config.train.steps == 0:  # SFT only (then `python -m flowrl_jax.export --sft`)
+            record_config(workdir, config.to_json_best_effort(), 0)
+            return RunResult([], 0, 0, sft=warm)
     # Every row (of this process's data shards) encoded now, before anything compiles; rows too
     # long for the sampler are dropped here, with a log line. The order permutes the kept prompts,
     # so its saved size is theirs: a resume whose dataset, filter or tokenizer changes the count is

@@ -188,17 +188,9 @@ def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = Fal
     directory = os.path.join(config.workdir, "sft")
     optimizer = step_lib.make_optimizer(cfg.optimizer, None, total_steps=total)
     rate = step_lib.learning_rate_schedule(cfg.optimizer, cfg.optimizer.learning_rate, total)
-
-    def init(params, rng):
-        params = {"policy": params}
-        return step_lib.TrainState(jnp.int32(0), params, optimizer.init(params), rng)
-
+    init = _init(optimizer)
     rng = jax.random.key(config.seed)
-    abstract = jax.eval_shape(init, model.params, rng)
-    sharding = step_lib.state_shardings(mesh, abstract, model.cfg.family)
-    like = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sharding
-    )
+    like, sharding = abstract_state(optimizer, model.params, mesh, model.cfg.family)
     checkpoints = Checkpoints(directory, _checkpoint_config(config))
     restored = checkpoints.restore_latest(like, set_aside=True)
     if rl_started:
@@ -246,6 +238,31 @@ def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = Fal
     checkpoints.close()
     result.model = _policy(model, state)
     return result
+
+
+def _init(optimizer):
+    def init(params, rng):
+        params = {"policy": params}
+        return step_lib.TrainState(jnp.int32(0), params, optimizer.init(params), rng)
+
+    return init
+
+
+def abstract_state(optimizer, policy, mesh, family: str):
+    """(the SFT TrainState as ShapeDtypeStructs placed as `run` places it, its shardings), for
+    policy parameters (arrays or shapes) `policy`."""
+    abstract = jax.eval_shape(_init(optimizer), policy, jax.random.key(0))
+    sharding = step_lib.state_shardings(mesh, abstract, family)
+    like = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sharding
+    )
+    return like, sharding
+
+
+def optimizer_for_restore(cfg: ConfigDict):
+    """An optimiser with the warm-up's state structure (its schedule's length does not shape the
+    state), for reading an SFT checkpoint without knowing the run's step count."""
+    return step_lib.make_optimizer(cfg.optimizer, None, total_steps=cfg.optimizer.warmup_steps + 2)
 
 
 def _policy(model, state):
