@@ -33,3 +33,15 @@ def read_until(proc, text: str) -> str:
             return "".join(seen)
     proc.wait()
     raise AssertionError(f"the job ended before {text!r}:\n" + "".join(seen)[-3000:])
+
+
+def train_cli(*args, timeout=900):
+    """`python -m flowrl_jax.train args...` run to the end: the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "flowrl_jax.train", *args],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

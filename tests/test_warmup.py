@@ -6,8 +6,6 @@ evaluation files; bad demonstration files fail before anything compiles, naming 
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import jobs
 import pytest
@@ -45,6 +43,7 @@ def kill_at(workdir, line: str) -> None:
     job.wait()
 
 
+@pytest.mark.slow  # about 4 minutes on 2 cores; run with -m slow
 def test_killed_during_sft_and_during_rl_resumes_exactly(tmp_path):
     plain, broken = str(tmp_path / "plain"), str(tmp_path / "broken")
     out = finish(jobs.start(plain, *WARMUP))
@@ -79,24 +78,14 @@ def test_the_default_job_in_reduced_form(tmp_path):
     """`python -m flowrl_jax.train` with its embedded default config (the countdown job), scaled
     down: its workdir holds both phases' checkpoints and logs, the report and the plots, and
     report.json's figures are those of the evaluation files the run wrote."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flowrl_jax.train",
-            f"--workdir={tmp_path}",
-            "--config.sft.steps=4",
-            "--config.sft.optimizer.warmup_steps=2",
-            "--config.sft.checkpoint_every=2",
-            "--config.train.steps=2",
-            "--config.eval.every=2",
-            "--config.eval.problems=4",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        capture_output=True,
-        text=True,
-        timeout=900,
+    out = jobs.train_cli(
+        f"--workdir={tmp_path}",
+        "--config.sft.steps=4",
+        "--config.sft.optimizer.warmup_steps=2",
+        "--config.sft.checkpoint_every=2",
+        "--config.train.steps=2",
+        "--config.eval.every=2",
+        "--config.eval.problems=4",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| mean@16 (accuracy of a sample) |" in out.stdout, out.stdout[-2000:]
@@ -143,20 +132,11 @@ def test_bad_demonstrations_fail_before_anything_compiles(tmp_path, rows, messag
     path = tmp_path / "sft.jsonl"
     if rows is not None:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flowrl_jax.train",
-            "--config=flowrl_jax/config.py:base",
-            f"--workdir={tmp_path / 'run'}",
-            "--config.sft.steps=2",
-            f"--config.sft.path={path}",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        capture_output=True,
-        text=True,
+    out = jobs.train_cli(
+        "--config=flowrl_jax/config.py:base",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.sft.steps=2",
+        f"--config.sft.path={path}",
         timeout=300,
     )
     assert out.returncode == 2, out.stderr[-2000:]

@@ -220,19 +220,8 @@ def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = Fal
             len(data),
             cfg.batch_size,
         )
-        state = _train(
-            config,
-            mesh,
-            model,
-            tokenizer,
-            data,
-            state,
-            sharding,
-            optimizer,
-            rate,
-            checkpoints,
-            result,
-        )
+        parts = dict(sharding=sharding, optimizer=optimizer, rate=rate, checkpoints=checkpoints)
+        state = _train(config, mesh, model, tokenizer, data, state, result, **parts)
     else:
         log.info("SFT: finished already (%d steps); loaded", total)
     checkpoints.close()
@@ -269,19 +258,11 @@ def _policy(model, state):
     return dataclasses.replace(model, params=state.params["policy"])
 
 
-def _train(
-    config,
-    mesh,
-    model,
-    tokenizer,
-    data,
-    state,
-    sharding,
-    optimizer,
-    rate,
-    checkpoints,
-    result: Result,
-):
+def _train(config, mesh, model, tokenizer, data, state, result: Result, **parts):
+    """The optimiser steps after `result.steps`. parts: the state's sharding, the optimiser, its
+    rate schedule and the checkpoints."""
+    sharding, optimizer, rate = parts["sharding"], parts["optimizer"], parts["rate"]
+    checkpoints = parts["checkpoints"]
     cfg = config.sft
     limit = demonstrations.max_len(config)
     rows = mesh_lib.batch_sharding(mesh, ndim=1)
