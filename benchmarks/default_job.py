@@ -3,8 +3,11 @@ hand): the machine, the date, the command, the wall time and the before / after 
 
     python -m flowrl_jax.train --workdir=runs/countdown        # the default job (the full run)
     python -m benchmarks.default_job --workdir=runs/countdown [--command="..."] >> BENCHMARKS.md
+    python -m benchmarks.default_job --tuning RUN_DIR [RUN_DIR ...] >> BENCHMARKS.md
 
-Last line: `mean_at_k_gain=<points> distinct_correct_gain=<x> wall_minutes=<m>`.
+Last line: `mean_at_k_gain=<points> distinct_correct_gain=<x> wall_minutes=<m>`. With --tuning: a
+table of tuning runs of the job (each one's settings from its config.json, its figures from its
+report.json), last line the best gain and its run.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default="runs/countdown")
     parser.add_argument("--command", default="python -m flowrl_jax.train")
     parser.add_argument("--note", default="")
+    parser.add_argument("--tuning", nargs="+", default=None, help="run directories to tabulate")
     args = parser.parse_args(argv)
+    if args.tuning:
+        return tuning(args.tuning)
     with open(os.path.join(args.workdir, "report.json")) as f:
         report = json.load(f)
     with open(os.path.join(args.workdir, "report.md")) as f:
@@ -60,6 +66,35 @@ def main(argv=None) -> None:
         f"mean_at_k_gain={gain:.1f} distinct_correct_gain={distinct:.2f} "
         f"wall_minutes={report['wall_seconds'] / 60:.1f}"
     )
+
+
+def tuning(workdirs: list[str]) -> None:
+    """One row per run: what differs between tuning runs, and the before / after figures."""
+    print(
+        "| run | SFT steps x batch | RL steps | RL lr | beta | test problems | mean@k before "
+        "| after | gain (points) | distinct correct before | after | wall (min) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    best = None
+    for workdir in workdirs:
+        with open(os.path.join(workdir, "config.json")) as f:
+            c = json.load(f)
+        with open(os.path.join(workdir, "report.json")) as f:
+            r = json.load(f)
+        b, a = r["before"], r["after"]
+        gain = 100 * (a["mean_at_k"] - b["mean_at_k"])
+        print(
+            f"| {os.path.basename(workdir.rstrip('/'))} | {c['sft']['steps']} x "
+            f"{c['sft']['batch_size']} | {c['train']['steps']} | "
+            f"{c['optimizer']['learning_rate']:g} | {c['algorithm']['flowrl']['beta']:g} | "
+            f"{r['test_problems']} | {b['mean_at_k']:.3f} | {a['mean_at_k']:.3f} | {gain:+.1f} | "
+            f"{b['distinct_correct']:.3f} | {a['distinct_correct']:.3f} | "
+            f"{r['wall_seconds'] / 60:.1f} |"
+        )
+        if best is None or gain > best[0]:
+            best = (gain, os.path.basename(workdir.rstrip("/")))
+    print()
+    print(f"best_gain={best[0]:.1f} run={best[1]}")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ class EvalSettings:
     system_prompt: str = ""
     stop_tokens: str = ""  # besides the tokenizer's EOS (rollout.stop_tokens' form)
     code_workers: int = 8  # sandboxes at once
+    # The sampler's prompt buckets and decode phases (a run's periodic evaluation takes its
+    # rollout's, so its prompts pad as the training prompts do).
+    prompt_buckets: tuple[int, ...] = sampler_lib.DEFAULT_PROMPT_BUCKETS
+    cache_segments: int = 4
     # Optional judge (e.g. an LLM rating diversity 1-5, as the paper did): (prompt, responses) ->
     # a score per problem, reported as "judge". CLI: --judge=package.module:function.
     judge: Callable[[str, list[str]], float] | None = None
@@ -81,10 +85,12 @@ def verdict(task: tasks.Task, response: str, row: int) -> tuple[bool, str | None
 
 
 @functools.cache
-def _sampler(cfg, mesh, pad_id: int) -> sampler_lib.Sampler:
+def _sampler(cfg, mesh, pad_id: int, buckets: tuple[int, ...], segments: int):
     """One sampler per model shape: it keeps its compiled programs, so periodic evaluation compiles
     once per prompt bucket, not at every evaluation."""
-    return sampler_lib.Sampler(cfg, mesh=mesh, pad_id=pad_id)
+    return sampler_lib.Sampler(
+        cfg, mesh=mesh, pad_id=pad_id, prompt_buckets=buckets, cache_segments=segments
+    )
 
 
 def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
@@ -93,7 +99,13 @@ def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
     ids, rows = encoded.ids, encoded.rows
     if settings.problems:
         ids, rows = ids[: settings.problems], rows[: settings.problems]
-    sampler = _sampler(model.cfg, mesh, tokenizer.pad_token_id)
+    sampler = _sampler(
+        model.cfg,
+        mesh,
+        tokenizer.pad_token_id,
+        tuple(settings.prompt_buckets),
+        settings.cache_segments,
+    )
     sp = sampler_lib.SamplingParams(
         max_new_tokens=settings.max_new_tokens,
         n=settings.k,
@@ -105,7 +117,11 @@ def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
     texts, step, t0 = [], settings.prompts_per_batch, time.perf_counter()
     for start in range(0, len(ids), step):
         batch = [x.tolist() for x in ids[start : start + step]]
-        out = sampler(model.params, batch, jax.random.fold_in(rng, start), sp)
+        # A short last batch is padded to the full one (repeats of its last prompt, whose samples
+        # are dropped) so that it reuses the full batch's compiled program instead of compiling
+        # another shape for a few prompts.
+        filler = [batch[-1]] * (step - len(batch)) if start else []
+        out = sampler(model.params, batch + filler, jax.random.fold_in(rng, start), sp)
         decoded = tokenizer.batch_decode(
             [t[m == 1].tolist() for t, m in zip(out.tokens, out.mask)], skip_special_tokens=True
         )
@@ -256,6 +272,8 @@ def periodic_settings(config) -> EvalSettings:
         max_prompt_len=prompt_limit(config),
         system_prompt=config.task.system_prompt,
         stop_tokens=config.rollout.stop_tokens,
+        prompt_buckets=tuple(config.rollout.prompt_buckets),
+        cache_segments=config.rollout.cache_segments,
     )
 
 

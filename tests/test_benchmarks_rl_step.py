@@ -3,6 +3,7 @@ one function, and our rows run the benchmark's work at a smaller size and print 
 
 import jax
 import numpy as np
+import pytest
 
 from benchmarks import rl_step
 from flowrl_jax.rollout import SampleOutput
@@ -23,6 +24,7 @@ def test_compiled_reward_equals_the_text_reward_tunix_runs():
     assert tok.encode(tok.decode([5, 0, 511])) == [5, 0, 511]
 
 
+@pytest.mark.slow
 def test_our_rows_run_the_work_and_print_the_table(monkeypatch, capsys):
     monkeypatch.setattr(rl_step, "PROMPTS", 2)
     monkeypatch.setattr(rl_step, "NEW", 8)

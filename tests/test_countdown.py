@@ -93,9 +93,9 @@ def test_wrong_answers_fail(response, why):
 def test_the_split_is_fixed_disjoint_and_many_answered():
     train, test = tasks.get("countdown"), tasks.get("countdown", split="eval")
     key = lambda row: (tuple(row["numbers"]), row["target"])
-    assert len(train.rows) + len(test.rows) == 600
+    assert len(train.rows) + len(test.rows) == cd.PROBLEMS
     assert not {key(r) for r in train.rows} & {key(r) for r in test.rows}
-    assert len(test.rows) > 60 and all(r["split"] == "test" for r in test.rows)
+    assert len(test.rows) > cd.PROBLEMS // 10 and all(r["split"] == "test" for r in test.rows)
     assert statistics.median(len(r["answers"]) for r in train.rows + test.rows) >= 4
     # The split is a function of the problem alone, not of the order or the count generated.
     assert all(cd.split_of(r["numbers"], r["target"]) == "test" for r in test.rows)
@@ -106,7 +106,7 @@ def test_the_task_rewards_and_keys_answers():
     task = tasks.get("countdown")
     row = task.rows[0]
     right = row["answers"][0]
-    assert task.prompts[0].startswith(f"Numbers: {' '.join(map(str, row['numbers']))}.")
+    assert task.prompts[0] == f"Make {row['target']} from {' '.join(map(str, row['numbers']))}."
     assert task.reward(f"I think\nAnswer: {right}", 0) == 1.0
     assert task.reward("Answer: 1+1", 0) == 0.0 and task.reward("", 0) == 0.0
     # Evaluation counts distinct correct answers by their canonical forms.

@@ -6,6 +6,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import marks
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ from flowrl_jax.models.families import known_config
 from flowrl_jax.rollout import token_logprobs
 
 
-@pytest.mark.parametrize("family", testing.FAMILIES)
+@pytest.mark.parametrize("family", marks.families())
 @pytest.mark.parametrize("blocks", [dict(attention_block=8), dict(causal_block=8)])
 def test_blocked_attention_equals_one_block(family, blocks):
     """Blocks of 8 queries over T = 37 (not a multiple), left padding: the rematerialised

@@ -5,6 +5,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import marks
 import numpy as np
 import pytest
 
@@ -104,7 +105,7 @@ def test_samples_never_leave_the_filtered_set(top_k, top_p):
     assert len(emitted) == allowed.sum()  # and every allowed token shows up
 
 
-@pytest.mark.parametrize("family", testing.FAMILIES)
+@pytest.mark.parametrize("family", marks.families())
 def test_temperature_to_zero_is_greedy(family):
     cfg = testing.tiny_config(family)
     model = Model.random(cfg, seed=2)

@@ -201,12 +201,15 @@ ACCUMULATION_CASES = [
     ("dapo", {"loss_agg": "seq-mean-token-mean"}),
     ("gspo", {}),
 ]
+# The cases CI runs (the rest are -m slow): FlowRL, GRPO's token mean with KL, PPO's value loss.
+CI_ACCUMULATION_CASES = (0, 2, 4)
+SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
     "name, changes",
     [
-        pytest.param(n, c, id=f"{n}-{c}", marks=[pytest.mark.slow] if i >= 5 else [])
+        pytest.param(n, c, id=f"{n}-{c}", marks=[] if i in CI_ACCUMULATION_CASES else [SLOW])
         for i, (n, c) in enumerate(ACCUMULATION_CASES)
     ],
 )
@@ -335,7 +338,12 @@ def test_bad_schedules_are_refused():
 
 
 @pytest.mark.parametrize(
-    "name, head_lr", [("flowrl", 0.0), ("flowrl", 1e-3), ("ppo", 0.0)], ids=str
+    "name, head_lr",
+    [
+        pytest.param("flowrl", 0.0, id="flowrl-0.0"),
+        pytest.param("flowrl", 1e-3, id="flowrl-0.001", marks=SLOW),
+        pytest.param("ppo", 0.0, id="ppo-0.0", marks=SLOW),
+    ],
 )
 def test_sharded_update_equals_single_device(name, head_lr):
     """jit_update on 8 devices (fsdp=4, tensor=2), 2 micro-batches, against `update` jitted on one

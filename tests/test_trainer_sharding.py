@@ -10,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.config import base_config
@@ -64,6 +65,7 @@ def assert_trees_close(a, b):
         )
 
 
+@pytest.mark.slow  # test_fused_on_eight_devices_equals_one is CI's eight-device run
 def test_eight_devices_equal_one(tmp_path):
     one = mesh_lib.make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
     eight = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})
@@ -169,6 +171,7 @@ def test_two_processes_equal_one(tmp_path):
     assert_trees_close(reference.state.opt_state, saved.opt_state)
 
 
+@pytest.mark.slow  # two processes again; test_two_processes_equal_one is CI's multi-process run
 def test_two_hosts_through_the_launcher_train_the_default_config_as_written(tmp_path):
     """launch/multi_gpu.sh with explicit hosts, the user's --config=FILE first, and the shipped
     default config's own data_shards=1 (every process draws every row): both processes train to the

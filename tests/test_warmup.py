@@ -3,12 +3,17 @@ during RL, resumes to the same per-step metrics as an uninterrupted run (CPU, fp
 the default job runs in reduced form through the real entry point and writes its report from the
 evaluation files; bad demonstration files fail before anything compiles, naming the file and line."""
 
+import contextlib
+import io
 import json
 import os
 import signal
 
 import jobs
 import pytest
+
+from benchmarks import default_job
+from flowrl_jax.config import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s", "sft/tokens_per_s")
@@ -117,6 +122,19 @@ def test_the_default_job_in_reduced_form(tmp_path):
             found = {r["answer"] for r in row["responses"] if r["correct"]}
             assert row["coverage"] == len(found & set(row["gold"])) / len(row["gold"])
     assert (tmp_path / "report.md").read_text().count("|") > 10
+
+    # BENCHMARKS.md's tuning table row: the run's settings and figures, from its files.
+    capture = io.StringIO()
+    with contextlib.redirect_stdout(capture):
+        default_job.tuning([str(tmp_path)])
+    row = capture.getvalue().splitlines()[2].split(" | ")
+    job = get_config()  # the settings the reduced run did not override
+    lr, beta = job.optimizer.learning_rate, job.algorithm.flowrl.beta
+    assert row[1:6] == [f"4 x {job.sft.batch_size}", "2", f"{lr:g}", f"{beta:g}", "4"], row
+    assert row[6:8] == [
+        f"{report['before']['mean_at_k']:.3f}",
+        f"{report['after']['mean_at_k']:.3f}",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ one the task prints. Arithmetic is exact (fractions: intermediate values need no
 
 Problems are fixed: `problems(...)` generates them from its own seed, each with its complete set of
 correct answers, and splits them once into train and test by a hash of the problem, so the split
-does not depend on the order or the count generated. Test problems are never trained on.
+does not depend on the order or the count generated. Test problems are never trained on. The
+built-in task has PROBLEMS problems of 4 numbers from 1..9 and a target in 10..60 that at least 4
+answers reach (2,374 train, 626 test; median 6 answers), asked as `Make 32 from 2 2 4 7.`
 """
 
 from __future__ import annotations
@@ -87,11 +89,19 @@ def _form(tree):
 # --- problems ----------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)
 def solutions(numbers: tuple[int, ...], target: int) -> tuple[str, ...]:
     """Every correct answer of a problem, canonical, sorted: all + - * / expressions over
     sub-multisets of `numbers` (each used at most once) whose value is `target`."""
-    return tuple(sorted(k for k, v in _reachable(tuple(sorted(numbers))).items() if v == target))
+    return _by_value(tuple(sorted(numbers))).get(Fraction(target), ())
+
+
+@functools.lru_cache(maxsize=4096)
+def _by_value(numbers: tuple[int, ...]) -> dict[Fraction, tuple[str, ...]]:
+    """value -> the canonical forms that make it, sorted."""
+    out: dict[Fraction, list[str]] = {}
+    for text, v in _reachable(numbers).items():
+        out.setdefault(v, []).append(text)
+    return {v: tuple(sorted(texts)) for v, texts in out.items()}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -187,13 +197,13 @@ def problems(
         if len(out) == count:
             break
         drawn = tuple(sorted(int(x) for x in rng.integers(1, largest + 1, numbers)))
-        reach = _reachable(drawn)
-        counts: dict[int, int] = {}
-        for v in reach.values():
-            if v.denominator == 1 and targets[0] <= v <= targets[1]:
-                counts[int(v)] = counts.get(int(v), 0) + 1
         choices = sorted(
-            t for t, c in counts.items() if c >= min_answers and (drawn, t) not in seen
+            int(v)
+            for v, answers in _by_value(drawn).items()
+            if v.denominator == 1
+            and targets[0] <= v <= targets[1]
+            and len(answers) >= min_answers
+            and (drawn, int(v)) not in seen
         )
         if not choices:
             continue
@@ -216,7 +226,12 @@ def problems(
 
 # --- the task ----------------------------------------------------------------------------------
 
-PROMPT = "Numbers: {numbers}. Target: {target}. Use each number at most once, with + - * / and ()."
+# Short on purpose: with the chat template it is about 20 tokens, so prompts pad to the 32-token
+# bucket and a step of the default job spends its compute on the answers. The rules (each number at
+# most once; + - * / and parentheses) are the verifier's, stated in the module doc, not repeated in
+# every prompt.
+PROMPT = "Make {target} from {numbers}."
+PROBLEMS = 3000  # generated problems, split about 80 / 20 into train and test
 
 
 def answer_of(response: str) -> str:
@@ -292,4 +307,4 @@ def _prompt(problem: dict) -> str:
 
 @functools.cache
 def _all_problems() -> tuple[dict, ...]:
-    return tuple(problems(count=600, numbers=4))
+    return tuple(problems(count=PROBLEMS, numbers=4))
