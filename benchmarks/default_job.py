@@ -71,10 +71,10 @@ def main(argv=None) -> None:
 def tuning(workdirs: list[str]) -> None:
     """One row per run: what differs between tuning runs, and the before / after figures."""
     print(
-        "| run | SFT steps x batch | RL steps | RL lr | beta | test problems | mean@k before "
-        "| after | gain (points) | distinct correct before | after | wall (min) |"
+        "| run | SFT steps x batch | RL steps | prompts x samples | RL lr | beta | test problems "
+        "| mean@k before | after | gain (points) | distinct correct before | after | wall (min) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     best = None
     for workdir in workdirs:
         with open(os.path.join(workdir, "config.json")) as f:
@@ -86,6 +86,7 @@ def tuning(workdirs: list[str]) -> None:
         print(
             f"| {os.path.basename(workdir.rstrip('/'))} | {c['sft']['steps']} x "
             f"{c['sft']['batch_size']} | {c['train']['steps']} | "
+            f"{c['train']['prompts_per_step']} x {c['rollout']['n']} | "
             f"{c['optimizer']['learning_rate']:g} | {c['algorithm']['flowrl']['beta']:g} | "
             f"{r['test_problems']} | {b['mean_at_k']:.3f} | {a['mean_at_k']:.3f} | {gain:+.1f} | "
             f"{b['distinct_correct']:.3f} | {a['distinct_correct']:.3f} | "

@@ -130,8 +130,9 @@ def test_the_default_job_in_reduced_form(tmp_path):
     row = capture.getvalue().splitlines()[2].split(" | ")
     job = get_config()  # the settings the reduced run did not override
     lr, beta = job.optimizer.learning_rate, job.algorithm.flowrl.beta
-    assert row[1:6] == [f"4 x {job.sft.batch_size}", "2", f"{lr:g}", f"{beta:g}", "4"], row
-    assert row[6:8] == [
+    group = f"{job.train.prompts_per_step} x {job.rollout.n}"
+    assert row[1:7] == [f"4 x {job.sft.batch_size}", "2", group, f"{lr:g}", f"{beta:g}", "4"], row
+    assert row[7:9] == [
         f"{report['before']['mean_at_k']:.3f}",
         f"{report['after']['mean_at_k']:.3f}",
     ]
