@@ -55,7 +55,7 @@ class EvalSettings:
     # The sampler's prompt buckets and decode phases (a run's periodic evaluation takes its
     # rollout's, so its prompts pad as the training prompts do).
     prompt_buckets: tuple[int, ...] = sampler_lib.DEFAULT_PROMPT_BUCKETS
-    cache_segments: int = 4
+    cache_segments: int = sampler_lib.DEFAULT_CACHE_SEGMENTS
     # Optional judge (e.g. an LLM rating diversity 1-5, as the paper did): (prompt, responses) ->
     # a score per problem, reported as "judge". CLI: --judge=package.module:function.
     judge: Callable[[str, list[str]], float] | None = None
@@ -100,11 +100,7 @@ def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
     if settings.problems:
         ids, rows = ids[: settings.problems], rows[: settings.problems]
     sampler = _sampler(
-        model.cfg,
-        mesh,
-        tokenizer.pad_token_id,
-        tuple(settings.prompt_buckets),
-        settings.cache_segments,
+        model.cfg, mesh, tokenizer.pad_token_id, settings.prompt_buckets, settings.cache_segments
     )
     sp = sampler_lib.SamplingParams(
         max_new_tokens=settings.max_new_tokens,
@@ -117,11 +113,8 @@ def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
     texts, step, t0 = [], settings.prompts_per_batch, time.perf_counter()
     for start in range(0, len(ids), step):
         batch = [x.tolist() for x in ids[start : start + step]]
-        # A short last batch is padded to the full one (repeats of its last prompt, whose samples
-        # are dropped) so that it reuses the full batch's compiled program instead of compiling
-        # another shape for a few prompts.
-        filler = [batch[-1]] * (step - len(batch)) if start else []
-        out = sampler(model.params, batch + filler, jax.random.fold_in(rng, start), sp)
+        # min_batch: a short last batch reuses the full batch's compiled program.
+        out = sampler(model.params, batch, jax.random.fold_in(rng, start), sp, min_batch=step)
         decoded = tokenizer.batch_decode(
             [t[m == 1].tolist() for t, m in zip(out.tokens, out.mask)], skip_special_tokens=True
         )

@@ -15,7 +15,6 @@ import pytest
 from benchmarks import default_job
 from flowrl_jax.config import get_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s", "sft/tokens_per_s")
 WARMUP = (
     "--config.task.name=countdown",

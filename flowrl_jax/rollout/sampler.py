@@ -238,6 +238,7 @@ def generate(
 
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+DEFAULT_CACHE_SEGMENTS = 4
 
 
 def default_config():
@@ -252,7 +253,7 @@ def default_config():
             "top_p": 1.0,
             "top_k": 0,
             "prompt_buckets": DEFAULT_PROMPT_BUCKETS,
-            "cache_segments": 4,  # decode phases, each attending only over the slots filled so far
+            "cache_segments": DEFAULT_CACHE_SEGMENTS,  # decode phases, each attending only over the slots filled so far
             # Tokens that end a response besides the tokenizer's EOS, comma-separated strings of
             # one token each, e.g. "<|im_end|>,<|endoftext|>". Training, evaluation and the
             # export's generation_config.json all stop on them.
@@ -310,7 +311,7 @@ class Sampler:
         mesh: Mesh | None = None,
         prompt_buckets=DEFAULT_PROMPT_BUCKETS,
         pad_id: int = 0,
-        cache_segments: int = 4,
+        cache_segments: int = DEFAULT_CACHE_SEGMENTS,
     ):
         if cache_segments < 1:
             raise ValueError(f"rollout.cache_segments={cache_segments} must be >= 1")
@@ -331,15 +332,16 @@ class Sampler:
             size *= 2
         return size
 
-    def pad(self, prompts: list[list[int]]):
-        """Token-id lists -> left-padded tokens, mask [Bb, Pb] and live [Bb] at the bucket shape."""
+    def pad(self, prompts: list[list[int]], min_batch: int = 0):
+        """Token-id lists -> left-padded tokens, mask [Bb, Pb] and live [Bb] at the bucket shape
+        (the batch bucket of at least `min_batch` rows)."""
         if not prompts:
             raise ValueError("no prompts to sample from")
         longest = max(len(p) for p in prompts)
         if min(len(p) for p in prompts) == 0:
             raise ValueError("an empty prompt: every prompt needs at least one token")
         P = _bucket(longest, self.prompt_buckets, "prompt length")
-        B = self.batch_bucket(len(prompts))
+        B = self.batch_bucket(max(len(prompts), min_batch))
         tokens = np.full((B, P), self.pad_id, np.int32)
         mask = np.zeros((B, P), np.int32)
         for i, p in enumerate(prompts):
@@ -370,10 +372,13 @@ class Sampler:
             )
         return self._programs[key]
 
-    def __call__(self, params, prompts: list[list[int]], rng, sp: SamplingParams) -> SampleOutput:
+    def __call__(
+        self, params, prompts: list[list[int]], rng, sp: SamplingParams, min_batch: int = 0
+    ) -> SampleOutput:
         """Sample sp.n responses for each prompt (token-id lists). Returns host numpy arrays with
-        exactly len(prompts) * n rows, the padding rows removed."""
-        tokens, mask, live = self.pad(prompts)
+        exactly len(prompts) * n rows, the padding rows removed. min_batch: pad to the batch
+        bucket of that many prompts (a short last batch then reuses the full batch's program)."""
+        tokens, mask, live = self.pad(prompts, min_batch)
         if self.mesh is not None:
             sharding = mesh_lib.batch_sharding(self.mesh)
             tokens = mesh_lib.to_device(tokens, sharding)

@@ -220,8 +220,19 @@ def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = Fal
             len(data),
             cfg.batch_size,
         )
-        parts = dict(sharding=sharding, optimizer=optimizer, rate=rate, checkpoints=checkpoints)
-        state = _train(config, mesh, model, tokenizer, data, state, result, **parts)
+        state = _train(
+            config,
+            mesh,
+            model,
+            tokenizer,
+            data,
+            state,
+            result,
+            sharding=sharding,
+            optimizer=optimizer,
+            rate=rate,
+            checkpoints=checkpoints,
+        )
     else:
         log.info("SFT: finished already (%d steps); loaded", total)
     checkpoints.close()
@@ -258,11 +269,22 @@ def _policy(model, state):
     return dataclasses.replace(model, params=state.params["policy"])
 
 
-def _train(config, mesh, model, tokenizer, data, state, result: Result, **parts):
-    """The optimiser steps after `result.steps`. parts: the state's sharding, the optimiser, its
-    rate schedule and the checkpoints."""
-    sharding, optimizer, rate = parts["sharding"], parts["optimizer"], parts["rate"]
-    checkpoints = parts["checkpoints"]
+def _train(
+    config,
+    mesh,
+    model,
+    tokenizer,
+    data,
+    state,
+    result: Result,
+    *,
+    sharding,
+    optimizer,
+    rate,
+    checkpoints,
+):
+    """The optimiser steps after `result.steps`: the state's sharding, the optimiser, its rate
+    schedule and the checkpoints by name."""
     cfg = config.sft
     limit = demonstrations.max_len(config)
     rows = mesh_lib.batch_sharding(mesh, ndim=1)
