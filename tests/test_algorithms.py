@@ -10,6 +10,8 @@ group of 1 (G = 1) and one padding row (no response token, in a group of its own
 so groups interleave and the padding row is not last; group ids are sparse, not 0..n-1.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,8 +189,11 @@ def np_flowrl(x, cfg):
     logp_bar = (x["logp"] * mask).sum(1) / norm
     ref_bar = (x["ref_logp"] * mask).sum(1) / norm
     delta = x["logz"] + logp_bar - cfg.beta * scores - ref_bar
-    w = np.exp(((x["logp"] - x["old_logp"]) * mask).sum(1))
-    if cfg.is_weight == "clip":
+    log_ratio = ((x["logp"] - x["old_logp"]) * mask).sum(1)
+    w = np.exp(log_ratio)
+    if cfg.is_weight == "mean":  # the geometric mean of the token ratios
+        w = np.exp(log_ratio / np.maximum(n, 1))
+    elif cfg.is_weight == "clip":
         w = np.clip(w, 1 - cfg.is_clip_eps, 1 + cfg.is_clip_eps)
     elif cfg.is_weight == "cap":
         w = np.minimum(w, cfg.is_cap)
@@ -222,6 +227,21 @@ def test_unknown_is_weight_rule_raises():
     x = make_inputs(0)
     with pytest.raises(ValueError, match="bogus_rule"):
         run_ours("flowrl", x, config("flowrl", is_weight="bogus_rule"))
+
+
+def test_mean_is_weight_stays_near_one_on_long_responses():
+    """A 400-token response whose every token ratio is exp(-0.05): the token-sum weight is
+    exp(-20) ~ 2e-9 (the response all but drops out of the loss), the length-normalised one
+    exp(-0.05); a 4-token response gets exp(-0.2) and exp(-0.05)."""
+    from flowrl_jax.algorithms import flowrl
+
+    n = jnp.asarray([400.0, 4.0, 0.0])
+    log_w = -0.05 * n
+    cfg = config("flowrl", is_weight="mean")
+    got = np.asarray(flowrl.importance_weight(log_w, n, cfg))
+    np.testing.assert_allclose(got, [math.exp(-0.05), math.exp(-0.05), 1.0], rtol=1e-6)
+    raw = np.asarray(flowrl.importance_weight(log_w, n, config("flowrl", is_weight="none")))
+    np.testing.assert_allclose(raw, [math.exp(-20.0), math.exp(-0.2), 1.0], rtol=1e-6)
 
 
 def test_unknown_reward_normalization_raises():
@@ -446,7 +466,7 @@ FLOWRL_GRID = pytest.mark.parametrize(
     "is_weight,length_normalize,reward_normalization",
     [
         (w, ln, rn)
-        for w in ["clip", "cap", "none"]
+        for w in ["clip", "cap", "none", "mean"]
         for ln in [True, False]
         for rn in ["group", "none"]
     ],

@@ -80,6 +80,8 @@ def test_one_answer_in_its_forms():
         ("-3+27", "is not a number or"),  # unary minus
         ("2.5*8", "is not a number or"),  # not an integer
         ("x*8", "is not a number or"),
+        ("0x3*8", "is not a number or"),  # Python literals that are not decimal digits
+        ("3*8_0", "is not a number or"),
         ("8*3/(5-5)", "division by zero"),
         ("", "1 to 48 characters"),
         ("(" * 30 + "3*8" + ")" * 30, "1 to 48 characters"),  # over-long

@@ -2,6 +2,7 @@
 
     δ_i  = log Z(x) + (1/|y_i|) Σ_t log π_θ(y_i,t) − β·r̂_i − (1/|y_i|) Σ_t log π_ref(y_i,t)
     w_i  = stop_gradient(exp(Σ_t [log π_θ(y_i,t) − log π_old(y_i,t)]))     token SUM
+           (is_weight 'mean': exp of the token MEAN, (1/|y_i|) Σ_t [...], unclipped)
     L    = mean_i w'_i · δ_i²
 
 Fixed point: δ vanishes for every y when log π_θ(y) = log π_ref(y) + ℓ(y)·(β·r̂ − log Z), with
@@ -20,7 +21,7 @@ from ml_collections import ConfigDict
 from flowrl_jax.algorithms import advantages as A
 from flowrl_jax.algorithms.registry import Algorithm, Batch, register
 
-IS_WEIGHT_RULES = ("clip", "cap", "none")
+IS_WEIGHT_RULES = ("clip", "cap", "none", "mean")
 
 
 def default_config() -> ConfigDict:
@@ -31,7 +32,9 @@ def default_config() -> ConfigDict:
             "norm_eps": 1e-6,  # ε in the group normalisation (paper and code)
             "length_normalize": True,  # 1/|y| on both log-prob sums (paper and code)
             # w': 'clip' = clip(w, 1−ε, 1+ε) (paper formula); 'cap' = min(w, is_cap) (current
-            # official code); 'none' = w unclipped (the paper-era code behind its numbers).
+            # official code); 'none' = w unclipped (the paper-era code behind its numbers);
+            # 'mean' = exp((1/|y|) Σ_t log ratio), the geometric mean of the token ratios: a
+            # token-sum weight vanishes or explodes on long responses, the mean stays near 1.
             "is_weight": "clip",
             "is_clip_eps": 0.2,  # ε of the 'clip' rule
             "is_cap": 10.0,  # the 'cap' rule's ceiling
@@ -52,9 +55,12 @@ def prepare(batch: Batch, cfg) -> Batch:
     return batch._replace(scores=scores.astype(jnp.float32))
 
 
-def importance_weight(log_w, cfg):
-    """log w [B] -> w' [B] (detached) under the configured rule."""
+def importance_weight(log_w, n, cfg):
+    """log w [B] (the token sum of the log ratios), n [B] response lengths -> w' [B] (detached)
+    under the configured rule."""
     log_w = jax.lax.stop_gradient(log_w)
+    if cfg.is_weight == "mean":
+        return jnp.exp(log_w / jnp.maximum(n, 1.0))
     if cfg.is_weight == "clip":
         eps = cfg.is_clip_eps
         return jnp.clip(jnp.exp(log_w), 1.0 - eps, 1.0 + eps)
@@ -77,7 +83,7 @@ def loss(batch: Batch, cfg):
     target = cfg.beta * batch.scores  # β·r̂ [B]
     delta = batch.logz + logp_bar - target - ref_bar  # [B]
     log_w = A.seq_sum(batch.logp - batch.old_logp, m)  # token sum, not length-normalised
-    w = importance_weight(log_w, cfg)
+    w = importance_weight(log_w, n, cfg)
     valid = (n > 0).astype(jnp.float32)  # padding rows carry no trajectory
     count = jnp.maximum(valid.sum(), 1.0)
     value = jnp.sum(valid * w * delta**2) / count

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -40,7 +41,9 @@ def parse(text: str) -> tuple:
     if not text or len(text) > MAX_ANSWER_CHARS:
         raise BadAnswer(f"an answer has 1 to {MAX_ANSWER_CHARS} characters, not {len(text)}")
     try:
-        tree = ast.parse(text, mode="eval").body
+        with warnings.catch_warnings():  # "2 3x" warns of a bad literal before failing; quiet
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(text, mode="eval").body
     except SyntaxError as e:
         raise BadAnswer(f"not an expression: {e.msg}") from None
 
@@ -48,7 +51,9 @@ def parse(text: str) -> tuple:
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             return (_OPS[type(node.op)], build(node.left), build(node.right))
         if isinstance(node, ast.Constant) and type(node.value) is int and node.value >= 0:
-            return ("n", node.value)
+            # Plain decimal digits only: Python also reads 0x8, 0o10 and 0_8 as numbers.
+            if ast.get_source_segment(text, node).isdigit():
+                return ("n", node.value)
         raise BadAnswer(f"{ast.unparse(node)!r} is not a number or + - * / of two expressions")
 
     return build(tree)
