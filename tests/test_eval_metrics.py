@@ -1,6 +1,7 @@
 """Evaluation metrics against independent references: exact combinatorics and Monte-Carlo for
 pass@k, hand-counted n-grams for the diversity metrics, and a round trip for the report files."""
 
+import itertools
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from flowrl_jax.evaluation import (
     mean_at_k,
     mean_pairwise_similarity,
     pass_at_k,
+    pass_at_k_curve,
     problem_metrics,
     similarity,
     write_report,
@@ -43,6 +45,23 @@ def test_pass_at_k_matches_exact_combinatorics():
     # Large n, where the binomials themselves overflow a float.
     for n, c, k in [(200, 3, 100), (1000, 1, 1), (1000, 10, 500), (500, 0, 16), (64, 63, 16)]:
         assert pass_at_k(n, c, k) == pytest.approx(exact_pass_at_k(n, c, k), abs=1e-12)
+
+
+def test_pass_at_k_curve_equals_brute_force_over_subsets():
+    """pass@k as its meaning: the share of all k-subsets of the n samples holding a correct one,
+    enumerated, averaged over problems."""
+    rng = np.random.default_rng(0)
+    problems = [rng.random(n) < rng.random() for n in (8, 9, 10, 10)]
+
+    def brute(flags, k):
+        subsets = list(itertools.combinations(range(len(flags)), k))
+        return sum(any(flags[i] for i in s) for s in subsets) / len(subsets)
+
+    curve = pass_at_k_curve([(len(f), int(f.sum())) for f in problems], 8)
+    expected = [np.mean([brute(f, k) for f in problems]) for k in range(1, 9)]
+    np.testing.assert_allclose(curve, expected, atol=1e-12)
+    with pytest.raises(ValueError, match="K=9 needs 9 samples"):
+        pass_at_k_curve([(8, 1)], 9)
 
 
 def test_pass_at_k_edge_cases():

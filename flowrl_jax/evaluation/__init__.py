@@ -15,6 +15,7 @@ from flowrl_jax.evaluation.metrics import (
     mean_pairwise_similarity,
     ngrams,
     pass_at_k,
+    pass_at_k_curve,
     problem_metrics,
     similarity,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "mean_pairwise_similarity",
     "ngrams",
     "pass_at_k",
+    "pass_at_k_curve",
     "problem_metrics",
     "similarity",
     "write_report",

@@ -42,6 +42,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
 
 
+def pass_at_k_curve(counts: Sequence[tuple[int, int]], K: int) -> list[float]:
+    """The pass@k curve k = 1..K averaged over problems, from each problem's (n samples, c correct),
+    by the unbiased estimator; every problem needs n >= K."""
+    short = [n for n, _ in counts if n < K]
+    if short:
+        raise ValueError(
+            f"a pass@k curve to K={K} needs {K} samples per problem; one has {short[0]}"
+        )
+    return [float(np.mean([pass_at_k(n, c, k) for n, c in counts])) for k in range(1, K + 1)]
+
+
 def mean_at_k(correct: Sequence[bool | float]) -> float:
     """mean@k: the mean correctness (or reward) over the k samples of one problem."""
     if len(correct) == 0:
