@@ -78,7 +78,8 @@ def job_config(config: ConfigDict) -> ConfigDict:
     config.optimizer.learning_rate = 1e-4
     # β = 5, not the paper's 15: in 300-step tuning runs on this job (2026-12-02, BENCHMARKS.md)
     # β = 15 and 5 gained the same accuracy, and 5 lost less of the warm-up's diversity; 1.5 kept
-    # all of it but gained a third less.
+    # all of it but gained a third less. From the 600 x 32 warm-up (450 steps) β = 5 raised the
+    # diversity and β = 15 lowered it, at the same gain.
     config.algorithm.flowrl.beta = 5.0
     config.checkpoint.every = 50
     # Evaluation: every test problem, 16 samples each at temperature 1 (the policy's own
@@ -94,8 +95,29 @@ def job_config(config: ConfigDict) -> ConfigDict:
     return config
 
 
+def compare_config(config: ConfigDict) -> ConfigDict:
+    """`python -m flowrl_jax.compare`'s default: the default job on a budget that fits seven runs a
+    seed (200 RL steps each) and an evaluation with K = 64 samples on the first 200 test problems.
+    The comparison evaluates each run at its end itself."""
+    config.workdir = "runs/compare"
+    config.train.steps = 200
+    config.eval.every = 0
+    config.eval.before = False
+    config.eval.report = False
+    config.eval.k = 64
+    config.eval.pass_k = "1,4,16,64"
+    config.eval.problems = 200
+    return config
+
+
 def get_config(which: str = "") -> ConfigDict:
-    """The default job; `which="base"` (--config=flowrl_jax/config.py:base): the plain engine."""
-    if which not in ("", "job", "base"):
-        raise ValueError(f"config {which!r}: expected 'base' or nothing (the default job)")
-    return base_config() if which == "base" else job_config(base_config())
+    """The default job; `which="base"` (--config=flowrl_jax/config.py:base): the plain engine;
+    "compare": the comparison's (flowrl_jax/compare.py)."""
+    if which not in ("", "job", "base", "compare"):
+        raise ValueError(
+            f"config {which!r}: expected 'base', 'compare' or nothing (the default job)"
+        )
+    if which == "base":
+        return base_config()
+    job = job_config(base_config())
+    return compare_config(job) if which == "compare" else job

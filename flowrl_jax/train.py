@@ -63,14 +63,15 @@ def _message(e: BaseException) -> str:
     return " ".join(str(text).split()) or type(e).__name__
 
 
-def define_config_flag(argv: list[str]):
-    """--config. ml_collections applies the --config.* overrides of argv as it defines the flag: a
-    key that does not exist, a config file that cannot be loaded or an override before
-    --config=FILE fails here, as one line that names the argument."""
+def define_config_flag(argv: list[str], which: str = ""):
+    """--config, by default flowrl_jax/config.py[:which]. ml_collections applies the --config.*
+    overrides of argv as it defines the flag: a key that does not exist, a config file that cannot
+    be loaded or an override before --config=FILE fails here, as one line that names the
+    argument."""
     try:
         return config_flags.DEFINE_config_file(
             "config",
-            os.path.join(os.path.dirname(__file__), "config.py"),
+            os.path.join(os.path.dirname(__file__), "config.py") + (f":{which}" if which else ""),
             "ml_collections config file",
             sys_argv=argv,
         )

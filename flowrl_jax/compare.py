@@ -1,0 +1,193 @@
+"""FlowRL against the baselines: one warm-up per seed, every algorithm trained from it on the same RL
+budget, evaluated the same way, and the results written by the run.
+
+    python -m flowrl_jax.compare [--workdir=runs/compare] [--seeds=0,1,2]
+        [--algorithms=flowrl,flowrl_mean,grpo,ppo,reinforce_pp,dapo,gspo] [--config.KEY=VALUE ...]
+
+The config is the default job's with the comparison's budget on top (flowrl_jax/config.py:compare,
+`compare_config`); --config.* overrides apply to every run. Each algorithm runs with its documented
+defaults (algorithms/<name>.py); `flowrl_mean` is FlowRL with the length-normalised importance
+weight (is_weight='mean'). Each rollout batch is split into two mini-batches, so the second update
+of a step is off-policy and the importance weights and clipping rules act.
+
+    <out>/seed_<s>/warmup/     the SFT warm-up (sft/), its evaluation (eval/before.*) and the exact
+                               distribution among correct answers (eval/answers.json)
+    <out>/seed_<s>/<alg>/      that algorithm's run from the warm-up (a copy of its sft/), its final
+                               evaluation (eval/step_<N>.*) and eval/answers.json
+    <out>/results.json, results.md, results_*.png
+
+A comparison run again continues: a run whose eval/answers.json exists is read, not redone, and an
+interrupted one resumes from its checkpoint. Every figure in results.* is read from the runs'
+files (evaluation/compare_report.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import ConfigDict
+
+from flowrl_jax import algorithms, evaluate, tasks
+from flowrl_jax import mesh as mesh_lib
+from flowrl_jax.evaluation import answers, compare_report, report
+from flowrl_jax.models import Model, from_config
+from flowrl_jax.tasks.prompts import encode_prompts
+
+_SEEDS = flags.DEFINE_string("seeds", "0,1,2", "seeds, comma-separated (one warm-up each)")
+_ALGORITHMS = flags.DEFINE_string(
+    "algorithms", "flowrl,flowrl_mean,grpo,ppo,reinforce_pp,dapo,gspo", "algorithms to train"
+)
+_CONFIG = None
+log = logging.getLogger("flowrl_jax")
+
+# Variants: a name the comparison knows -> (registered algorithm, its settings changed).
+VARIANTS = {"flowrl_mean": ("flowrl", {"is_weight": "mean"})}
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ValueError(f"--{what}={text!r}: give at least one")
+    return items
+
+
+def check_algorithms(names: list[str]) -> None:
+    known = set(algorithms.names()) | set(VARIANTS)
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ValueError(f"--algorithms: unknown {bad}; known: {', '.join(sorted(known))}")
+
+
+def run_config(base: ConfigDict, seed: int, name: str, workdir: str) -> ConfigDict:
+    config = ConfigDict(base.to_dict())
+    config.seed, config.workdir = seed, workdir
+    algorithm, changes = VARIANTS.get(name, (name, {}))
+    config.algorithm.name = algorithm
+    if not config.train.minibatch_size:  # two updates per rollout batch (module doc)
+        config.train.minibatch_size = config.train.prompts_per_step * config.rollout.n // 2
+    for key, value in changes.items():
+        config.algorithm[algorithm][key] = value
+    return config
+
+
+def exact_measure(config, model, tokenizer, mesh, task) -> dict:
+    """Teacher-forced log-probs of every enumerated correct answer of the evaluated problems."""
+    encoded = encode_prompts(task, tokenizer, 0, config.task.system_prompt)
+    n = config.eval.problems or len(encoded.rows)
+    rows, ids = encoded.rows[:n], encoded.ids[:n]
+    if not enumerable(task):  # the marker of a finished run all the same
+        return {"rows": rows, "logp": None}
+    sets = [task.rows[r]["answers"] for r in rows]
+    logp = answers.answer_logprobs(model, tokenizer, [x.tolist() for x in ids], sets, mesh)
+    lengths = [[len(t) for t in answers.encode_answers(tokenizer, s)] for s in sets]
+    return {
+        "rows": rows,
+        "answers": sets,
+        "lengths": lengths,
+        "logp": [x.tolist() for x in logp],
+    }
+
+
+def enumerable(task) -> bool:
+    """Whether the task lists every correct answer of each problem (countdown does)."""
+    return bool(task.rows) and all("answers" in row for row in task.rows)
+
+
+def evaluate_model(config, model, tokenizer, mesh, task, name: str) -> None:
+    """eval/<name>.* (sampled, K per problem) and eval/answers.json (exact) of `model`."""
+    todo = {task.name: task}
+    evaluate.periodic(config, model, tokenizer, mesh, config.train.steps, todo, name)
+    exact = exact_measure(config, model, tokenizer, mesh, task)
+    report.write_json(exact, os.path.join(config.workdir, "eval", "answers.json"))
+
+
+def _done(workdir: str) -> bool:
+    return os.path.exists(os.path.join(workdir, "eval", "answers.json"))
+
+
+def warm_up(base, seed: int, out: str, mesh, eval_task) -> str:
+    from flowrl_jax import train
+
+    workdir = os.path.join(out, f"seed_{seed}", "warmup")
+    if _done(workdir):
+        return workdir
+    config = run_config(base, seed, "flowrl", workdir)
+    config.train.steps = 0  # SFT only
+    result = train.train(config, mesh)
+    evaluate_model(config, result.sft.model, _tokenizer(config), mesh, eval_task, "before")
+    return workdir
+
+
+def _tokenizer(config):
+    return from_config.model_config(config.model, config.workdir)[1]
+
+
+def train_from(base, seed: int, name: str, warm: str, out: str, mesh, eval_task) -> str:
+    from flowrl_jax import train
+
+    workdir = os.path.join(out, f"seed_{seed}", name)
+    if _done(workdir):
+        log.info("compare: %s seed %d finished already", name, seed)
+        return workdir
+    if not os.path.exists(os.path.join(workdir, "sft")):
+        os.makedirs(workdir, exist_ok=True)
+        shutil.copytree(os.path.join(warm, "sft"), os.path.join(workdir, "sft.partial"))
+        os.replace(os.path.join(workdir, "sft.partial"), os.path.join(workdir, "sft"))
+    config = run_config(base, seed, name, workdir)
+    result = train.train(config, mesh)
+    policy = Model(result.sft.model.cfg, result.state.params["policy"], mesh=mesh)
+    evaluate_model(
+        config, policy, _tokenizer(config), mesh, eval_task, f"step_{config.train.steps}"
+    )
+    return workdir
+
+
+def compare(base: ConfigDict, out: str, seeds: list[int], names: list[str]) -> dict:
+    check_algorithms(names)
+    mesh = mesh_lib.make_mesh(dict(base.mesh))
+    eval_task = tasks.get(base.task, base.seed, split="eval")
+    if not enumerable(eval_task):
+        log.warning(
+            "compare: task %r does not enumerate its correct answers; the exact distribution "
+            "measures are left out",
+            base.task.name,
+        )
+    runs = {}
+    with jax.set_mesh(mesh):
+        for seed in seeds:
+            warm = warm_up(base, seed, out, mesh, eval_task)
+            runs[(seed, "warmup")] = warm
+            for name in names:
+                runs[(seed, name)] = train_from(base, seed, name, warm, out, mesh, eval_task)
+    return compare_report.write(out, runs, base.train.steps, base.eval.k)
+
+
+def main(argv) -> None:
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    from flowrl_jax.train import _WORKDIR, USER_ERRORS, _message, fail
+
+    try:
+        base = _CONFIG.value
+        seeds = [int(s) for s in parse_list(_SEEDS.value, "seeds")]
+        names = parse_list(_ALGORITHMS.value, "algorithms")
+        check_algorithms(names)
+        out = _WORKDIR.value or base.workdir
+    except USER_ERRORS as e:
+        fail(_message(e))
+    results = compare(base, out, seeds, names)
+    print(compare_report.markdown(results))
+    print(f"wrote {out}/results.json, results.md, results_*.png")
+
+
+if __name__ == "__main__":
+    from flowrl_jax.train import define_config_flag, parse_flags
+
+    _CONFIG = define_config_flag(sys.argv, "compare")
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,202 @@
+"""The comparison's results, read from the files its runs wrote (nothing is recomputed from a model):
+
+    eval/before.json | eval/step_<N>.json           the sampled evaluation's summary
+    eval/before.problems.json | step_<N>.problems.json   every sample's verdict: the pass@k curve
+    eval/answers.json                               the exact log-probs of every correct answer
+    metrics.jsonl                                   the training curves
+
+-> <out>/results.json (per run and mean / std over seeds), results.md, results_passk.png,
+results_accuracy_diversity.png, results_reward.png, results_answers.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from flowrl_jax.evaluation import answers, metrics, report
+
+log = logging.getLogger("flowrl_jax")
+
+COLUMNS = (
+    "mean_at_k",
+    "pass_at_1",
+    "pass_at_k",
+    "distinct_correct",
+    "coverage",
+    "mass",
+    "tv",
+    "kl",
+    "answer_entropy",
+)
+
+
+def _read(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_figures(workdir: str, name: str, k: int, ref: dict | None) -> dict:
+    """One run's figures from its files; `name` is its evaluation's file name (before, step_N)."""
+    summary = next(iter(_read(os.path.join(workdir, "eval", f"{name}.json")).values()))
+    problems = next(
+        iter(_read(os.path.join(workdir, "eval", f"{name}.problems.json"))["datasets"].values())
+    )
+    counts = [
+        (len(p["responses"]), sum(r["correct"] for r in p["responses"]))
+        for p in problems["problems"]
+    ]
+    lengths = [len(r["text"]) for p in problems["problems"] for r in p["responses"]]
+    out = {
+        "mean_at_k": summary[f"mean@{k}"],
+        "pass_at_1": summary["pass@1"],
+        "pass_at_k": summary[f"pass@{k}"],
+        "distinct_correct": summary["correct_answers"],
+        "coverage": summary.get("coverage"),
+        "response_chars": float(np.mean(lengths)),
+        "pass_curve": metrics.pass_at_k_curve(counts, k),
+        "problems": len(counts),
+    }
+    exact_path = os.path.join(workdir, "eval", "answers.json")
+    exact = _read(exact_path) if os.path.exists(exact_path) else {"logp": None}
+    if exact["logp"] is not None:
+        refs = ref["logp"] if ref is not None else exact["logp"]
+        per = [answers.distances(p, q) for p, q in zip(exact["logp"], refs)]
+        out |= {
+            key: float(np.mean([d[key] for d in per])) for key in ("mass", "tv", "kl", "kl_back")
+        }
+        out["answer_entropy"] = float(np.mean([d["entropy"] for d in per]))
+    curve = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(curve):
+        with open(curve) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        out["reward_curve"] = [r.get("reward/mean") for r in rows]
+        out["entropy_curve"] = [r.get("entropy") for r in rows]  # token entropy of rollouts
+        out["length_curve"] = [r.get("response/length_mean") for r in rows]
+        if rows:
+            out["token_entropy"] = rows[-1].get("entropy")
+    return out
+
+
+def write(out: str, runs: dict, steps: int, k: int) -> dict:
+    """runs: (seed, name) -> workdir, with name 'warmup' for each seed's warm-up."""
+    per_run = {}
+    for (seed, name), workdir in runs.items():
+        ref = _read(os.path.join(runs[(seed, "warmup")], "eval", "answers.json"))
+        ref = ref if ref["logp"] is not None else None
+        file = "before" if name == "warmup" else f"step_{steps}"
+        per_run.setdefault(name, {})[str(seed)] = run_figures(workdir, file, k, ref) | {
+            "workdir": os.path.relpath(workdir, out),
+            "evaluation": os.path.join(os.path.relpath(workdir, out), "eval", f"{file}.json"),
+        }
+    aggregate = {}
+    for name, seeds in per_run.items():
+        aggregate[name] = {}
+        for col in COLUMNS + ("kl_back", "response_chars", "token_entropy"):
+            values = [s[col] for s in seeds.values() if s.get(col) is not None]
+            if values:
+                aggregate[name][col] = {
+                    "mean": float(np.mean(values)),
+                    "std": float(np.std(values)),
+                }
+    results = {"k": k, "rl_steps": steps, "runs": per_run, "aggregate": aggregate}
+    report.write_json(results, os.path.join(out, "results.json"))
+    report._write_atomic(os.path.join(out, "results.md"), markdown(results))
+    try:
+        plots(out, results)
+    except Exception as e:  # noqa: BLE001 -- a plot must not lose the results written above
+        log.warning("compare: plots not drawn: %s", e)
+    return results
+
+
+def markdown(results: dict) -> str:
+    k = results["k"]
+    heads = {
+        "mean_at_k": f"mean@{k}",
+        "pass_at_1": "pass@1",
+        "pass_at_k": f"pass@{k}",
+        "distinct_correct": "distinct correct",
+        "coverage": "coverage",
+        "mass": "mass on correct set",
+        "tv": "TV to π_ref",
+        "kl": "KL(π_ref‖π)",
+        "answer_entropy": "entropy among correct",
+    }
+    lines = [
+        f"# Comparison: {results['rl_steps']} RL steps from each seed's warm-up, K = {k}",
+        "",
+        "Mean ± std over seeds "
+        + f"({len(next(iter(results['runs'].values())))} seeds). Distances are between the "
+        "policy's and the warm-up model's distributions among each problem's correct answers "
+        "(teacher-forced, exact), averaged over problems.",
+        "",
+        "| run | " + " | ".join(heads.values()) + " |",
+        "|---|" + "---|" * len(heads),
+    ]
+    for name, figures in results["aggregate"].items():
+        cells = []
+        for col in heads:
+            f = figures.get(col)
+            cells.append("" if f is None else f"{f['mean']:.3f} ± {f['std']:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(out: str, results: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    runs, agg = results["runs"], results["aggregate"]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, seeds in runs.items():
+        curve = np.mean([s["pass_curve"] for s in seeds.values()], axis=0)
+        ax.plot(np.arange(1, len(curve) + 1), curve, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="k", ylabel="pass@k (test problems)", title="pass@k, mean over seeds")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out, "results_passk.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, seeds in runs.items():
+        xs = [s["mean_at_k"] for s in seeds.values()]
+        ys = [s["distinct_correct"] for s in seeds.values()]
+        ax.scatter(xs, ys, label=name, s=18)
+    ax.set(xlabel=f"mean@{results['k']}", ylabel="distinct correct answers per problem")
+    ax.set_title("accuracy against diversity (one point per run)")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out, "results_accuracy_diversity.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, seeds in runs.items():
+        curves = [s["reward_curve"] for s in seeds.values() if s.get("reward_curve")]
+        if not curves or name == "warmup":
+            continue
+        n = min(map(len, curves))
+        c = np.asarray([x[:n] for x in curves], np.float64)
+        w = max(1, n // 20)  # a moving average, so the seeds' bands are readable
+        smooth = np.stack([np.convolve(x, np.ones(w) / w, mode="valid") for x in c])
+        steps = np.arange(1, smooth.shape[1] + 1) + w - 1
+        ax.plot(steps, smooth.mean(0), label=name)
+        ax.fill_between(steps, smooth.min(0), smooth.max(0), alpha=0.2)
+    ax.set(xlabel="RL step", ylabel="training reward (moving mean)", title="reward, seed bands")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out, "results_reward.png"))
+    del agg
+    return paths
+
+
+def _save(fig, out: str, name: str) -> str:
+    path = os.path.join(out, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
