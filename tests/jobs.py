@@ -37,8 +37,13 @@ def read_until(proc, text: str) -> str:
 
 def train_cli(*args, timeout=900):
     """`python -m flowrl_jax.train args...` run to the end: the CompletedProcess."""
+    return module_cli("flowrl_jax.train", *args, timeout=timeout)
+
+
+def module_cli(module, *args, timeout=900):
+    """`python -m module args...` run to the end: the CompletedProcess."""
     return subprocess.run(
-        [sys.executable, "-m", "flowrl_jax.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=ROOT),
         capture_output=True,

@@ -3,15 +3,12 @@ come from each run's own evaluation files, and a rerun retrains nothing."""
 
 import json
 import os
-import subprocess
-import sys
 
-import marks  # noqa: F401 -- the suite's markers
+import jobs
 import pytest
 
 from flowrl_jax.evaluation import answers, metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REDUCED = (
     "--seeds=0",
     "--algorithms=flowrl,grpo",
@@ -25,14 +22,7 @@ REDUCED = (
 
 
 def compare_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "flowrl_jax.compare", *args],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return jobs.module_cli("flowrl_jax.compare", *args)
 
 
 def read(path):
@@ -45,7 +35,7 @@ def test_reduced_comparison(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     files = set(os.listdir(tmp_path))
     assert {"results.json", "results.md", "results_passk.png", "results_reward.png"} <= files
-    assert "results_accuracy_diversity.png" in files
+    assert {"results_accuracy_diversity.png", "results_answers.png"} <= files
     results = read(tmp_path / "results.json")
     assert set(results["runs"]) == {"warmup", "flowrl", "grpo"}
     warm = read(tmp_path / "seed_0" / "warmup" / "eval" / "answers.json")

@@ -188,8 +188,39 @@ def plots(out: str, results: dict) -> list[str]:
     ax.set(xlabel="RL step", ylabel="training reward (moving mean)", title="reward, seed bands")
     ax.legend(fontsize=7)
     paths.append(_save(fig, out, "results_reward.png"))
+    paths.append(_answer_bars(out, results))
     del agg
     return paths
+
+
+def _answer_bars(out: str, results: dict, problems: int = 3) -> str:
+    """For the first seed's first few evaluated problems with several correct answers: each run's
+    distribution among them (teacher-forced, normalised), π_ref (the warm-up) first."""
+    import matplotlib.pyplot as plt
+
+    seed = next(iter(results["runs"]["warmup"]))
+    exact = {
+        name: _read(os.path.join(out, seeds[seed]["workdir"], "eval", "answers.json"))
+        for name, seeds in results["runs"].items()
+        if seed in seeds
+    }
+    ref = exact["warmup"]
+    if ref["logp"] is None:
+        return ""
+    shown = [i for i, a in enumerate(ref["answers"]) if len(a) >= 3][:problems]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 2.6 * len(shown)), squeeze=False)
+    names = list(exact)
+    for ax, i in zip(axes[:, 0], shown):
+        labels = ref["answers"][i]
+        width = 0.8 / len(names)
+        for j, name in enumerate(names):
+            p = answers.normalise(exact[name]["logp"][i])
+            ax.bar(np.arange(len(labels)) + j * width, p, width, label=name)
+        ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, fontsize=6, rotation=45)
+        ax.set_ylabel("share among correct")
+        ax.set_title(f"test row {ref['rows'][i]} (seed {seed})", fontsize=8)
+    axes[0, 0].legend(fontsize=6, ncol=4)
+    return _save(fig, out, "results_answers.png")
 
 
 def _save(fig, out: str, name: str) -> str:
