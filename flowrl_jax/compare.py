@@ -36,7 +36,6 @@ from flowrl_jax import algorithms, evaluate, tasks
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.evaluation import answers, compare_report, report
 from flowrl_jax.models import Model, from_config
-from flowrl_jax.tasks.prompts import encode_prompts
 
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "seeds, comma-separated (one warm-up each)")
 _ALGORITHMS = flags.DEFINE_string(
@@ -76,10 +75,9 @@ def run_config(base: ConfigDict, seed: int, name: str, workdir: str) -> ConfigDi
 
 
 def exact_measure(config, model, tokenizer, mesh, task) -> dict:
-    """Teacher-forced log-probs of every enumerated correct answer of the evaluated problems."""
-    encoded = encode_prompts(task, tokenizer, 0, config.task.system_prompt)
-    n = config.eval.problems or len(encoded.rows)
-    rows, ids = encoded.rows[:n], encoded.ids[:n]
+    """Teacher-forced log-probs of every enumerated correct answer of the evaluated problems (the
+    sampled evaluation's own)."""
+    ids, rows = evaluate.eval_prompts(task, tokenizer, evaluate.periodic_settings(config))
     if not enumerable(task):  # the marker of a finished run all the same
         return {"rows": rows, "logp": None}
     sets = [task.rows[r]["answers"] for r in rows]
@@ -148,7 +146,7 @@ def train_from(base, seed: int, name: str, warm: str, out: str, mesh, eval_task)
 
 
 def compare(base: ConfigDict, out: str, seeds: list[int], names: list[str]) -> dict:
-    check_algorithms(names)
+    """names: checked by `check_algorithms` already."""
     mesh = mesh_lib.make_mesh(dict(base.mesh))
     eval_task = tasks.get(base.task, base.seed, split="eval")
     if not enumerable(eval_task):

@@ -93,12 +93,19 @@ def _sampler(cfg, mesh, pad_id: int, buckets: tuple[int, ...], segments: int):
     )
 
 
-def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
-    """-> (rows evaluated, texts [problems][k], each problem's model input as text)."""
+def eval_prompts(task, tokenizer, settings: EvalSettings):
+    """The problems an evaluation takes: (prompt token ids, their task rows), the first
+    `settings.problems` of those that fit."""
     encoded = encode_prompts(task, tokenizer, settings.max_prompt_len, settings.system_prompt)
     ids, rows = encoded.ids, encoded.rows
     if settings.problems:
         ids, rows = ids[: settings.problems], rows[: settings.problems]
+    return ids, rows
+
+
+def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
+    """-> (rows evaluated, texts [problems][k], each problem's model input as text)."""
+    ids, rows = eval_prompts(task, tokenizer, settings)
     sampler = _sampler(
         model.cfg, mesh, tokenizer.pad_token_id, settings.prompt_buckets, settings.cache_segments
     )

@@ -119,7 +119,3 @@ def distances(policy_logp, ref_logp) -> dict:
 def length_target(ref_logp, lengths, c: float) -> np.ndarray:
     """FlowRL's fixed point among the correct answers: q(y)·exp(|y|·c), normalised."""
     return normalise(np.asarray(ref_logp, np.float64) + np.asarray(lengths, np.float64) * c)
-
-
-def tv(p, q) -> float:
-    return float(0.5 * np.abs(np.asarray(p) - np.asarray(q)).sum())

@@ -152,7 +152,7 @@ def plots(out: str, results: dict) -> list[str]:
     import matplotlib.pyplot as plt
 
     paths = []
-    runs, agg = results["runs"], results["aggregate"]
+    runs = results["runs"]
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, seeds in runs.items():
@@ -189,7 +189,6 @@ def plots(out: str, results: dict) -> list[str]:
     ax.legend(fontsize=7)
     paths.append(_save(fig, out, "results_reward.png"))
     paths.append(_answer_bars(out, results))
-    del agg
     return paths
 
 

@@ -253,7 +253,8 @@ def default_config():
             "top_p": 1.0,
             "top_k": 0,
             "prompt_buckets": DEFAULT_PROMPT_BUCKETS,
-            "cache_segments": DEFAULT_CACHE_SEGMENTS,  # decode phases, each attending only over the slots filled so far
+            # Decode phases, each attending only over the slots filled so far.
+            "cache_segments": DEFAULT_CACHE_SEGMENTS,
             # Tokens that end a response besides the tokenizer's EOS, comma-separated strings of
             # one token each, e.g. "<|im_end|>,<|endoftext|>". Training, evaluation and the
             # export's generation_config.json all stop on them.

@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -220,19 +221,8 @@ def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = Fal
             len(data),
             cfg.batch_size,
         )
-        state = _train(
-            config,
-            mesh,
-            model,
-            tokenizer,
-            data,
-            state,
-            result,
-            sharding=sharding,
-            optimizer=optimizer,
-            rate=rate,
-            checkpoints=checkpoints,
-        )
+        setup = _Setup(sharding, optimizer, rate, checkpoints)
+        state = _train(config, mesh, model, tokenizer, data, state, result, setup)
     else:
         log.info("SFT: finished already (%d steps); loaded", total)
     checkpoints.close()
@@ -269,22 +259,19 @@ def _policy(model, state):
     return dataclasses.replace(model, params=state.params["policy"])
 
 
-def _train(
-    config,
-    mesh,
-    model,
-    tokenizer,
-    data,
-    state,
-    result: Result,
-    *,
-    sharding,
-    optimizer,
-    rate,
-    checkpoints,
-):
-    """The optimiser steps after `result.steps`: the state's sharding, the optimiser, its rate
-    schedule and the checkpoints by name."""
+class _Setup(NamedTuple):
+    """What `run` builds before training: the state's sharding, the optimiser, its rate schedule
+    and the checkpoints."""
+
+    sharding: object
+    optimizer: object
+    rate: object
+    checkpoints: Checkpoints
+
+
+def _train(config, mesh, model, tokenizer, data, state, result: Result, setup: _Setup):
+    """The optimiser steps after `result.steps`."""
+    sharding, optimizer, rate, checkpoints = setup
     cfg = config.sft
     limit = demonstrations.max_len(config)
     rows = mesh_lib.batch_sharding(mesh, ndim=1)
