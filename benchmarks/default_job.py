@@ -82,12 +82,16 @@ def tuning(workdirs: list[str]) -> None:
         with open(os.path.join(workdir, "report.json")) as f:
             r = json.load(f)
         b, a = r["before"], r["after"]
+        opt = c["optimizer"]
+        lr = f"{opt['learning_rate']:g}"
+        if opt.get("schedule", "constant") != "constant":  # e.g. "0.0002 cosine to 0.25x"
+            lr += f" {opt['schedule']} to {opt['min_lr_ratio']:g}x"
         gain = 100 * (a["mean_at_k"] - b["mean_at_k"])
         print(
             f"| {os.path.basename(workdir.rstrip('/'))} | {c['sft']['steps']} x "
             f"{c['sft']['batch_size']} | {c['train']['steps']} | "
             f"{c['train']['prompts_per_step']} x {c['rollout']['n']} | "
-            f"{c['optimizer']['learning_rate']:g} | {c['algorithm']['flowrl']['beta']:g} | "
+            f"{lr} | {c['algorithm']['flowrl']['beta']:g} | "
             f"{r['test_problems']} | {b['mean_at_k']:.3f} | {a['mean_at_k']:.3f} | {gain:+.1f} | "
             f"{b['distinct_correct']:.3f} | {a['distinct_correct']:.3f} | "
             f"{r['wall_seconds'] / 60:.1f} |"

@@ -74,21 +74,31 @@ def run_config(base: ConfigDict, seed: int, name: str, workdir: str) -> ConfigDi
     return config
 
 
-def exact_measure(config, model, tokenizer, mesh, task) -> dict:
+def exact_measure(config, model, tokenizer, mesh, task, logz_head=None) -> dict:
     """Teacher-forced log-probs of every enumerated correct answer of the evaluated problems (the
-    sampled evaluation's own)."""
+    sampled evaluation's own); for a FlowRL run (logz_head: its head's parameters) also its log Z
+    on each problem and the settings that define its fixed point (evaluation/answers.py)."""
     ids, rows = evaluate.eval_prompts(task, tokenizer, evaluate.periodic_settings(config))
     if not enumerable(task):  # the marker of a finished run all the same
         return {"rows": rows, "logp": None}
     sets = [task.rows[r]["answers"] for r in rows]
-    logp = answers.answer_logprobs(model, tokenizer, [x.tolist() for x in ids], sets, mesh)
+    prompts = [x.tolist() for x in ids]
+    logp = answers.answer_logprobs(model, tokenizer, prompts, sets, mesh)
     lengths = [[len(t) for t in answers.encode_answers(tokenizer, s)] for s in sets]
-    return {
-        "rows": rows,
-        "answers": sets,
-        "lengths": lengths,
-        "logp": [x.tolist() for x in logp],
-    }
+    out = {"rows": rows, "answers": sets, "lengths": lengths, "logp": [x.tolist() for x in logp]}
+    if logz_head is not None:
+        fc = config.algorithm.flowrl
+        logz = answers.prompt_logz(
+            model, logz_head, config.heads.logz, prompts, tokenizer.pad_token_id, mesh
+        )
+        out["flowrl"] = {
+            "logz": logz.tolist(),
+            "beta": fc.beta,
+            "group_size": config.rollout.n,
+            "reward_normalization": fc.reward_normalization,
+            "length_normalize": fc.length_normalize,
+        }
+    return out
 
 
 def enumerable(task) -> bool:
@@ -96,11 +106,11 @@ def enumerable(task) -> bool:
     return bool(task.rows) and all("answers" in row for row in task.rows)
 
 
-def evaluate_model(config, model, tokenizer, mesh, task, name: str) -> None:
+def evaluate_model(config, model, tokenizer, mesh, task, name: str, logz_head=None) -> None:
     """eval/<name>.* (sampled, K per problem) and eval/answers.json (exact) of `model`."""
     todo = {task.name: task}
     evaluate.periodic(config, model, tokenizer, mesh, config.train.steps, todo, name)
-    exact = exact_measure(config, model, tokenizer, mesh, task)
+    exact = exact_measure(config, model, tokenizer, mesh, task, logz_head)
     report.write_json(exact, os.path.join(config.workdir, "eval", "answers.json"))
 
 
@@ -138,10 +148,11 @@ def train_from(base, seed: int, name: str, warm: str, out: str, mesh, eval_task)
         os.replace(os.path.join(workdir, "sft.partial"), os.path.join(workdir, "sft"))
     config = run_config(base, seed, name, workdir)
     result = train.train(config, mesh)
-    policy = Model(result.sft.model.cfg, result.state.params["policy"], mesh=mesh)
-    evaluate_model(
-        config, policy, _tokenizer(config), mesh, eval_task, f"step_{config.train.steps}"
-    )
+    params = result.state.params
+    policy = Model(result.sft.model.cfg, params["policy"], mesh=mesh)
+    name = f"step_{config.train.steps}"
+    logz_head = params.get("logz_head") if config.algorithm.name == "flowrl" else None
+    evaluate_model(config, policy, _tokenizer(config), mesh, eval_task, name, logz_head)
     return workdir
 
 

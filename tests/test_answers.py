@@ -127,3 +127,87 @@ def test_flowrl_length_target_by_hand():
     w = np.array([0.5 * math.exp(0.6), 0.25 * math.exp(1.0), 0.25 * math.exp(1.0)])
     np.testing.assert_allclose(answers.length_target(ref, lengths, c), w / w.sum(), rtol=1e-12)
     np.testing.assert_allclose(answers.length_target(ref, lengths, 0.0), np.exp(ref), rtol=1e-12)
+
+
+def test_correct_score_is_the_mean_group_score_of_a_correct_answer():
+    """Against every outcome of the other n − 1 samples, each scored by the trainer's own group
+    normalisation (advantages.group_normalize)."""
+    import itertools
+
+    import jax.numpy as jnp
+
+    from flowrl_jax.algorithms import advantages
+
+    n = 4
+    for p in (0.0, 0.3, 0.8, 1.0):
+        expected = 0.0
+        for others in itertools.product((0.0, 1.0), repeat=n - 1):
+            rewards = jnp.asarray((1.0,) + others)
+            score = advantages.group_normalize(rewards, jnp.zeros(n, jnp.int32), eps=0.0)[0]
+            score = 0.0 if not np.isfinite(score) else float(score)  # all correct: 0 / 0
+            k = sum(others)
+            expected += p**k * (1 - p) ** (n - 1 - k) * score
+        assert answers.correct_score(p, n) == pytest.approx(expected, abs=1e-6)
+
+
+def test_prompt_logz_is_the_updates_log_z(tmp_path):
+    """log Z of each prompt alone, in its own padding, equals the head applied as the update applies
+    it: pooled over the prompt part of prompt + response rows laid out with a longer prompt slot
+    (the decoder is causal, so the response changes nothing)."""
+    from flowrl_jax.algorithms import heads
+
+    cfg = testing.tiny_config("qwen3")
+    model = Model.random(cfg, 1)
+    zc = heads.default_config().logz
+    head_params = heads.init(
+        jax.random.key(2), cfg.hidden_size, heads.default_config(), True, False
+    )
+    head_params = head_params["logz_head"]
+    prompts = [[5, 7, 9], [3], [4, 4, 8, 2, 6]]
+    got = answers.prompt_logz(model, head_params, zc, prompts, pad_id=0, rows=4)
+
+    P, N = 16, 4
+    rows = [answers.layout(p, [10, 11, 12, 2], P, N, 0) for p in prompts]
+    tokens, mask, _ = (np.stack(x) for x in zip(*rows))
+    from flowrl_jax.models.model import forward
+
+    hidden = forward(cfg, model.params, tokens, mask, return_logits=False).hidden
+    pooled = heads.pool_prompt(hidden[:, :P], mask[:, :P])
+    expected = heads.LogZHead(zc.depth, zc.dropout).apply({"params": head_params}, pooled)
+    np.testing.assert_allclose(got, np.asarray(expected), atol=1e-5, rtol=0)
+
+
+def test_a_flowrl_runs_distance_to_its_own_target_by_hand():
+    from flowrl_jax.evaluation import compare_report
+
+    ref = {"logp": [np.log([0.5, 0.25, 0.25]).tolist(), np.log([0.9, 0.1]).tolist()]}
+    policy = [np.log([0.2, 0.3, 0.5]) - 1.0, np.log([0.5, 0.5]) - 2.0]  # masses e^-1, e^-2
+    exact = {
+        "logp": [x.tolist() for x in policy],
+        "lengths": [[3, 5, 5], [4, 4]],
+        "flowrl": {
+            "logz": [0.4, -0.1],
+            "beta": 2.0,
+            "group_size": 4,
+            "reward_normalization": "group",
+            "length_normalize": True,
+        },
+    }
+    counts = [(8, 2), (8, 8)]  # sampled success rates 1/4 and 1
+    got = compare_report.target_distances(exact, ref, counts)
+
+    tv, kl = [], []
+    for i, (total, correct) in enumerate(counts):
+        c = 2.0 * answers.correct_score(correct / total, 4) - exact["flowrl"]["logz"][i]
+        w = np.exp(ref["logp"][i]) * np.exp(np.asarray(exact["lengths"][i]) * c)
+        target = w / w.sum()
+        p = np.exp(policy[i]) / np.exp(policy[i]).sum()
+        tv.append(0.5 * np.abs(p - target).sum())
+        kl.append(np.sum(target * np.log(target / p)))
+    assert got["tv_target"] == pytest.approx(np.mean(tv), rel=1e-9)
+    assert got["kl_target"] == pytest.approx(np.mean(kl), rel=1e-9)
+    # Answers of one length: the target is π_ref's proportions, whatever log Z and r̂ are.
+    exact["lengths"] = [[5, 5, 5], [4, 4]]
+    same = compare_report.target_distances(exact, ref, counts)
+    plain = [answers.distances(policy[i], ref["logp"][i])["tv"] for i in range(2)]
+    assert same["tv_target"] == pytest.approx(np.mean(plain), rel=1e-9)

@@ -57,6 +57,11 @@ def test_reduced_comparison(tmp_path):
         else:
             assert cell["tv"] > 0  # two RL steps moved the policy
     assert results["runs"]["flowrl"]["0"]["mass"] > 0
+    # FlowRL's distance to its own target, from the log Z its run wrote; no target elsewhere.
+    flow = read(tmp_path / "seed_0" / "flowrl" / "eval" / "answers.json")["flowrl"]
+    assert len(flow["logz"]) == 4 and flow["beta"] == 5.0
+    assert results["runs"]["flowrl"]["0"]["tv_target"] > 0
+    assert "tv_target" not in results["runs"]["grpo"]["0"]
     # One warm-up; each algorithm loaded it instead of training its own.
     assert out.stderr.count("SFT: training") == 1
     assert out.stderr.count("SFT: finished already") == 2
@@ -78,3 +83,30 @@ def test_reduced_comparison(tmp_path):
 def test_bad_comparisons(tmp_path, args, message):
     out = compare_cli(f"--workdir={tmp_path}", *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+
+
+def test_a_task_without_enumerated_answers_gets_the_other_metrics(tmp_path):
+    """The digits task lists no correct answers: the comparison says so, leaves the exact measures
+    out and computes the sampled ones."""
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text(
+        "".join(
+            json.dumps({"prompt": f"What is {a} + 1?", "response": "12"}) + "\n" for a in range(8)
+        )
+    )
+    out = compare_cli(
+        f"--workdir={tmp_path / 'cmp'}",
+        "--seeds=0",
+        "--algorithms=grpo",
+        "--config.task.name=digits",
+        f"--config.sft.path={demos}",
+        *REDUCED[2:],
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "does not enumerate its correct answers" in out.stderr
+    results = read(tmp_path / "cmp" / "results.json")
+    for name in ("warmup", "grpo"):
+        cell = results["runs"][name]["0"]
+        assert cell["mean_at_k"] is not None and len(cell["pass_curve"]) == 4
+        assert "tv" not in cell and "mass" not in cell
+    assert "| grpo |" in (tmp_path / "cmp" / "results.md").read_text()

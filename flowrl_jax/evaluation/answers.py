@@ -17,7 +17,9 @@ answers; `compare` sets it against π_ref's (the warm-up model's):
 
 With rewards equal on all correct answers, FlowRL's fixed point keeps π_ref's proportions among
 them up to its length weighting (algorithms/flowrl.py): p*(y) ∝ q(y)·exp(|y|·c), c = β·r̂ − log Z.
-`length_target` builds that p* so that a run's distance to its own target can be reported.
+`length_target` builds that p* so that a run's distance to its own target can be reported, from
+the run's log Z head on each problem's prompt (`prompt_logz`) and the score r̂ a correct answer
+expects under group normalisation at the policy's own success rate (`correct_score`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowrl_jax import mesh as mesh_lib
+from flowrl_jax.algorithms import heads
+from flowrl_jax.models.model import forward
 from flowrl_jax.rollout.logprobs import token_logprobs
 
 
@@ -119,3 +123,48 @@ def distances(policy_logp, ref_logp) -> dict:
 def length_target(ref_logp, lengths, c: float) -> np.ndarray:
     """FlowRL's fixed point among the correct answers: q(y)·exp(|y|·c), normalised."""
     return normalise(np.asarray(ref_logp, np.float64) + np.asarray(lengths, np.float64) * c)
+
+
+def correct_score(p: float, n: int) -> float:
+    """E[r̂ | the answer is correct] for 0/1 rewards in a group of n (FlowRL's and GRPO's group
+    normalisation, unbiased std, ε left out) when each of the other n − 1 samples is correct with
+    probability p: with m correct in the group, r̂ = (1 − m/n) / std = sqrt((n − m)(n − 1) / (n·m)),
+    and 0 when all n are (an all-equal group)."""
+    from math import comb
+
+    total = 0.0
+    for others in range(n):  # correct answers among the other n − 1
+        m = others + 1
+        weight = comb(n - 1, others) * p**others * (1 - p) ** (n - 1 - others)
+        total += weight * np.sqrt((n - m) * (n - 1) / (n * m))
+    return float(total)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
+def _prompt_logz(cfg, params, depth, dropout, drop_last, tokens, mask):
+    hidden = forward(cfg, params["policy"], tokens, mask, return_logits=False).hidden
+    pooled = heads.pool_prompt(hidden, mask, drop_last)
+    head = heads.LogZHead(depth, dropout)
+    return head.apply({"params": params["logz_head"]}, pooled, deterministic=True)
+
+
+def prompt_logz(model, head_params, zc, prompt_ids, pad_id: int, mesh=None, rows: int = 64):
+    """log Z_φ(x) of each prompt (token-id lists) under the policy `model` and the log-Z head's
+    parameters, as the update computes it (the prompt's hidden states are those of the prompt
+    alone: the decoder is causal) but without dropout. zc: config.heads.logz. -> float64 [n]."""
+    P = -(-max(len(p) for p in prompt_ids) // 8) * 8
+    params = {"policy": model.params, "logz_head": head_params}
+    out = []
+    for start in range(0, len(prompt_ids), rows):
+        chunk = list(prompt_ids[start : start + rows])
+        live = len(chunk)
+        chunk += [chunk[0]] * (rows - live)
+        tokens, mask, _ = (np.stack(x) for x in zip(*(layout(p, [], P, 0, pad_id) for p in chunk)))
+        if mesh is not None:
+            place = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(mesh, x.ndim))
+            tokens, mask = place(tokens), place(mask)
+        got = _prompt_logz(
+            model.cfg, params, zc.depth, zc.dropout, zc.drop_last_prompt_token, tokens, mask
+        )
+        out.append(mesh_lib.to_host(got)[:live].astype(np.float64))
+    return np.concatenate(out)

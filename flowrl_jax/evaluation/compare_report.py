@@ -31,6 +31,7 @@ COLUMNS = (
     "tv",
     "kl",
     "answer_entropy",
+    "tv_target",
 )
 
 
@@ -69,6 +70,8 @@ def run_figures(workdir: str, name: str, k: int, ref: dict | None) -> dict:
             key: float(np.mean([d[key] for d in per])) for key in ("mass", "tv", "kl", "kl_back")
         }
         out["answer_entropy"] = float(np.mean([d["entropy"] for d in per]))
+        if exact.get("flowrl") and ref is not None:
+            out |= target_distances(exact, ref, counts)
     curve = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(curve):
         with open(curve) as f:
@@ -79,6 +82,30 @@ def run_figures(workdir: str, name: str, k: int, ref: dict | None) -> dict:
         if rows:
             out["token_entropy"] = rows[-1].get("entropy")
     return out
+
+
+def target_distances(exact: dict, ref: dict, counts: list) -> dict:
+    """A FlowRL run's distance to its own fixed point among each problem's correct answers,
+    p*(y) ∝ π_ref(y)·exp(ℓ(y)·(β·r̂ − log Z)) (evaluation/answers.py), with its log Z on the
+    problem, ℓ(y) = |y| under length normalisation (else 1), and r̂ the score a correct answer
+    expects at the policy's sampled success rate on the problem (counts: (samples, correct))."""
+    f = exact["flowrl"]
+    if len(counts) != len(exact["logp"]):
+        raise ValueError(
+            f"the sampled evaluation has {len(counts)} problems, answers.json {len(exact['logp'])}"
+        )
+    tv, kl = [], []
+    for i, (total, correct) in enumerate(counts):
+        score = 1.0  # raw 0/1 rewards
+        if f["reward_normalization"] == "group":
+            score = answers.correct_score(correct / total, f["group_size"])
+        c = f["beta"] * score - f["logz"][i]
+        lengths = exact["lengths"][i] if f["length_normalize"] else np.ones(len(exact["logp"][i]))
+        target = answers.length_target(ref["logp"][i], lengths, c)
+        d = answers.distances(exact["logp"][i], np.log(target))
+        tv.append(d["tv"])
+        kl.append(d["kl"])
+    return {"tv_target": float(np.mean(tv)), "kl_target": float(np.mean(kl))}
 
 
 def write(out: str, runs: dict, steps: int, k: int) -> dict:
@@ -95,7 +122,7 @@ def write(out: str, runs: dict, steps: int, k: int) -> dict:
     aggregate = {}
     for name, seeds in per_run.items():
         aggregate[name] = {}
-        for col in COLUMNS + ("kl_back", "response_chars", "token_entropy"):
+        for col in COLUMNS + ("kl_back", "kl_target", "response_chars", "token_entropy"):
             values = [s[col] for s in seeds.values() if s.get(col) is not None]
             if values:
                 aggregate[name][col] = {
@@ -124,6 +151,7 @@ def markdown(results: dict) -> str:
         "tv": "TV to π_ref",
         "kl": "KL(π_ref‖π)",
         "answer_entropy": "entropy among correct",
+        "tv_target": "TV to FlowRL's target",
     }
     lines = [
         f"# Comparison: {results['rl_steps']} RL steps from each seed's warm-up, K = {k}",
@@ -131,7 +159,9 @@ def markdown(results: dict) -> str:
         "Mean ± std over seeds "
         + f"({len(next(iter(results['runs'].values())))} seeds). Distances are between the "
         "policy's and the warm-up model's distributions among each problem's correct answers "
-        "(teacher-forced, exact), averaged over problems.",
+        "(teacher-forced, exact), averaged over problems; the last column is a FlowRL run's "
+        "distance to its own fixed point, π_ref reweighted by exp(|y|·(β·r̂ − log Z)) with its "
+        "log Z (evaluation/compare_report.py: target_distances).",
         "",
         "| run | " + " | ".join(heads.values()) + " |",
         "|---|" + "---|" * len(heads),
