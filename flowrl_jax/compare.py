@@ -14,7 +14,9 @@ of a step is off-policy and the importance weights and clipping rules act.
                                distribution among correct answers (eval/answers.json)
     <out>/seed_<s>/<alg>/      that algorithm's run from the warm-up (a copy of its sft/), its final
                                evaluation (eval/step_<N>.*) and eval/answers.json
-    <out>/results.json, results.md, results_*.png
+    <out>/results.json, results.md, results_*.png, timing.json (each run's seconds)
+
+With --results_doc=docs/RESULTS.md it also writes that document (evaluation/results_doc.py).
 
 A comparison run again continues: a run whose eval/answers.json exists is read, not redone, and an
 interrupted one resumes from its checkpoint. Every figure in results.* is read from the runs'
@@ -27,6 +29,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 
 import jax
 from absl import app, flags
@@ -34,12 +37,15 @@ from ml_collections import ConfigDict
 
 from flowrl_jax import algorithms, evaluate, tasks
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.evaluation import answers, compare_report, report
+from flowrl_jax.evaluation import answers, compare_report, report, results_doc
 from flowrl_jax.models import Model, from_config
 
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "seeds, comma-separated (one warm-up each)")
 _ALGORITHMS = flags.DEFINE_string(
     "algorithms", "flowrl,flowrl_mean,grpo,ppo,reinforce_pp,dapo,gspo", "algorithms to train"
+)
+_RESULTS_DOC = flags.DEFINE_string(
+    "results_doc", "", "also write this document (docs/RESULTS.md) from the results"
 )
 _CONFIG = None
 log = logging.getLogger("flowrl_jax")
@@ -156,8 +162,8 @@ def train_from(base, seed: int, name: str, warm: str, out: str, mesh, eval_task)
     return workdir
 
 
-def compare(base: ConfigDict, out: str, seeds: list[int], names: list[str]) -> dict:
-    """names: checked by `check_algorithms` already."""
+def compare(base: ConfigDict, out: str, seeds: list[int], names: list[str]):
+    """names: checked by `check_algorithms` already. -> (results, results_doc.Timing)."""
     mesh = mesh_lib.make_mesh(dict(base.mesh))
     eval_task = tasks.get(base.task, base.seed, split="eval")
     if not enumerable(eval_task):
@@ -167,13 +173,25 @@ def compare(base: ConfigDict, out: str, seeds: list[int], names: list[str]) -> d
             base.task.name,
         )
     runs = {}
+    timing = results_doc.Timing(out)
+
+    def timed(key: str, run, *args) -> str:  # a run read back as finished keeps its first time
+        already = _done(os.path.join(out, key))
+        t0 = time.perf_counter()
+        workdir = run(*args)
+        if not already:
+            timing.record(key, time.perf_counter() - t0)
+        return workdir
+
     with jax.set_mesh(mesh):
         for seed in seeds:
-            warm = warm_up(base, seed, out, mesh, eval_task)
+            warm = timed(f"seed_{seed}/warmup", warm_up, base, seed, out, mesh, eval_task)
             runs[(seed, "warmup")] = warm
             for name in names:
-                runs[(seed, name)] = train_from(base, seed, name, warm, out, mesh, eval_task)
-    return compare_report.write(out, runs, base.train.steps, base.eval.k)
+                runs[(seed, name)] = timed(
+                    f"seed_{seed}/{name}", train_from, base, seed, name, warm, out, mesh, eval_task
+                )
+    return compare_report.write(out, runs, base.train.steps, base.eval.k), timing
 
 
 def main(argv) -> None:
@@ -190,9 +208,12 @@ def main(argv) -> None:
         out = _WORKDIR.value or base.workdir
     except USER_ERRORS as e:
         fail(_message(e))
-    results = compare(base, out, seeds, names)
+    results, timing = compare(base, out, seeds, names)
     print(compare_report.markdown(results))
     print(f"wrote {out}/results.json, results.md, results_*.png")
+    if _RESULTS_DOC.value:
+        command = "python -m flowrl_jax.compare " + " ".join(sys.argv[1:])
+        print("wrote", results_doc.write(_RESULTS_DOC.value, out, command.strip(), timing))
 
 
 if __name__ == "__main__":

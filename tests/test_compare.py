@@ -31,7 +31,8 @@ def read(path):
 
 
 def test_reduced_comparison(tmp_path):
-    out = compare_cli(f"--workdir={tmp_path}", *REDUCED)
+    doc = tmp_path / "docs" / "RESULTS.md"
+    out = compare_cli(f"--workdir={tmp_path}", f"--results_doc={doc}", *REDUCED)
     assert out.returncode == 0, out.stderr[-3000:]
     files = set(os.listdir(tmp_path))
     assert {"results.json", "results.md", "results_passk.png", "results_reward.png"} <= files
@@ -67,10 +68,24 @@ def test_reduced_comparison(tmp_path):
     assert out.stderr.count("SFT: finished already") == 2
     assert "| flowrl |" in (tmp_path / "results.md").read_text()
 
-    again = compare_cli(f"--workdir={tmp_path}", *REDUCED)
+    # The document: the run's own table, plots and figures, how it ran, and room for a reading.
+    text = doc.read_text()
+    table = (tmp_path / "results.md").read_text().split("\n", 1)[1].strip()
+    assert table in text and "python -m flowrl_jax.compare" in text and "jax " in text
+    copied = set(os.listdir(tmp_path / "docs" / "results"))
+    assert {"results.json", "results_passk.png", "results_answers.png"} <= copied
+    assert "![results_passk.png](results/results_passk.png)" in text
+    timing = read(tmp_path / "timing.json")
+    assert set(timing) == {"seed_0/warmup", "seed_0/flowrl", "seed_0/grpo"}
+    assert f"{sum(timing.values()) / 60:.1f} min in all" in text
+    doc.write_text(text.replace("(not written yet)", "FlowRL won nothing here."))
+
+    again = compare_cli(f"--workdir={tmp_path}", f"--results_doc={doc}", *REDUCED)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "SFT: training" not in again.stderr and "RL step" not in again.stderr
     assert again.stderr.count("finished already") == 2
+    assert read(tmp_path / "timing.json") == timing  # finished runs keep the time they took
+    assert doc.read_text().rstrip().endswith("## Reading\n\nFlowRL won nothing here.")
 
 
 @pytest.mark.parametrize(
