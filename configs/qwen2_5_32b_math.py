@@ -1,4 +1,4 @@
-"""FlowRL on Qwen2.5-32B for math: the 7B recipe (FLOWRL_SPEC.md, "Reference hyper-parameters")
+"""FlowRL on Qwen2.5-32B for math: the 7B recipe (docs/algorithms.md, "The paper's recipe")
 on the 32B base model, with tensor parallelism. The checkpoint path is a placeholder and MUST be
 given:
 

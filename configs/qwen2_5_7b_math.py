@@ -1,5 +1,5 @@
-"""FlowRL on Qwen2.5-7B for math: the paper's main recipe (FLOWRL_SPEC.md, "Reference
-hyper-parameters"). The checkpoint path is a placeholder and MUST be given:
+"""FlowRL on Qwen2.5-7B for math: the paper's main recipe (docs/algorithms.md, "The
+paper's recipe"). The checkpoint path is a placeholder and MUST be given:
 
     python -m flowrl_jax.train --config=configs/qwen2_5_7b_math.py \
         --config.model.checkpoint=/data/Qwen2.5-7B --config.workdir=/mnt/shared/runs/7b-flowrl

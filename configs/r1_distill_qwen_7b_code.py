@@ -1,4 +1,4 @@
-"""FlowRL on DeepSeek-R1-Distill-Qwen-7B for code (FLOWRL_SPEC.md: 64 prompts per batch, n = 8,
+"""FlowRL on DeepSeek-R1-Distill-Qwen-7B for code (docs/algorithms.md: 64 prompts per batch, n = 8,
 temperature 0.6; the rest follows the math recipe). The checkpoint path is a placeholder and MUST
 be given:
 

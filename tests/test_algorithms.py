@@ -1,6 +1,6 @@
 """The six registered losses against independent float64 numpy references.
 
-Every reference below is written from the conventions (FLOWRL_SPEC.md and the algorithm
+Every reference below is written from the conventions (docs/algorithms.md and the algorithm
 docstrings), not from `flowrl_jax.algorithms.advantages`: plain loops over groups, rows and
 tokens, so a shared helper bug cannot hide on both sides. Inputs are rounded to float32 first so
 both sides see the same numbers; ours runs in float32, the reference in float64, compared to 1e-6.
@@ -177,7 +177,7 @@ def np_returns(rew, mask, gamma):
 
 
 def np_flowrl(x, cfg):
-    """(loss, δ [B], w' [B], scores [B], valid [B], norm [B]) per FLOWRL_SPEC.md."""
+    """(loss, δ [B], w' [B], scores [B], valid [B], norm [B]) per docs/algorithms.md."""
     mask = x["mask"]
     n = mask.sum(1)
     valid = n > 0

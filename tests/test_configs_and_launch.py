@@ -1,5 +1,5 @@
 """Every file in configs/ and launch/, found by listing the folders: configs parsed the way the
-trainer's config flag parses them and checked against the numbers of FLOWRL_SPEC.md (typed here, not
+trainer's config flag parses them and checked against the numbers of docs/algorithms.md (typed here, not
 read back from the files); launch scripts run in their dry-run modes and their commands checked."""
 
 import glob
@@ -40,7 +40,7 @@ def load(path, *overrides):
     return flag_values.config
 
 
-# FLOWRL_SPEC.md, "Reference hyper-parameters" (math, Qwen2.5-7B), and the algorithm sections.
+# docs/algorithms.md, "The paper's recipe" (math, Qwen2.5-7B), and the algorithm sections.
 MATH = {
     "rollout.n": 8,
     "train.prompts_per_step": 512,
