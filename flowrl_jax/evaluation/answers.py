@@ -25,6 +25,7 @@ expects under group normalisation at the policy's own success rate (`correct_sco
 from __future__ import annotations
 
 import functools
+from math import comb
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +63,22 @@ def _sequence_logprobs(cfg, params, tokens, mask, response_mask):
     return jnp.sum(logp * response_mask, axis=-1)
 
 
+def _in_batches(items: list, rows: int, mesh, layout_rows, compute) -> np.ndarray:
+    """compute(*arrays) over `items` in whole batches of `rows` (the last one padded with copies of
+    the first item, so one compiled shape serves all), each laid out by layout_rows(batch) -> a
+    tuple of [rows, ...] arrays and placed on `mesh`'s batch axes. -> float64 [len(items)]."""
+    out = []
+    for start in range(0, len(items), rows):
+        batch = list(items[start : start + rows])
+        live = len(batch)
+        batch += [batch[0]] * (rows - live)
+        arrays = layout_rows(batch)
+        if mesh is not None:
+            arrays = [mesh_lib.to_device(x, mesh_lib.batch_sharding(mesh, x.ndim)) for x in arrays]
+        out.append(mesh_lib.to_host(compute(*arrays))[:live].astype(np.float64))
+    return np.concatenate(out)
+
+
 def sequence_logprobs(model, prompts, responses, pad_id: int, mesh=None, rows: int = 64):
     """log π(response | prompt) of each (prompt, response) pair of token-id lists, teacher-forced,
     in batches of `rows` (a multiple of the mesh's batch axes). -> float64 array."""
@@ -69,20 +86,13 @@ def sequence_logprobs(model, prompts, responses, pad_id: int, mesh=None, rows: i
         return np.zeros(0)
     P = -(-max(len(p) for p in prompts) // 8) * 8  # a few shapes, so a few compiles
     N = -(-max(len(r) for r in responses) // 8) * 8
-    out = []
-    for start in range(0, len(prompts), rows):
-        pairs = list(zip(prompts[start : start + rows], responses[start : start + rows]))
-        live = len(pairs)
-        pairs += [pairs[0]] * (rows - live)  # whole batches: one compiled shape
-        tokens, mask, response_mask = (
-            np.stack(x) for x in zip(*(layout(p, r, P, N, pad_id) for p, r in pairs))
-        )
-        if mesh is not None:
-            place = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(mesh, x.ndim))
-            tokens, mask, response_mask = place(tokens), place(mask), place(response_mask)
-        got = _sequence_logprobs(model.cfg, model.params, tokens, mask, response_mask)
-        out.append(mesh_lib.to_host(got)[:live].astype(np.float64))
-    return np.concatenate(out)
+    return _in_batches(
+        list(zip(prompts, responses)),
+        rows,
+        mesh,
+        lambda pairs: [np.stack(x) for x in zip(*(layout(p, r, P, N, pad_id) for p, r in pairs))],
+        functools.partial(_sequence_logprobs, model.cfg, model.params),
+    )
 
 
 def answer_logprobs(model, tokenizer, prompt_ids, answer_sets, mesh=None, rows: int = 64):
@@ -130,8 +140,6 @@ def correct_score(p: float, n: int) -> float:
     normalisation, unbiased std, ε left out) when each of the other n − 1 samples is correct with
     probability p: with m correct in the group, r̂ = (1 − m/n) / std = sqrt((n − m)(n − 1) / (n·m)),
     and 0 when all n are (an all-equal group)."""
-    from math import comb
-
     total = 0.0
     for others in range(n):  # correct answers among the other n − 1
         m = others + 1
@@ -154,17 +162,12 @@ def prompt_logz(model, head_params, zc, prompt_ids, pad_id: int, mesh=None, rows
     alone: the decoder is causal) but without dropout. zc: config.heads.logz. -> float64 [n]."""
     P = -(-max(len(p) for p in prompt_ids) // 8) * 8
     params = {"policy": model.params, "logz_head": head_params}
-    out = []
-    for start in range(0, len(prompt_ids), rows):
-        chunk = list(prompt_ids[start : start + rows])
-        live = len(chunk)
-        chunk += [chunk[0]] * (rows - live)
-        tokens, mask, _ = (np.stack(x) for x in zip(*(layout(p, [], P, 0, pad_id) for p in chunk)))
-        if mesh is not None:
-            place = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(mesh, x.ndim))
-            tokens, mask = place(tokens), place(mask)
-        got = _prompt_logz(
-            model.cfg, params, zc.depth, zc.dropout, zc.drop_last_prompt_token, tokens, mask
-        )
-        out.append(mesh_lib.to_host(got)[:live].astype(np.float64))
-    return np.concatenate(out)
+    return _in_batches(
+        list(prompt_ids),
+        rows,
+        mesh,
+        lambda batch: [np.stack(x) for x in zip(*(layout(p, [], P, 0, pad_id)[:2] for p in batch))],
+        functools.partial(
+            _prompt_logz, model.cfg, params, zc.depth, zc.dropout, zc.drop_last_prompt_token
+        ),
+    )
