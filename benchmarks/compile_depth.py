@@ -17,13 +17,12 @@ import time
 import jax
 import jax.numpy as jnp
 
-from flowrl_jax import testing
-from flowrl_jax.models import DecoderConfig, config_from_hf, forward, param_shapes
+from flowrl_jax.models import DecoderConfig, config_from_hf, forward, param_shapes, tiny
 
 
 def config(layers: int) -> DecoderConfig:
     """The 'small' benchmark shape at the given depth."""
-    return config_from_hf(testing.BENCH_HF_CONFIGS["small"], num_layers=layers)
+    return config_from_hf(tiny.BENCH_HF_CONFIGS["small"], num_layers=layers)
 
 
 def programs(cfg: DecoderConfig):

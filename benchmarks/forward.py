@@ -52,16 +52,15 @@ def main() -> None:
     import torch
     import transformers
 
-    from flowrl_jax import testing
-    from flowrl_jax.models import load_hf
+    from flowrl_jax.models import load_hf, tiny
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--size", default="small", choices=sorted(testing.BENCH_HF_CONFIGS))
+    parser.add_argument("--size", default="small", choices=sorted(tiny.BENCH_HF_CONFIGS))
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
     args = parser.parse_args()
-    hf = testing.BENCH_HF_CONFIGS[args.size]
+    hf = tiny.BENCH_HF_CONFIGS[args.size]
     cfg_kwargs = {k: v for k, v in hf.items() if k != "model_type"}
     torch.manual_seed(0)
     reference = transformers.AutoModelForCausalLM.from_config(

@@ -4,7 +4,7 @@ GRPO learner, in one process, on identical work.
     pip install -r requirements-bench.txt   # its own venv: google-tunix 0.1.7 wants safetensors<0.8
     python -m benchmarks.rl_step [--steps 6] [--no-tunix]
 
-The work of every row, every step: a tiny Qwen3-shaped model (testing.BENCH_HF_CONFIGS['tiny']:
+The work of every row, every step: a tiny Qwen3-shaped model (tiny.BENCH_HF_CONFIGS['tiny']:
 hidden 256, 4 layers, 4 heads of 64, 2 kv-heads, ffn 1024, vocab 512), fp32, one set of random
 weights written as an HF checkpoint that both sides load; 8 prompts of 32 tokens x 8 samples, 128
 new tokens at temperature 1 with top-p 1 (Tunix samples only under top-p or top-k; EOS is an id
@@ -118,13 +118,13 @@ def make_task():
 
 def write_checkpoint(path: str):
     """Random weights for the tiny benchmark model, as an HF checkpoint directory."""
-    from flowrl_jax import testing
+    from flowrl_jax.models import tiny
     from flowrl_jax.models.decoder import init_params
     from flowrl_jax.models.families import config_from_hf
     from flowrl_jax.models.hf_io import save_hf
     from flowrl_jax.models.model import Model
 
-    hf = dict(testing.BENCH_HF_CONFIGS["tiny"])
+    hf = dict(tiny.BENCH_HF_CONFIGS["tiny"])
     cfg = config_from_hf(hf)
     params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
     save_hf(Model(cfg, params, hf_config=hf), path, overwrite=True)

@@ -4,7 +4,7 @@
 
 Temperature 1, top-k and top-p off, EOS suppressed (every row runs max_new_tokens), fp32 on the CPU.
 tiny: 64 sequences, prompt 32, 128 new tokens; small: 32 sequences, prompt 64, 256 new tokens
-(shapes from flowrl_jax.testing.BENCH_HF_CONFIGS). Rows alternate ours / transformers after one
+(shapes from flowrl_jax.tiny.BENCH_HF_CONFIGS). Rows alternate ours / transformers after one
 warm-up call each, with the fp32 matmul peak measured beside each pair for MFU (FLOPs: prefill, the
 weights per new token and attention over each token's prefix); our compile time is reported apart.
 Beside each pair it also times a floor: the decode steps' weight matmuls alone, in XLA, which bounds
@@ -30,12 +30,11 @@ def run_size(name: str, pairs: int) -> float:
     import transformers
 
     from benchmarks.forward import matmul_peak
-    from flowrl_jax import testing
-    from flowrl_jax.models import load_hf
+    from flowrl_jax.models import load_hf, tiny
     from flowrl_jax.rollout import Sampler, SamplingParams
 
     batch, prompt_len, new = WORK[name]
-    hf = dict(testing.BENCH_HF_CONFIGS[name])
+    hf = dict(tiny.BENCH_HF_CONFIGS[name])
     model_type = hf.pop("model_type")
     torch.manual_seed(0)
     reference = transformers.AutoModelForCausalLM.from_config(
@@ -78,7 +77,7 @@ def run_size(name: str, pairs: int) -> float:
     for floor in floors:
         floor()
     tokens = batch * new
-    flops = generate_flops(testing.BENCH_HF_CONFIGS[name], batch, prompt_len, new)
+    flops = generate_flops(tiny.BENCH_HF_CONFIGS[name], batch, prompt_len, new)
     rows = []
     for i in range(pairs):
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@
 Both sides train the identical model (a random `transformers` Qwen3-shaped checkpoint saved, then
 loaded by `load_hf`) on the identical batch, fp32 on the CPU, torch with 2 threads and no
 torch.compile. tiny: 64 sequences of 32 prompt + 128 response tokens; small: 32 of 64 + 256 (the
-rollout benchmark's shapes, flowrl_jax.testing.BENCH_HF_CONFIGS), groups of 8 samples per prompt.
+rollout benchmark's shapes, flowrl_jax.tiny.BENCH_HF_CONFIGS), groups of 8 samples per prompt.
 
 The loss on both sides is FlowRL's (the project's default algorithm, `algorithms.flowrl`): token
 log-probs of the sampled tokens through the LM head at every position (the whole [B, T, V] on the
@@ -323,7 +323,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from flowrl_jax import testing
+    from flowrl_jax.models import tiny
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=5)
@@ -347,7 +347,7 @@ def main() -> None:
     results = {}
     for name in sizes:
         batch, prompt, response = WORK[name]
-        hf = testing.BENCH_HF_CONFIGS[name]
+        hf = tiny.BENCH_HF_CONFIGS[name]
         results[name] = run_size(
             name,
             hf,

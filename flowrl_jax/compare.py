@@ -35,10 +35,11 @@ import jax
 from absl import app, flags
 from ml_collections import ConfigDict
 
-from flowrl_jax import algorithms, evaluate, tasks
+from flowrl_jax import algorithms, cli, tasks
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.evaluation import answers, compare_report, report, results_doc
+from flowrl_jax.evaluation import answers, compare_report, report, results_doc, sampled
 from flowrl_jax.models import Model, from_config
+from flowrl_jax.trainer import run
 
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "seeds, comma-separated (one warm-up each)")
 _ALGORITHMS = flags.DEFINE_string(
@@ -84,7 +85,7 @@ def exact_measure(config, model, tokenizer, mesh, task, logz_head=None) -> dict:
     """Teacher-forced log-probs of every enumerated correct answer of the evaluated problems (the
     sampled evaluation's own); for a FlowRL run (logz_head: its head's parameters) also its log Z
     on each problem and the settings that define its fixed point (evaluation/answers.py)."""
-    ids, rows = evaluate.eval_prompts(task, tokenizer, evaluate.periodic_settings(config))
+    ids, rows = sampled.eval_prompts(task, tokenizer, sampled.periodic_settings(config))
     if not enumerable(task):  # the marker of a finished run all the same
         return {"rows": rows, "logp": None}
     sets = [task.rows[r]["answers"] for r in rows]
@@ -115,7 +116,7 @@ def enumerable(task) -> bool:
 def evaluate_model(config, model, tokenizer, mesh, task, name: str, logz_head=None) -> None:
     """eval/<name>.* (sampled, K per problem) and eval/answers.json (exact) of `model`."""
     todo = {task.name: task}
-    evaluate.periodic(config, model, tokenizer, mesh, config.train.steps, todo, name)
+    sampled.periodic(config, model, tokenizer, mesh, config.train.steps, todo, name)
     exact = exact_measure(config, model, tokenizer, mesh, task, logz_head)
     report.write_json(exact, os.path.join(config.workdir, "eval", "answers.json"))
 
@@ -125,14 +126,12 @@ def _done(workdir: str) -> bool:
 
 
 def warm_up(base, seed: int, out: str, mesh, eval_task) -> str:
-    from flowrl_jax import train
-
     workdir = os.path.join(out, f"seed_{seed}", "warmup")
     if _done(workdir):
         return workdir
     config = run_config(base, seed, "flowrl", workdir)
     config.train.steps = 0  # SFT only
-    result = train.train(config, mesh)
+    result = run.train(config, mesh)
     evaluate_model(config, result.sft.model, _tokenizer(config), mesh, eval_task, "before")
     return workdir
 
@@ -142,8 +141,6 @@ def _tokenizer(config):
 
 
 def train_from(base, seed: int, name: str, warm: str, out: str, mesh, eval_task) -> str:
-    from flowrl_jax import train
-
     workdir = os.path.join(out, f"seed_{seed}", name)
     if _done(workdir):
         log.info("compare: %s seed %d finished already", name, seed)
@@ -153,7 +150,7 @@ def train_from(base, seed: int, name: str, warm: str, out: str, mesh, eval_task)
         shutil.copytree(os.path.join(warm, "sft"), os.path.join(workdir, "sft.partial"))
         os.replace(os.path.join(workdir, "sft.partial"), os.path.join(workdir, "sft"))
     config = run_config(base, seed, name, workdir)
-    result = train.train(config, mesh)
+    result = run.train(config, mesh)
     params = result.state.params
     policy = Model(result.sft.model.cfg, params["policy"], mesh=mesh)
     name = f"step_{config.train.steps}"
@@ -175,10 +172,10 @@ def compare(base: ConfigDict, out: str, seeds: list[int], names: list[str]):
     runs = {}
     timing = results_doc.Timing(out)
 
-    def timed(key: str, run, *args) -> str:  # a run read back as finished keeps its first time
+    def timed(key: str, fn, *args) -> str:  # a run read back as finished keeps its first time
         already = _done(os.path.join(out, key))
         t0 = time.perf_counter()
-        workdir = run(*args)
+        workdir = fn(*args)
         if not already:
             timing.record(key, time.perf_counter() - t0)
         return workdir
@@ -198,16 +195,14 @@ def main(argv) -> None:
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    from flowrl_jax.train import _WORKDIR, USER_ERRORS, _message, fail
-
     try:
         base = _CONFIG.value
         seeds = [int(s) for s in parse_list(_SEEDS.value, "seeds")]
         names = parse_list(_ALGORITHMS.value, "algorithms")
         check_algorithms(names)
-        out = _WORKDIR.value or base.workdir
-    except USER_ERRORS as e:
-        fail(_message(e))
+        out = cli.WORKDIR.value or base.workdir
+    except cli.USER_ERRORS as e:
+        cli.fail(cli.message(e))
     results, timing = compare(base, out, seeds, names)
     print(compare_report.markdown(results))
     print(f"wrote {out}/results.json, results.md, results_*.png")
@@ -217,7 +212,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from flowrl_jax.train import define_config_flag, parse_flags
-
-    _CONFIG = define_config_flag(sys.argv, "compare")
-    app.run(main, flags_parser=parse_flags)
+    _CONFIG = cli.define_config_flag(sys.argv, "compare")
+    app.run(main, flags_parser=cli.parse_flags)

@@ -13,8 +13,9 @@ The config is locked after loading: an override of a key that does not exist
 
 from ml_collections import ConfigDict
 
-from flowrl_jax import algorithms, evaluate, mesh, tasks
+from flowrl_jax import algorithms, mesh, tasks
 from flowrl_jax.algorithms import heads
+from flowrl_jax.evaluation import sampled
 from flowrl_jax.models import from_config
 from flowrl_jax.rollout import sampler
 from flowrl_jax.trainer import checkpoint, loop, sft, step
@@ -34,14 +35,14 @@ def base_config() -> ConfigDict:
     config.rollout = sampler.default_config()
     config.algorithm = algorithms.default_config()  # --config.algorithm.name=grpo switches it
     config.heads = heads.default_config()
-    config.optimizer = step.optimizer_config()
+    config.optimizer = step.default_config()
     config.train = loop.default_config()
     config.checkpoint = checkpoint.default_config()
     # digits (synthetic) | countdown (built in, many answers) | file (--config.task.path=data.jsonl,
     # task.kind math|code) | gym:<reasoning-gym dataset> | humaneval; tasks/base.py documents each key.
     config.task = tasks.default_config()
     config.sft = sft.default_config()  # the supervised warm-up before RL; off by default
-    config.eval = evaluate.default_config()  # periodic evaluation; off by default
+    config.eval = sampled.default_config()  # periodic evaluation; off by default
     # A tiny random model on the CPU: short responses, small groups, and a learning rate a random
     # tiny model notices (the paper's 1e-6 is for 7B checkpoints).
     config.rollout.n = 4

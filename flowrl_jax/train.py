@@ -23,84 +23,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sys
 import time
-from typing import NoReturn
 
 import jax
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from flowrl_jax import evaluate, tasks
+from flowrl_jax import cli
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.evaluation import job_report
 from flowrl_jax.models import from_config, load_hf, save_hf
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.rollout import token_logprobs
-from flowrl_jax.trainer import check_sizes, sft
 from flowrl_jax.trainer import run as run_lib
 from flowrl_jax.trainer.workdir import WorkdirLock
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (overrides config.workdir)")
 _CONFIG = None  # the --config flag, defined when this module runs as the program (below)
 log = logging.getLogger("flowrl_jax")
-# What a bad config, bad data, a busy or foreign workdir or a missing checkpoint raise before
-# training starts: printed as one line (exit status 2), not a traceback. FLOWRL_JAX_TRACEBACK=1
-# shows the traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError)
-
-
-def fail(message: str) -> NoReturn:
-    """One line on stderr, exit status 2 (a usage error)."""
-    print(f"flowrl_jax.train: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _message(e: BaseException) -> str:
-    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return " ".join(str(text).split()) or type(e).__name__
-
-
-def define_config_flag(argv: list[str], which: str = ""):
-    """--config, by default flowrl_jax/config.py[:which]. ml_collections applies the --config.*
-    overrides of argv as it defines the flag: a key that does not exist, a config file that cannot
-    be loaded or an override before --config=FILE fails here, as one line that names the
-    argument."""
-    try:
-        return config_flags.DEFINE_config_file(
-            "config",
-            os.path.join(os.path.dirname(__file__), "config.py") + (f":{which}" if which else ""),
-            "ml_collections config file",
-            sys_argv=argv,
-        )
-    except Exception as e:  # noqa: BLE001 -- whatever ml_collections raises, the user's input is bad
-        config_error(e, argv)
-
-
-def config_error(e: Exception, argv: list[str]) -> NoReturn:
-    """A config that does not load, or an override of a key it lacks, as one line."""
-    if os.environ.get("FLOWRL_JAX_TRACEBACK"):
-        raise e
-    text = _message(e).encode().decode("unicode_escape")  # KeyError reprs its message
-    missing = re.fullmatch(r"""\W*'(\w+)'\s*(?:Did you mean "(\w+)".*)?\W*""", text.strip())
-    if missing:
-        key, close = missing.groups()
-        given = [a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
-        hint = f"; did you mean {close!r}?" if close else " (see flowrl_jax/config.py for the keys)"
-        fail(f"{given[0] if given else key}: no such key {key!r}{hint}")
-    fail(f"bad --config: {' '.join(text.split())}")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, a bad value (--config.rollout.n=abc) or key as one line."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        fail(_message(e))
-    except Exception as e:  # noqa: BLE001 -- a --config=FILE's overrides apply while parsing
-        config_error(e, argv)
 
 
 def init_distributed(config) -> None:
@@ -185,21 +125,6 @@ def sample_and_recompute(config, model, tokenizer, prompt: str, mesh) -> dict:
     }
 
 
-def train(
-    config, mesh, model=None, tokenizer=None, task=None, eval_todo=None, demos=None
-) -> run_lib.RunResult:
-    """Train on `config.task` (or `task`, built from it already) in `config.workdir`, resuming from
-    its latest checkpoint. eval_todo: the evaluation's tasks, demos: the warm-up's encoded
-    demonstrations, if built already."""
-    check_sizes(config, mesh)  # before anything is built or compiled
-    tasks.prompt_limit(config)
-    if task is None:
-        task = tasks.get(config.task, config.seed)
-    if model is None:
-        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
-    return run_lib.run(config, mesh, model, tokenizer, task, eval_todo, demos)
-
-
 def main(argv) -> None:
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -207,9 +132,9 @@ def main(argv) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" on every start
     try:
         config = _CONFIG.value  # a --config=FILE is loaded (and overridden) here
-        config.workdir = _WORKDIR.value or config.workdir  # a load that failed raises here
+        config.workdir = cli.WORKDIR.value or config.workdir  # a load that failed raises here
     except Exception as e:  # noqa: BLE001 -- whatever ml_collections raises, the user's input is bad
-        config_error(e, sys.argv)
+        cli.config_error(e, sys.argv)
     with contextlib.ExitStack() as held:
         try:
             # Everything the user can get wrong fails here, before any weight is read or any
@@ -218,28 +143,14 @@ def main(argv) -> None:
             init_distributed(config.distributed)
             mesh = mesh_lib.make_mesh(dict(config.mesh))
             os.makedirs(config.workdir, exist_ok=True)
-            check_sizes(config, mesh)
-            tasks.prompt_limit(config)
-            task = tasks.get(config.task, config.seed)
-            wants_eval = config.eval.every or config.eval.before
-            eval_todo = evaluate.eval_tasks(config, task) if wants_eval else None
-            settings = evaluate.periodic_settings(config)
-            job_report.check(config.eval, config.eval.k in settings.pass_k)
-            sft.check(config.sft, mesh)
-            model_cfg, tokenizer = from_config.model_config(config.model, config.workdir)
-            sampler_lib.stop_token_ids(tokenizer, config.rollout.stop_tokens)
-            demos = run_lib.demonstrations_for(config, task, tokenizer)
-            if demos is not None:
-                sft.check(config.sft, mesh, len(demos))
+            checked = run_lib.check(config, mesh)
             held.enter_context(WorkdirLock(config.workdir))
-            run_lib.claim_workdir(
-                config.workdir, run_lib.signature(model_cfg, config.algorithm.name)
-            )
-        except USER_ERRORS as e:
+            run_lib.claim(config, checked.model_cfg)
+        except cli.USER_ERRORS as e:
             if os.environ.get("FLOWRL_JAX_TRACEBACK"):
                 raise
-            fail(_message(e))
-        figures, result = _build_and_train(config, mesh, task, eval_todo, demos)
+            cli.fail(cli.message(e))
+        figures, result = _build_and_train(config, mesh, checked)
     if jax.process_index() != 0:
         return
     if figures:
@@ -302,7 +213,7 @@ def print_summary(config, result: run_lib.RunResult) -> None:
         print(f"report: {config.workdir}/report.md, report.json, report_*.png")
 
 
-def _build_and_train(config, mesh, task, eval_todo, demos):
+def _build_and_train(config, mesh, checked: run_lib.Checked):
     with jax.set_mesh(mesh):  # the context mesh: bare PartitionSpecs resolve against it
         t0 = time.perf_counter()
         model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
@@ -310,9 +221,9 @@ def _build_and_train(config, mesh, task, eval_todo, demos):
         if config.smoke.enabled:
             figures = smoke(config, mesh, model, tokenizer, time.perf_counter() - t0)
         # The trainer starts from the same (immutable) parameters the smoke checks used.
-        return figures, train(config, mesh, model, tokenizer, task, eval_todo, demos)
+        return figures, run_lib.run(config, mesh, model, tokenizer, checked.task, checked)
 
 
 if __name__ == "__main__":
-    _CONFIG = define_config_flag(sys.argv)
-    app.run(main, flags_parser=parse_flags)
+    _CONFIG = cli.define_config_flag(sys.argv)
+    app.run(main, flags_parser=cli.parse_flags)

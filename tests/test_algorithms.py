@@ -320,9 +320,9 @@ def test_dapo_overlong_buffer_is_a_fraction_of_the_budget():
     lengths = x["mask"].sum(1)
     batch = algorithms.get("dapo").prepare(to_batch(x), cfg)  # T = 7: L_cache = 1
     want = x["rewards"] - np.clip(lengths - (T - 1), 0, 1)
-    np.testing.assert_allclose(np.asarray(batch.scores), want, **TOL)
+    np.testing.assert_allclose(np.asarray(batch.shaped_rewards), want, **TOL)
     assert np.any(lengths < T) and np.all(
-        np.asarray(batch.scores)[lengths < T] == x["rewards"][lengths < T]
+        np.asarray(batch.shaped_rewards)[lengths < T] == x["rewards"][lengths < T]
     )
 
     run = base_config()
@@ -353,7 +353,7 @@ def test_dapo_matches_numpy(seed, overlong_penalty):
     per_token, clipped = np_ppo_clip(x["logp"], x["old_logp"], adv, 0.2, 0.28)
     expected = np_aggregate(per_token, mask, "token-mean")
 
-    np.testing.assert_allclose(np.asarray(batch.scores), rewards, **TOL)
+    np.testing.assert_allclose(np.asarray(batch.shaped_rewards), rewards, **TOL)
     np.testing.assert_allclose(np.asarray(batch.advantages) * mask, adv, **TOL)
     np.testing.assert_allclose(value, expected, **TOL)
     np.testing.assert_allclose(metrics["clip_fraction"], np_masked_mean(clipped, mask), **TOL)

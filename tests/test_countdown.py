@@ -9,7 +9,8 @@ from fractions import Fraction
 
 import pytest
 
-from flowrl_jax import evaluate, tasks
+from flowrl_jax import tasks
+from flowrl_jax.evaluation import sampled
 from flowrl_jax.tasks import countdown as cd
 
 
@@ -113,6 +114,6 @@ def test_the_task_rewards_and_keys_answers():
     assert task.reward("Answer: 1+1", 0) == 0.0 and task.reward("", 0) == 0.0
     # Evaluation counts distinct correct answers by their canonical forms.
     texts = [[right, f"({right})", "1+1", row["answers"][-1]]]
-    (problem,) = evaluate.score(task, [0], texts, evaluate.EvalSettings(k=4))["problems"]
+    (problem,) = sampled.score(task, [0], texts, sampled.EvalSettings(k=4))["problems"]
     assert problem["mean@4"] == 0.75
     assert problem["correct_answers"] == len({row["answers"][0], row["answers"][-1]})

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from flowrl_jax import evaluate, tasks
+from flowrl_jax.evaluation import sampled
 
 
 def write_jsonl(path, rows):
@@ -34,7 +35,7 @@ def test_math_scoring_by_hand(tmp_path):
         ["so \\boxed{0.5}", "it is \\boxed{\\frac12}", "\\boxed{2}", "I do not know"],
         ["\\boxed{3}", "\\boxed{3}", "Answer: 3", "\\boxed{4}"],
     ]
-    result = evaluate.score(task, [0, 1], texts, evaluate.EvalSettings(k=4, pass_k=(1, 2, 4)))
+    result = sampled.score(task, [0, 1], texts, sampled.EvalSettings(k=4, pass_k=(1, 2, 4)))
     first, second = result["problems"]
     assert first["mean@4"] == 0.5 and second["mean@4"] == 0.75
     # unbiased pass@2 = 1 - C(n-c, 2) / C(n, 2)
@@ -56,7 +57,7 @@ def test_code_scoring_by_hand(tmp_path):
     task = file_task(path, "code")
     good = "```python\nprint(2 * int(input()))\n```"
     bad = "```python\nprint(int(input()) + 2)\n```"  # right on the first case only
-    result = evaluate.score(task, [0], [[good, bad, good]], evaluate.EvalSettings(k=3))
+    result = sampled.score(task, [0], [[good, bad, good]], sampled.EvalSettings(k=3))
     problem = result["problems"][0]
     assert problem["mean@3"] == pytest.approx(2 / 3)
     assert problem["pass@1"] == pytest.approx(2 / 3)
@@ -69,7 +70,7 @@ def test_gym_scoring(tmp_path):
     task = tasks.get(config, seed=0)
     gold = task.rows[0]["answer"]
     texts = [[f"<answer>{gold}</answer>", "<answer>nonsense</answer>"]]
-    problem = evaluate.score(task, [0], texts, evaluate.EvalSettings(k=2))["problems"][0]
+    problem = sampled.score(task, [0], texts, sampled.EvalSettings(k=2))["problems"][0]
     assert problem["mean@2"] == 0.5 and problem["correct_answers"] == 1
 
 
@@ -112,7 +113,7 @@ def test_gym_evaluation_split_has_no_training_problem():
     config = tasks.default_config()
     config.name, config.gym_size = "gym:basic_arithmetic", 200
     train = tasks.get(config, seed=3)
-    held_out = evaluate.gym_eval_task(config, "gym:basic_arithmetic", 100, seed=3)
+    held_out = sampled.gym_eval_task(config, "gym:basic_arithmetic", 100, seed=3)
     assert held_out.prompts and not set(held_out.prompts) & set(train.prompts)
     # Periodic evaluation of a gym run with no eval data: that split, not the training rows.
     from flowrl_jax.config import base_config
@@ -120,7 +121,7 @@ def test_gym_evaluation_split_has_no_training_problem():
     run = base_config()
     run.task = config
     run.seed = 3
-    (only,) = evaluate.eval_tasks(run, train).values()
+    (only,) = sampled.eval_tasks(run, train).values()
     assert not set(only.prompts) & set(train.prompts)
 
 
@@ -134,14 +135,14 @@ def test_periodic_evaluation_reads_files_as_training_does(tmp_path):
     config.task.fields.prompt, config.task.fields.answer = "question", "solution"
     config.eval.every, config.eval.data = 1, write_jsonl(tmp_path / "test.jsonl", rows[:2])
     train_task = tasks.get(config.task)
-    (test,) = evaluate.eval_tasks(config, train_task).values()
+    (test,) = sampled.eval_tasks(config, train_task).values()
     assert list(test.prompts) == ["0 + 1?", "1 + 1?"] and test.rows[1]["answer"] == "2"
     config.eval.data = write_jsonl(tmp_path / "bad.jsonl", [{"question": "no solution"}])
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: .*solution"):
-        evaluate.eval_tasks(config, train_task)
+        sampled.eval_tasks(config, train_task)
     config.eval.data, config.eval.pass_k = "", "1,8"
     with pytest.raises(ValueError, match=r"eval.pass_k='1,8': \[8\] not in 1..k=4"):
-        evaluate.eval_tasks(config, train_task)
+        sampled.eval_tasks(config, train_task)
 
 
 def test_cli_refuses_bad_data_before_loading_a_model(tmp_path):
@@ -157,7 +158,7 @@ def test_periodic_evaluation_in_training(tmp_path):
 
     from flowrl_jax import mesh as mesh_lib
     from flowrl_jax.config import base_config
-    from flowrl_jax.train import train
+    from flowrl_jax.trainer.run import train
 
     config = base_config()
     config.workdir = str(tmp_path)
@@ -213,6 +214,6 @@ def distinct_responses(prompt: str, responses: list[str]) -> float:
 def test_judge_hook(tmp_path):
     path = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "p", "answer": "1"}])
     task = file_task(path, "math")
-    settings = evaluate.EvalSettings(k=3, judge=distinct_responses)
-    result = evaluate.score(task, [0], [["\\boxed{1}", "\\boxed{1}", "\\boxed{2}"]], settings)
+    settings = sampled.EvalSettings(k=3, judge=distinct_responses)
+    result = sampled.score(task, [0], [["\\boxed{1}", "\\boxed{1}", "\\boxed{2}"]], settings)
     assert result["problems"][0]["judge"] == 2.0 and result["summary"]["judge"] == 2.0

@@ -150,8 +150,8 @@ def test_selection(tmp_path):
 def test_host_reward_failure_stops_the_fused_step_and_keeps_the_checkpoint(tmp_path, failure):
     import time
 
-    from flowrl_jax.export import load_run_policy
     from flowrl_jax.trainer.checkpoint import Checkpoints
+    from flowrl_jax.trainer.restore import load_run_policy
     from flowrl_jax.trainer.run import run
 
     calls = []

@@ -92,9 +92,7 @@ def plan(algorithm: str, micro_batches: int):
         mask=array((B, N), jnp.float32),
         rewards=array((B,), jnp.float32),
         group=array((B,), jnp.int32),
-        ref_logp=array((B, N), jnp.float32)
-        if algorithms.needs_ref(alg, config.algorithm[algorithm])
-        else None,
+        ref_logp=array((B, N), jnp.float32) if alg.needs_ref(config.algorithm[algorithm]) else None,
         old_values=array((B, N), jnp.float32) if alg.needs_values else None,
     )
     batch = jax.eval_shape(functools.partial(step_lib.prepare, spec), batch)  # + advantages etc.

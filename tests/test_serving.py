@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from flowrl_jax import evaluate, testing
 from flowrl_jax import mesh as mesh_lib
+from flowrl_jax import testing
 from flowrl_jax.config import base_config
+from flowrl_jax.evaluation import sampled
 from flowrl_jax.export import main as export_main
 from flowrl_jax.models import Model, from_config, load_tokenizer
 from flowrl_jax.rollout import sampler as sampler_lib
@@ -100,8 +101,8 @@ def test_stop_tokens_end_responses(tmp_path):
     config.rollout.n, config.rollout.max_new_tokens = 8, 12
     sampler, free_sp = sampler_lib.from_config(cfg, config.rollout, None, tokenizer)
     free = sampler(model.params, prompts, jax.random.key(3), free_sp)
-    sampled = free.tokens[free.mask == 1]
-    counts = np.bincount(sampled[(sampled != eos) & (sampled != pad)])
+    drawn = free.tokens[free.mask == 1]
+    counts = np.bincount(drawn[(drawn != eos) & (drawn != pad)])
     stop = int(counts.argmax())  # the most frequent sampled token but EOS
     config.rollout.stop_tokens = tokenizer.convert_ids_to_tokens(stop)
     _, sp = sampler_lib.from_config(cfg, config.rollout, None, tokenizer)
@@ -119,4 +120,4 @@ def test_stop_tokens_end_responses(tmp_path):
 
     # Evaluation samples with the run's stop tokens.
     config.task.system_prompt = "x"
-    assert evaluate.periodic_settings(config).stop_tokens == config.rollout.stop_tokens
+    assert sampled.periodic_settings(config).stop_tokens == config.rollout.stop_tokens

@@ -21,9 +21,9 @@ from flowrl_jax.algorithms import heads
 from flowrl_jax.config import base_config
 from flowrl_jax.models import Model, partition
 from flowrl_jax.rollout import token_logprobs
-from flowrl_jax.train import train
 from flowrl_jax.trainer import check_sizes
 from flowrl_jax.trainer import step as step_lib
+from flowrl_jax.trainer.run import train
 
 # What each algorithm must log beside the shared diagnostics.
 OWN_METRICS = {
@@ -141,7 +141,7 @@ def _setup(name, micro_batches=1, family="qwen3", changes=None, head_lr=0.0):
 def _one_pass(spec, state, tokens, mask, batch):
     """The reference: jax.grad of the algorithm's loss over the whole mini-batch at once (no
     micro-batches, no weights, no scan) -> (grads, loss, metrics)."""
-    rng = jax.random.fold_in(state.rng, state.step)
+    rng = step_lib.phase_key(state.rng, state.step, step_lib.UPDATE)  # update's key
     rows = jnp.arange(tokens.shape[0])
 
     def loss(params):
@@ -240,13 +240,50 @@ def test_micro_batches_give_the_gradient_and_metrics_of_one_pass(name, changes):
 def test_an_unweighted_micro_batch_mean_would_be_caught(monkeypatch):
     """The check above can fail: weighting every micro-batch equally (the mean of the micro-batch
     token-means, not the mini-batch's token-mean) gives DAPO a gradient off by far more than the
-    tolerance."""
+    tolerance. (A loss that reports its mean as its total, with a count of 1.)"""
     spec, _, state, tokens, mask, batch = _setup("dapo")
     grads, _, _ = _one_pass(spec, state, tokens, mask, batch)
-    monkeypatch.setattr(step_lib, "loss_denominator", lambda cfg, m: jnp.float32(1.0))
+    dapo = algorithms.get("dapo")
+
+    def mean_as_total(b, cfg):
+        total, count, metrics = dapo.loss_terms(b, cfg)
+        return total / jnp.maximum(count, 1.0), jnp.float32(1.0), metrics
+
+    unweighted = dataclasses.replace(dapo, loss_terms=mean_as_total)
+    monkeypatch.setattr(step_lib.StepSpec, "alg", property(lambda self: unweighted))
     spec = dataclasses.replace(spec, micro_batches=2)
     got, _ = _gradient_of_update(spec, state, tokens, mask, batch)
     assert _grad_error(got, grads) > 1000 * GRAD_TOL
+
+
+def test_a_new_algorithm_with_its_own_reduction_accumulates_exactly(monkeypatch):
+    """A new algorithm is one definition and a register line: here a throwaway with a reduction no
+    built-in uses (each response weighted by its length: Σ_i |y_i| Σ_t ℓ_it over Σ_i |y_i|²).
+    The step, unchanged, gives it the gradient of one pass with 2 and 4 micro-batches."""
+    from flowrl_jax.algorithms import advantages as A
+    from flowrl_jax.algorithms import grpo, registry
+
+    def loss_terms(b, cfg):
+        per_token = -jnp.exp(b.logp - b.old_logp) * b.advantages
+        n = A.lengths(b.mask)
+        total = jnp.sum(n * A.seq_sum(per_token, b.mask))
+        return total, jnp.sum(n**2), A.policy_metrics(b, None, None)
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    algorithms.register(
+        algorithms.Algorithm("length_weighted", grpo.default_config, grpo.prepare, loss_terms)
+    )
+    spec, _, state, tokens, mask, batch = _setup("grpo")
+    spec = dataclasses.replace(spec, algorithm="length_weighted")
+    grads, loss, _ = _one_pass(spec, state, tokens, mask, batch)
+    n = np.asarray(batch.mask).sum(1)
+    assert len(set(n[n > 0])) > 2  # uneven lengths: a per-micro-batch mean would differ
+    for k in (2, 4):
+        got_grads, got = _gradient_of_update(
+            dataclasses.replace(spec, micro_batches=k), state, tokens, mask, batch
+        )
+        assert _grad_error(got_grads, grads) < GRAD_TOL, f"micro_batches={k}"
+        np.testing.assert_allclose(float(got["loss"]), float(loss), rtol=METRIC_RTOL)
 
 
 def test_micro_batches_that_do_not_divide_are_refused():
@@ -285,7 +322,7 @@ def np_schedule(s, peak, warmup, schedule="constant", total=None, min_ratio=0.0)
     [("constant", None, 0.0), ("cosine", 40, 0.0), ("cosine", 25, 0.1)],
 )
 def test_learning_rate_schedules_match_numpy(schedule, total, min_ratio):
-    cfg = step_lib.optimizer_config()
+    cfg = step_lib.default_config()
     cfg.learning_rate, cfg.warmup_steps = 3e-4, 10
     cfg.schedule, cfg.min_lr_ratio = schedule, min_ratio
     fn = step_lib.learning_rate_schedule(cfg, cfg.learning_rate, total)
@@ -321,14 +358,23 @@ def test_the_optimizer_steps_at_the_scheduled_rate(schedule):
             np.testing.assert_allclose(np.asarray(updates[key]), -want, rtol=1e-4, atol=1e-12)
 
 
+def test_a_run_inside_the_warm_up_runs_the_ramp(caplog):
+    """A smoke run shorter than the warm-up (train.steps=2 on the default job) is legal: every
+    step takes the ramp's rate, and the log says the cosine never started."""
+    cfg = step_lib.default_config()
+    cfg.schedule, cfg.warmup_steps = "cosine", 10
+    rate = step_lib.learning_rate_schedule(cfg, 1e-3, total_steps=4)
+    got = [float(rate(s)) for s in range(4)]
+    np.testing.assert_allclose(got, np_schedule(np.arange(4), 1e-3, 10), rtol=1e-6)
+    assert "the cosine never starts" in caplog.text
+
+
 def test_bad_schedules_are_refused():
-    cfg = step_lib.optimizer_config()
+    cfg = step_lib.default_config()
     heads_cfg = base_config().heads
     cfg.schedule = "cosine"
     with pytest.raises(ValueError, match=r"optimizer.schedule='cosine' .* needs total_steps"):
         step_lib.make_optimizer(cfg, heads_cfg)
-    with pytest.raises(ValueError, match=r"total_steps=10 leaves nothing to decay"):
-        step_lib.make_optimizer(cfg, heads_cfg, total_steps=10)
     cfg.min_lr_ratio = 1.5
     with pytest.raises(ValueError, match=r"optimizer.min_lr_ratio=1.5 must be in \[0, 1\]"):
         step_lib.make_optimizer(cfg, heads_cfg, total_steps=100)

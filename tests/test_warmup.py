@@ -128,9 +128,12 @@ def test_the_default_job_in_reduced_form(tmp_path):
         default_job.tuning([str(tmp_path)])
     row = capture.getvalue().splitlines()[2].split(" | ")
     job = get_config()  # the settings the reduced run did not override
-    lr, beta = job.optimizer.learning_rate, job.algorithm.flowrl.beta
+    opt, beta = job.optimizer, job.algorithm.flowrl.beta
+    lr = f"{opt.learning_rate:g}" + (
+        f" {opt.schedule} to {opt.min_lr_ratio:g}x" if opt.schedule != "constant" else ""
+    )
     group = f"{job.train.prompts_per_step} x {job.rollout.n}"
-    assert row[1:7] == [f"4 x {job.sft.batch_size}", "2", group, f"{lr:g}", f"{beta:g}", "4"], row
+    assert row[1:7] == [f"4 x {job.sft.batch_size}", "2", group, lr, f"{beta:g}", "4"], row
     assert row[7:9] == [
         f"{report['before']['mean_at_k']:.3f}",
         f"{report['after']['mean_at_k']:.3f}",

@@ -3,7 +3,7 @@
 from ml_collections import ConfigDict
 
 from flowrl_jax.algorithms import dapo, flowrl, grpo, gspo, ppo, reinforce_pp  # noqa: F401 (register)
-from flowrl_jax.algorithms.registry import Algorithm, Batch, get, names, needs_ref
+from flowrl_jax.algorithms.registry import Algorithm, Batch, GroupFilter, get, names, register
 
 
 def default_config() -> ConfigDict:
@@ -14,4 +14,4 @@ def default_config() -> ConfigDict:
     return config
 
 
-__all__ = ["Algorithm", "Batch", "default_config", "get", "names", "needs_ref"]
+__all__ = ["Algorithm", "Batch", "GroupFilter", "default_config", "get", "names", "register"]

@@ -33,13 +33,6 @@ def group_normalize(rewards, group, eps: float = 1e-6, scale: bool = True):
     return (rewards - mean) / (std + eps) if scale else rewards - mean
 
 
-def varied_groups(rewards, group):
-    """[B] bool: the row's group has rewards that are not all equal (DAPO's dynamic sampling keeps
-    these; a group of one has no spread and is dropped)."""
-    _, std, _ = group_stats(rewards, group)
-    return std > 0
-
-
 def seq_sum(x, mask):
     return jnp.sum(x * mask, axis=-1)
 
@@ -48,15 +41,15 @@ def lengths(mask):
     return jnp.sum(mask, axis=-1)
 
 
-def aggregate(per_token, mask, mode: str):
-    """A per-token loss [B, T] -> scalar.
-    token-mean:          Σ_{i,t} / Σ_{i,t} mask (DAPO: long answers weigh by their tokens)
-    seq-mean-token-mean: mean over sequences of each sequence's token mean (GRPO as published)
-    seq-mean-token-sum:  mean over sequences of each sequence's token sum
-    Sequences without a response token (padding rows) are left out of every mean."""
+def aggregate_terms(per_token, mask, mode: str):
+    """A per-token loss [B, T] -> (total, count), the loss being total / count:
+    token-mean:          Σ_{i,t} over Σ_{i,t} mask (DAPO: long answers weigh by their tokens)
+    seq-mean-token-mean: each sequence's token mean, over the sequences (GRPO as published)
+    seq-mean-token-sum:  each sequence's token sum, over the sequences
+    Sequences without a response token (padding rows) are left out of every count."""
     n = lengths(mask)
     if mode == "token-mean":
-        return seq_sum(per_token, mask).sum() / jnp.maximum(n.sum(), 1.0)
+        return seq_sum(per_token, mask).sum(), n.sum()
     valid = (n > 0).astype(per_token.dtype)
     if mode == "seq-mean-token-mean":
         per_seq = seq_sum(per_token, mask) / jnp.maximum(n, 1.0)
@@ -64,7 +57,13 @@ def aggregate(per_token, mask, mode: str):
         per_seq = seq_sum(per_token, mask)
     else:
         raise ValueError(f"loss aggregation {mode!r}; known: {', '.join(AGGREGATIONS)}")
-    return jnp.sum(per_seq * valid) / jnp.maximum(valid.sum(), 1.0)
+    return jnp.sum(per_seq * valid), valid.sum()
+
+
+def aggregate(per_token, mask, mode: str):
+    """`aggregate_terms` as one scalar (0 for a batch without a response token)."""
+    total, count = aggregate_terms(per_token, mask, mode)
+    return total / jnp.maximum(count, 1.0)
 
 
 def masked_mean(x, mask):

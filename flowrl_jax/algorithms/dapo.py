@@ -1,15 +1,16 @@
 """DAPO (arXiv 2503.14476): clip-higher (ε_low 0.2, ε_high 0.28), token-level loss aggregation, no
 KL, an overlong penalty in the reward, and dynamic sampling (groups whose rewards are all equal are
-dropped and refilled by the loop: `advantages.varied_groups`)."""
+dropped and more prompts sampled: the `group_filter` the loop applies)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from ml_collections import ConfigDict
 
 from flowrl_jax.algorithms import advantages as A
 from flowrl_jax.algorithms.grpo import clipped_policy_loss
-from flowrl_jax.algorithms.registry import Algorithm, Batch, register
+from flowrl_jax.algorithms.registry import Algorithm, Batch, GroupFilter, register
 
 
 def default_config() -> ConfigDict:
@@ -71,11 +72,22 @@ def prepare(batch: Batch, cfg) -> Batch:
             A.lengths(batch.mask), T, buffer_length(cfg, T), cfg.overlong_penalty_factor
         )
     adv = A.group_normalize(rewards, batch.group, cfg.norm_eps)
-    return batch._replace(scores=rewards, advantages=adv[:, None] * batch.mask)
+    return batch._replace(shaped_rewards=rewards, scores=adv, advantages=adv[:, None] * batch.mask)
 
 
-def loss(batch: Batch, cfg):
+def loss_terms(batch: Batch, cfg):
     return clipped_policy_loss(batch, cfg, cfg.clip_eps_low, cfg.clip_eps_high, 0.0)
 
 
-ALGORITHM = register(Algorithm("dapo", default_config, prepare, loss, check=check))
+def varied(rewards) -> bool:
+    """A group whose rewards are not all equal: its advantages are not all 0, so it trains."""
+    return bool(np.ptp(rewards) > 0)
+
+
+def group_filter(cfg) -> GroupFilter | None:
+    return GroupFilter(varied, cfg.max_refills) if cfg.dynamic_sampling else None
+
+
+ALGORITHM = register(
+    Algorithm("dapo", default_config, prepare, loss_terms, check=check, group_filter=group_filter)
+)

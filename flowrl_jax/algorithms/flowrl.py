@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from flowrl_jax.algorithms import advantages as A
-from flowrl_jax.algorithms.registry import Algorithm, Batch, register
+from flowrl_jax.algorithms.registry import Algorithm, Batch, always, register
 
 IS_WEIGHT_RULES = ("clip", "cap", "none", "mean")
 
@@ -73,7 +73,7 @@ def importance_weight(log_w, n, cfg):
     )
 
 
-def loss(batch: Batch, cfg):
+def loss_terms(batch: Batch, cfg):
     m = batch.mask
     n = A.lengths(m)  # [B]
     norm = jnp.maximum(n, 1.0) if cfg.length_normalize else 1.0
@@ -85,11 +85,10 @@ def loss(batch: Batch, cfg):
     log_w = A.seq_sum(batch.logp - batch.old_logp, m)  # token sum, not length-normalised
     w = importance_weight(log_w, n, cfg)
     valid = (n > 0).astype(jnp.float32)  # padding rows carry no trajectory
-    count = jnp.maximum(valid.sum(), 1.0)
-    value = jnp.sum(valid * w * delta**2) / count
+    count = valid.sum()
     raw_w = jnp.exp(jax.lax.stop_gradient(log_w))
     sg = jax.lax.stop_gradient
-    mean = lambda x: jnp.sum(valid * x) / count
+    mean = lambda x: jnp.sum(valid * x) / jnp.maximum(count, 1.0)
     metrics = A.policy_metrics(batch, None, None) | {
         "flowrl/logz": mean(sg(batch.logz)),
         # The log Z that minimises the loss for the current policy (E[δ] = 0 at fixed w' = 1).
@@ -101,9 +100,9 @@ def loss(batch: Batch, cfg):
         "flowrl/is_weight_raw_max": jnp.max(jnp.where(valid > 0, raw_w, -jnp.inf)),
         "flowrl/is_weight_clip_fraction": mean((w != raw_w).astype(jnp.float32)),
     }
-    return value, metrics
+    return jnp.sum(valid * w * delta**2), count, metrics
 
 
 ALGORITHM = register(
-    Algorithm("flowrl", default_config, prepare, loss, needs_ref=True, needs_logz=True)
+    Algorithm("flowrl", default_config, prepare, loss_terms, needs_ref=always, needs_logz=True)
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from flowrl_jax.algorithms import advantages as A
-from flowrl_jax.algorithms.registry import Algorithm, Batch, register
+from flowrl_jax.algorithms.registry import Algorithm, Batch, register, when_kl
 
 
 def default_config() -> ConfigDict:
@@ -27,19 +27,20 @@ def prepare(batch: Batch, cfg) -> Batch:
 
 
 def clipped_policy_loss(batch: Batch, cfg, eps_low: float, eps_high: float, kl_coef: float):
-    """The PPO-clip token loss (+ kl_coef·k3), aggregated per cfg.loss_agg: GRPO, DAPO, PPO and
-    REINFORCE++ differ only in their advantages, ε's, KL and aggregation."""
+    """The PPO-clip token loss (+ kl_coef·k3), aggregated per cfg.loss_agg -> (total, count,
+    metrics): GRPO, DAPO, PPO and REINFORCE++ differ only in their advantages, ε's, KL and
+    aggregation."""
     per_token, ratio, clipped = A.clipped_surrogate(
         batch.logp, batch.old_logp, batch.advantages, eps_low, eps_high
     )
     if kl_coef:
         per_token = per_token + kl_coef * A.k3(batch.logp, batch.ref_logp)
-    value = A.aggregate(per_token, batch.mask, cfg.loss_agg)
-    return value, A.policy_metrics(batch, ratio, clipped)
+    total, count = A.aggregate_terms(per_token, batch.mask, cfg.loss_agg)
+    return total, count, A.policy_metrics(batch, ratio, clipped)
 
 
-def loss(batch: Batch, cfg):
+def loss_terms(batch: Batch, cfg):
     return clipped_policy_loss(batch, cfg, cfg.clip_eps, cfg.clip_eps, cfg.kl_coef)
 
 
-ALGORITHM = register(Algorithm("grpo", default_config, prepare, loss))
+ALGORITHM = register(Algorithm("grpo", default_config, prepare, loss_terms, needs_ref=when_kl))

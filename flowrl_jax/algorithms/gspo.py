@@ -28,7 +28,7 @@ def prepare(batch: Batch, cfg) -> Batch:
     return batch._replace(scores=adv, advantages=adv)  # [B]: one advantage per sequence
 
 
-def loss(batch: Batch, cfg):
+def loss_terms(batch: Batch, cfg):
     m = batch.mask
     n = A.lengths(m)
     log_s = A.seq_sum(batch.logp - batch.old_logp, m) / jnp.maximum(n, 1.0)  # [B]
@@ -38,13 +38,13 @@ def loss(batch: Batch, cfg):
     clipped = jnp.clip(s, 1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high) * adv
     per_seq = -jnp.minimum(unclipped, clipped)
     valid = (n > 0).astype(jnp.float32)
-    count = jnp.maximum(valid.sum(), 1.0)
-    value = jnp.sum(per_seq * valid) / count
+    count = valid.sum()
+    mean = lambda x: jnp.sum(x * valid) / jnp.maximum(count, 1.0)
     metrics = A.policy_metrics(batch, None, None) | {
-        "gspo/seq_ratio_mean": jnp.sum(s * valid) / count,
-        "gspo/seq_clip_fraction": jnp.sum((clipped < unclipped) * valid) / count,
+        "gspo/seq_ratio_mean": mean(s),
+        "gspo/seq_clip_fraction": mean(clipped < unclipped),
     }
-    return value, metrics
+    return jnp.sum(per_seq * valid), count, metrics
 
 
-ALGORITHM = register(Algorithm("gspo", default_config, prepare, loss))
+ALGORITHM = register(Algorithm("gspo", default_config, prepare, loss_terms))

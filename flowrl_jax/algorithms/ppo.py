@@ -9,7 +9,7 @@ from ml_collections import ConfigDict
 
 from flowrl_jax.algorithms import advantages as A
 from flowrl_jax.algorithms.grpo import clipped_policy_loss
-from flowrl_jax.algorithms.registry import Algorithm, Batch, register
+from flowrl_jax.algorithms.registry import Algorithm, Batch, register, when_kl
 
 
 def default_config() -> ConfigDict:
@@ -55,17 +55,20 @@ def value_loss(batch: Batch, cfg):
     return 0.5 * jnp.maximum((v - R) ** 2, (clipped - R) ** 2), chose_clipped & moved
 
 
-def loss(batch: Batch, cfg):
-    policy, metrics = clipped_policy_loss(batch, cfg, cfg.clip_eps, cfg.clip_eps, 0.0)
+def loss_terms(batch: Batch, cfg):
+    policy, count, metrics = clipped_policy_loss(batch, cfg, cfg.clip_eps, cfg.clip_eps, 0.0)
     per_token, value_clipped = value_loss(batch, cfg)
-    vf = A.aggregate(per_token, batch.mask, cfg.loss_agg)
+    vf, _ = A.aggregate_terms(per_token, batch.mask, cfg.loss_agg)  # the same count
+    per = lambda total: total / jnp.maximum(count, 1.0)
     metrics = metrics | {
-        "ppo/policy_loss": policy,
-        "ppo/value_loss": vf,
+        "ppo/policy_loss": per(policy),
+        "ppo/value_loss": per(vf),
         "ppo/value_mean": A.masked_mean(batch.values, batch.mask),
         "ppo/value_clip_fraction": A.masked_mean(value_clipped.astype(jnp.float32), batch.mask),
     }
-    return policy + cfg.vf_coef * vf, metrics
+    return policy + cfg.vf_coef * vf, count, metrics
 
 
-ALGORITHM = register(Algorithm("ppo", default_config, prepare, loss, needs_values=True))
+ALGORITHM = register(
+    Algorithm("ppo", default_config, prepare, loss_terms, needs_ref=when_kl, needs_values=True)
+)

@@ -9,7 +9,7 @@ from ml_collections import ConfigDict
 from flowrl_jax.algorithms import advantages as A
 from flowrl_jax.algorithms.grpo import clipped_policy_loss
 from flowrl_jax.algorithms.ppo import token_rewards
-from flowrl_jax.algorithms.registry import Algorithm, Batch, register
+from flowrl_jax.algorithms.registry import Algorithm, Batch, always, register
 
 
 def default_config() -> ConfigDict:
@@ -28,8 +28,10 @@ def prepare(batch: Batch, cfg) -> Batch:
     return batch._replace(advantages=A.whiten(returns, batch.mask), returns=returns)
 
 
-def loss(batch: Batch, cfg):
+def loss_terms(batch: Batch, cfg):
     return clipped_policy_loss(batch, cfg, cfg.clip_eps, cfg.clip_eps, 0.0)
 
 
-ALGORITHM = register(Algorithm("reinforce_pp", default_config, prepare, loss, needs_ref=True))
+ALGORITHM = register(
+    Algorithm("reinforce_pp", default_config, prepare, loss_terms, needs_ref=always)
+)

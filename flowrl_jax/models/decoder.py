@@ -135,8 +135,8 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, mask, cos, sin, cache, layer, cache_index):
         """x [B, T, D]; mask [B, T, S] bool; cache None, or the whole stack's (k [L, B, K, Dh, S],
-        v [L, B, K, S, Dh]), of which this is layer `layer`, or (layer=None) this layer's own (k, v),
-        [B, K, Dh, S] and [B, K, S, Dh]."""
+        v [L, B, K, S, Dh]), of which this is layer `layer` (the scanned forward), or this layer's
+        own `Segments` (the sampler's unrolled decode)."""
         cfg = self.cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         B, T, _ = x.shape
@@ -161,9 +161,6 @@ class Attention(nn.Module):
             last = _write_kv(cache.k[-1], cache.v[-1], k, v, cache.index)
             cache = Segments(cache.k[:-1] + last[:1], cache.v[:-1] + last[1:], cache.index)
             ks, vs = cache.k, cache.v
-        elif layer is None:  # this layer's own buffers
-            cache = _write_kv(*cache, k, v, cache_index)
-            ks, vs = cache[:1], cache[1:]
         else:
             # Write this chunk into slots [cache_index, cache_index + T) of this layer and attend over
             # the layer's buffer. The stack is a loop carry updated in place: scanning it as per-layer
@@ -388,8 +385,7 @@ def decode_unrolled(
 ) -> DecoderOutput:
     """The cached forward with the layers unrolled: the decode loop's body.
 
-    layer_params: split_layers(params); caches: per layer, (k [B, K, Dh, S], v [B, K, S, Dh]) or
-    Segments. In a decode loop the scanned form copies each layer's weights and cache out of the
+    layer_params: split_layers(params); caches: per layer, its Segments. In a decode loop the scanned form copies each layer's weights and cache out of the
     stacks every step (no views in XLA); here every layer reads its own buffers and updates its
     cache in place. Compile time grows with depth, which is why the full forward stays scanned.
     """

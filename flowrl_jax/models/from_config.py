@@ -59,15 +59,15 @@ def model_config(config: ConfigDict, workdir: str):
     if config.checkpoint:
         cfg = config_from_hf(read_hf_config(config.checkpoint), **_overrides(config))
         return cfg, load_tokenizer(config.tokenizer or config.checkpoint)
-    from flowrl_jax import testing
+    from flowrl_jax.models import tiny
 
     # Each process writes its own copy (the tiny tokenizer is deterministic): no cross-host race.
     own = "tokenizer" if jax.process_count() == 1 else f"tokenizer.{jax.process_index()}"
     tok_dir = config.tokenizer or os.path.join(workdir, own)
     if not config.tokenizer:
-        testing.make_tiny_tokenizer(tok_dir)
+        tiny.make_tiny_tokenizer(tok_dir)
     tokenizer = load_tokenizer(tok_dir)
-    cfg = testing.tiny_config(config.tiny_family, vocab_size=len(tokenizer), **_overrides(config))
+    cfg = tiny.tiny_config(config.tiny_family, vocab_size=len(tokenizer), **_overrides(config))
     shape = {}
     if config.tiny_hidden_size:  # 4 heads (2 for keys and values), the MLP twice as wide
         D = config.tiny_hidden_size

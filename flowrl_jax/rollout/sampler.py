@@ -76,6 +76,15 @@ class SampleOutput(NamedTuple):
     logprobs: jax.Array  # [R, N] float32 log p(token) under logits / temperature; 0 where mask = 0
     stop_reason: jax.Array  # [R] STOP_EOS or STOP_LENGTH
 
+    def sequences(self):
+        """(tokens, mask) [R, P + N]: each prompt joined to its response, the layout every
+        teacher-forced pass reads. numpy in, numpy out (the phased loop); traced in, traced out."""
+        xp = np if isinstance(self.tokens, np.ndarray) else jnp
+        return (
+            xp.concatenate([self.prompt_tokens, self.tokens], axis=1),
+            xp.concatenate([self.prompt_mask, self.mask], axis=1),
+        )
+
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     """Set logits outside the top-k / nucleus set to -inf. logits [R, V] float32."""

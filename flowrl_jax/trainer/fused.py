@@ -2,10 +2,10 @@
 log-probs, old values), prepare the algorithm's batch, then every optimiser step of the rollout
 batch (mini-batches x epochs) in a `lax.scan`, the state donated.
 
-It composes the functions the phased loop (trainer/loop.py) calls one by one: `rollout.generate`,
-`step.score`, `step.prepare`, `step.update`. With the same seed both give the same parameters and
-metrics (tests/test_fused.py): the sampling key, the mini-batch order and the per-mini-batch
-scoring are the loop's.
+It composes the functions the phased loop (trainer/loop.py) jits one by one: `rollout.generate`,
+`step.rollout_batch`, `step.score_rollout`, `step.prepare`, `step.update`, with the same keys
+(`step.phase_key`). With the same seed both give the same parameters and metrics
+(tests/test_fused.py).
 
 The reward runs inside the program too: `FusedSpec.reward(out, answers) -> float32[R]`, a function
 of the sampled tokens (`rollout.SampleOutput`, R = B * n rows) and one int32 per prompt (`answers`:
@@ -22,14 +22,12 @@ between its two phases. That is five scalar host round trips a step.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowrl_jax import algorithms
 from flowrl_jax.rollout.sampler import SamplingParams, generate
 from flowrl_jax.trainer import step as step_lib
 
@@ -78,8 +76,7 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
     int32. -> (state, metrics, out, rewards): the algorithm's diagnostics averaged over the
     optimiser steps, the rollout (SampleOutput) and its rewards [R]."""
     spec, sp = fspec.step, fspec.sampling
-    # The loop's key for the first rollout of this RL step (trainer/loop.py: Trainer.rollout).
-    rng = jax.random.fold_in(state.rng, 1_000_000 + state.step)
+    rng = step_lib.phase_key(state.rng, state.step, step_lib.SAMPLE)  # the loop's first attempt
     live = jnp.ones(prompts.shape[0], bool)
     prompts = _mark(fspec, "start", prompts, prompts)
     out = generate(
@@ -94,29 +91,12 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
     )
     out = out._replace(tokens=_mark(fspec, "rollout", out.tokens, out.tokens))
     rewards = fspec.reward(out, answers).astype(jnp.float32)
-    R = out.tokens.shape[0]
-    group = jnp.repeat(jnp.arange(R // sp.n, dtype=jnp.int32), sp.n)
-    tokens = jnp.concatenate([out.prompt_tokens, out.tokens], axis=1)
+    tokens, mask, batch = step_lib.rollout_batch(out, rewards, sp.n)
     tokens = _mark(fspec, "reward", rewards, tokens)  # scoring starts after the reward
-    mask = jnp.concatenate([out.prompt_mask, out.mask], axis=1)
-
-    # Reference log-probs and old values one micro-batch at a time, as the loop computes them;
-    # strided micro-batches, so each holds rows of every device's share of the batch.
-    size, k = fspec.minibatch, R * spec.micro_batches // fspec.minibatch
-    score = functools.partial(step_lib.score, spec, state.params, ref_params)
-    split = functools.partial(step_lib.split_rows, k)
-    ref, old_values = jax.lax.map(lambda tm: score(*tm), (split(tokens), split(mask)))
-    merge = lambda x: None if x is None else step_lib.merge_rows(k, x)
-    batch = algorithms.Batch(
-        logp=None,
-        old_logp=out.logprobs,
-        mask=out.mask.astype(jnp.float32),
-        rewards=rewards,
-        group=group,
-        ref_logp=merge(ref),
-        old_values=merge(old_values),
-    )
-    batch = step_lib.prepare(spec, batch)
+    size = fspec.minibatch
+    chunks = tokens.shape[0] * spec.micro_batches // size  # micro-batch-sized, as the loop's
+    ref, old_values = step_lib.score_rollout(spec, state.params, ref_params, tokens, mask, chunks)
+    batch = step_lib.prepare(spec, batch._replace(ref_logp=ref, old_values=old_values))
     tokens = _mark(fspec, "logprobs", batch, tokens)  # the updates start after the scoring
 
     xs = jax.tree.map(lambda x: _minibatches(x, size), (tokens, mask, batch))

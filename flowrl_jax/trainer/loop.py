@@ -64,14 +64,20 @@ def default_config() -> ConfigDict:
     )
 
 
+def minibatch_size(config: ConfigDict) -> int:
+    """Sequences per optimiser step: train.minibatch_size, or (0) the whole rollout batch."""
+    return config.train.minibatch_size or config.train.prompts_per_step * config.rollout.n
+
+
 def check_sizes(config: ConfigDict, mesh) -> int:
-    """Refuse sizes that cannot work, before anything compiles. Returns the mini-batch size."""
+    """Refuse sizes that cannot work, before anything compiles (run.check calls it once per run).
+    Returns the mini-batch size."""
     alg = algorithms.get(config.algorithm.name)  # an unknown name lists the known ones
     if alg.check is not None:
         alg.check(config.algorithm[config.algorithm.name], config.rollout)
     n, t = config.rollout.n, config.train
     rollout = t.prompts_per_step * n
-    size = t.minibatch_size or rollout
+    size = minibatch_size(config)
     if size % n:
         raise ValueError(
             f"train.minibatch_size={size} is not a multiple of the group size rollout.n={n}: "
@@ -97,14 +103,14 @@ def optimizer_steps(config: ConfigDict) -> int:
     """Optimiser steps in the whole run (the cosine schedule decays over them)."""
     t = config.train
     rollout = t.prompts_per_step * config.rollout.n
-    return t.steps * t.epochs * (rollout // (t.minibatch_size or rollout))
+    return t.steps * t.epochs * (rollout // minibatch_size(config))
 
 
 class Trainer:
     """Holds the train state, the frozen reference parameters and the compiled phases."""
 
     def __init__(self, config: ConfigDict, model, tokenizer, mesh, task: Task):
-        self.minibatch = check_sizes(config, mesh)
+        self.minibatch = minibatch_size(config)  # its sizes are checked once, by run.check
         self.config, self.model, self.tokenizer, self.mesh = config, model, tokenizer, mesh
         self.task = task
         self.sampler, self.sp = sampler_lib.from_config(model.cfg, config.rollout, mesh, tokenizer)
@@ -125,7 +131,7 @@ class Trainer:
         # A compiled init writes new buffers: updates donate (overwrite) the state's, while the
         # reference model keeps the initial weights.
         self.state = jax.jit(init, out_shardings=self.state_sharding)(model.params, rng=rng)
-        self.ref_params = model.params if algorithms.needs_ref(self.alg, self.algo_cfg) else None
+        self.ref_params = model.params if self.alg.needs_ref(self.algo_cfg) else None
         self._phases: dict[int, tuple] = {}
         self._fused: dict[int, Callable] = {}
         self._marks: dict[str, float] = {}  # the fused step's phase timestamps
@@ -147,11 +153,13 @@ class Trainer:
         )
 
     def _compiled(self, prompt_len: int):
-        """Jitted (score, prepare, update) for one prompt bucket."""
+        """Jitted (score_rollout, prepare, update) for one prompt bucket."""
         if prompt_len not in self._phases:
             spec = self._spec(prompt_len)
+            rows = self.config.train.prompts_per_step * self.sp.n
+            chunks = rows * self.config.train.micro_batches // self.minibatch
             self._phases[prompt_len] = (
-                jax.jit(functools.partial(step_lib.score, spec)),
+                jax.jit(functools.partial(step_lib.score_rollout, spec, chunks=chunks)),
                 jax.jit(functools.partial(step_lib.prepare, spec)),
                 step_lib.jit_update(spec, self.optimizer, self.mesh, self.state_sharding),
             )
@@ -208,25 +216,21 @@ class Trainer:
         return rewards.astype(np.float32)
 
     def rollout(self, next_prompts: Callable[[], tuple[list[list[int]], list[int]]], times: dict):
-        """Sample and reward one rollout batch of `train.prompts_per_step` groups. With dynamic
-        sampling (DAPO) groups whose rewards are all equal are dropped and more prompts drawn, at
-        most `max_refills` rollouts; if the batch is still short, equal groups fill it (logged).
-        next_prompts() -> (token-id lists, dataset rows). -> (tokens, mask [R, P + N], out,
-        rewards [R], group [R])."""
+        """Sample and reward one rollout batch of `train.prompts_per_step` groups. Under the
+        algorithm's group filter (DAPO's dynamic sampling) the groups it refuses are set aside and
+        more prompts drawn, at most `max_rollouts` rollouts; if the batch is still short, refused
+        groups fill it (logged).
+        next_prompts() -> (token-id lists, dataset rows). -> (out, rewards [R]), group g in rows
+        g*n .. g*n + n - 1."""
         want, n = self.config.train.prompts_per_step, self.sp.n
-        dynamic = self.algo_cfg.get("dynamic_sampling", False)
+        group_filter = self.alg.group_filter(self.algo_cfg)
         kept, spare = [], []
-        attempts = self.algo_cfg.get("max_refills", 1) if dynamic else 1
+        attempts = group_filter.max_rollouts if group_filter else 1
         for attempt in range(attempts):
             prompts, rows = next_prompts()
-            key = 1_000_000 * (attempt + 1) + int(self.state.step)
+            key = step_lib.phase_key(self.state.rng, self.state.step, step_lib.SAMPLE, attempt)
             t0 = metrics_lib.clock()
-            out = self.sampler(
-                self.state.params["policy"],
-                prompts,
-                jax.random.fold_in(self.state.rng, key),
-                self.sp,
-            )
+            out = self.sampler(self.state.params["policy"], prompts, key, self.sp)
             t1 = metrics_lib.clock()
             rewards = self.rewards(out, np.repeat(rows, n).tolist())
             times["rollout"] += t1 - t0
@@ -234,14 +238,14 @@ class Trainer:
             for g in range(len(prompts)):
                 part = slice(g * n, (g + 1) * n)
                 group = (SampleOutput(*(np.asarray(x)[part] for x in out)), rewards[part])
-                varied = np.ptp(rewards[part]) > 0
-                (kept if varied or not dynamic else spare).append(group)
+                keep = group_filter is None or group_filter.keep(rewards[part])
+                (kept if keep else spare).append(group)
             if len(kept) >= want:
                 break
         if len(kept) < want:
             log.warning(
-                "dynamic sampling: %d of %d groups have varied rewards after %d rollouts; "
-                "equal-reward groups fill the rest",
+                "dynamic sampling: the filter kept %d of %d groups after %d rollouts; "
+                "refused groups fill the rest",
                 len(kept),
                 want,
                 attempts,
@@ -257,11 +261,7 @@ class Trainer:
             np.concatenate([left_pad(o.prompt_mask, 0) for o, _ in groups]),
             *(np.concatenate([getattr(o, f) for o, _ in groups]) for f in SampleOutput._fields[2:]),
         )
-        rewards = np.concatenate([r for _, r in groups])
-        group = np.repeat(np.arange(want), n).astype(np.int32)
-        tokens = np.concatenate([out.prompt_tokens, out.tokens], 1)
-        mask = np.concatenate([out.prompt_mask, out.mask], 1)
-        return tokens, mask, out, rewards, group
+        return out, np.concatenate([r for _, r in groups])
 
     def step(self, next_prompts: Callable[[], tuple[list[list[int]], list[int]]]) -> dict:
         """One RL step: sample (and refill), reward, score, prepare, update over mini-batches.
@@ -269,20 +269,16 @@ class Trainer:
         dataset rows. -> the step's metrics (algorithm diagnostics averaged over mini-batches)."""
         t_start, compiled = metrics_lib.clock(), metrics_lib.compile_seconds()
         times = {"rollout": 0.0, "reward": 0.0}
-        tokens, mask, out, rewards, group = self.rollout(next_prompts, times)
+        out, rewards = self.rollout(next_prompts, times)
+        tokens, mask, batch = step_lib.rollout_batch(out, rewards, self.sp.n)
         score, prepare, update = self._compiled(out.prompt_tokens.shape[1])
         on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(self.mesh, np.ndim(x)))
         t0 = metrics_lib.clock()
-        ref, old_values = self._score(score, tokens, mask, on_mesh)
-        batch = algorithms.Batch(
-            logp=None,
-            old_logp=out.logprobs,  # the sampler's log-probs equal a recomputation (tested)
-            mask=out.mask.astype(np.float32),
-            rewards=rewards,
-            group=group,
-            ref_logp=ref,
-            old_values=old_values,
-        )
+        # Scored a micro-batch of rows at a time: the update's memory bound holds for the scoring
+        # forward too, and on the CPU 4 blocks of 16 rows score 1.3x faster than one of 64 (fewer
+        # fresh pages; BENCHMARKS.md, issue #5).
+        ref, old_values = score(self.state.params, self.ref_params, on_mesh(tokens), on_mesh(mask))
+        batch = batch._replace(ref_logp=ref, old_values=old_values)
         batch = jax.tree.map(mesh_lib.to_host, prepare(jax.tree.map(on_mesh, batch)))
         times["logprobs"] = metrics_lib.clock() - t0
         t0 = metrics_lib.clock()
@@ -315,7 +311,7 @@ class Trainer:
     def _why_not_fused(self) -> str | None:
         if self.reward_fn is None and jax.process_count() > 1:
             return "a host reward inside the program runs on one process only"
-        if self.algo_cfg.get("dynamic_sampling", False):
+        if self.alg.group_filter(self.algo_cfg):
             return "dynamic sampling (DAPO) refills on the host"
         k = self.config.train.prompts_per_step
         if self.sampler.batch_bucket(k) != k:
@@ -412,21 +408,6 @@ class Trainer:
         edges = ["start", *PHASES]
         return {b: marks[b] - marks[a] for a, b in zip(edges, edges[1:])}
 
-    def _score(self, score, tokens, mask, on_mesh):
-        """Reference log-probs and old values, one micro-batch of rows at a time: the update's
-        memory bound holds for the scoring forward too (the whole rollout batch in one forward would
-        not fit at scale), and on the CPU 4 micro-batches of 16 rows score 1.3x faster than one of
-        64 (fewer fresh pages a call; BENCHMARKS.md, issue #5). -> host arrays or None."""
-        rows = self.minibatch // self.config.train.micro_batches
-        parts = [
-            score(self.state.params, self.ref_params, on_mesh(tokens[i:j]), on_mesh(mask[i:j]))
-            for i, j in _slices(len(tokens), rows)
-        ]
-        return tuple(
-            None if parts[0][k] is None else np.concatenate([mesh_lib.to_host(p[k]) for p in parts])
-            for k in range(2)
-        )
-
     def _step_metrics(self, mask, out, rewards, times) -> dict:
         """Rollout and speed figures of one RL step. mask [R, P + N]; times: seconds per phase
         and "step" (a fused step without train.fused_phase_times has only "step": its rates are
@@ -435,7 +416,7 @@ class Trainer:
         real = float(mask.sum())  # prompt + response tokens, padding left out
         epochs = self.config.train.epochs
         fwd = metrics_lib.forward_flops(self.model.cfg, real)
-        scored = fwd * (algorithms.needs_ref(self.alg, self.algo_cfg) + self.alg.needs_values)
+        scored = fwd * (self.alg.needs_ref(self.algo_cfg) + self.alg.needs_values)
         # rollout: one forward per token (the KV cache); update: forward + backward = 3 forwards
         flops = fwd + scored + 3 * fwd * epochs
         peak = self.peak

@@ -24,11 +24,15 @@ import dataclasses
 import logging
 import os
 import time
+from typing import NamedTuple
 
 import jax
 from ml_collections import ConfigDict
 
-from flowrl_jax.evaluation import job_report
+from flowrl_jax import tasks
+from flowrl_jax.evaluation import job_report, sampled
+from flowrl_jax.models import from_config
+from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks import Task, prompt_limit
 from flowrl_jax.trainer import demonstrations
 from flowrl_jax.trainer import sft as sft_lib
@@ -46,12 +50,11 @@ log = logging.getLogger("flowrl_jax")
 
 
 def _evaluate(config, cfg, params, tokenizer, mesh, rl_step: int, todo: dict, name="") -> dict:
-    from flowrl_jax import evaluate
     from flowrl_jax.models import Model
 
     t0 = time.perf_counter()
     policy = Model(cfg, params, mesh=mesh)
-    metrics = evaluate.periodic(config, policy, tokenizer, mesh, rl_step, todo, name)
+    metrics = sampled.periodic(config, policy, tokenizer, mesh, rl_step, todo, name)
     log.info(
         "evaluation %s took %.1f s",
         name or f"after RL step {rl_step}",
@@ -71,15 +74,59 @@ class RunResult:
     report: dict | None = None  # the before / after report (eval.report)
 
 
+class Checked(NamedTuple):
+    """What the one validation of a run (`check`) read and built, without a weight read or a
+    program compiled."""
+
+    task: Task
+    model_cfg: object  # DecoderConfig
+    tokenizer: object
+    eval_todo: dict | None  # the evaluation's tasks (sampled.eval_tasks), when it evaluates
+    demos: list | None  # the warm-up's encoded demonstrations, when there is a warm-up
+
+
+def check(config: ConfigDict, mesh, task: Task | None = None) -> Checked:
+    """Everything a user can get wrong in a run's config and data, checked once, before any weight
+    is read or any program compiles: sizes against the mesh, the prompt limit, the task and its
+    data (`task`, if built already), the evaluation, the warm-up and its demonstrations, the
+    model's config and tokenizer, the stop tokens. The entry point calls it; `train` and `run`
+    call it when they are not given its result."""
+    check_sizes(config, mesh)
+    prompt_limit(config)
+    if task is None:
+        task = tasks.get(config.task, config.seed)
+    wants_eval = config.eval.every or config.eval.before
+    eval_todo = sampled.eval_tasks(config, task) if wants_eval else None
+    settings = sampled.periodic_settings(config)
+    job_report.check(config.eval, config.eval.k in settings.pass_k)
+    sft_lib.check(config.sft, mesh)  # its sizes, before its demonstrations are read
+    model_cfg, tokenizer = from_config.model_config(config.model, config.workdir)
+    sampler_lib.stop_token_ids(tokenizer, config.rollout.stop_tokens)
+    demos = demonstrations_for(config, task, tokenizer)
+    if demos is not None:
+        sft_lib.check(config.sft, mesh, len(demos))
+    return Checked(task, model_cfg, tokenizer, eval_todo, demos)
+
+
+def claim(config: ConfigDict, model_cfg) -> None:
+    """The workdir for this run: refused if it holds another model's or algorithm's run. Call with
+    its WorkdirLock held."""
+    claim_workdir(config.workdir, signature(model_cfg, config.algorithm.name))
+
+
 def run(
-    config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo=None, demos=None
+    config: ConfigDict, mesh, model, tokenizer, task: Task, checked: Checked | None = None
 ) -> RunResult:
     """Train `config.train.steps` RL steps in `config.workdir` (after the SFT warm-up, if
-    `config.sft` asks for one), resuming if it holds a checkpoint. eval_todo: the evaluation's
-    tasks (evaluate.eval_tasks), demos: the warm-up's encoded demonstrations, if built already."""
-    check_sizes(config, mesh)
+    `config.sft` asks for one), resuming if it holds a checkpoint. checked: `check`'s result, by
+    an entry point that has also locked and claimed the workdir; without it the run checks,
+    locks and claims here."""
     with WorkdirLock(config.workdir):
-        return _run(config, mesh, model, tokenizer, task, eval_todo, demos)
+        if checked is None:
+            os.makedirs(config.workdir, exist_ok=True)
+            checked = check(config, mesh, task)
+            claim(config, model.cfg)
+        return _run(config, mesh, model, tokenizer, task, checked.eval_todo, checked.demos)
 
 
 def demonstrations_for(config: ConfigDict, task: Task, tokenizer):
@@ -94,17 +141,8 @@ def demonstrations_for(config: ConfigDict, task: Task, tokenizer):
 
 def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo, demos) -> RunResult:
     workdir = config.workdir
-    wants_eval = config.eval.every or config.eval.before
-    if wants_eval and eval_todo is None:  # bad eval data fails now, not after training
-        from flowrl_jax import evaluate
-
-        eval_todo = evaluate.eval_tasks(config, task)
-    claim_workdir(workdir, signature(model.cfg, config.algorithm.name))
-    if demos is None:
-        demos = demonstrations_for(config, task, tokenizer)
     warm = None
     if demos is not None:
-        sft_lib.check(config.sft, mesh, len(demos))
         warm = sft_lib.run(config, mesh, model, tokenizer, demos, _has_checkpoint(workdir))
         if warm.preempted:
             return RunResult([], 0, 0, warm.preempted, sft=warm)
@@ -187,3 +225,16 @@ def _has_checkpoint(workdir: str) -> bool:
     """Whether RL has saved a step in `workdir` (then the warm-up is loaded, not trained)."""
     directory = os.path.join(workdir, "checkpoints")
     return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+def train(config: ConfigDict, mesh, model=None, tokenizer=None, task=None) -> RunResult:
+    """Train on `config.task` (or `task`, built from it already) in `config.workdir`, resuming from
+    its latest checkpoint: checked, locked and claimed before the model is built (or `model` and
+    `tokenizer` are taken)."""
+    os.makedirs(config.workdir, exist_ok=True)
+    checked = check(config, mesh, task)
+    with WorkdirLock(config.workdir):
+        claim(config, checked.model_cfg)
+        if model is None:
+            model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        return run(config, mesh, model, tokenizer, checked.task, checked)

@@ -78,7 +78,7 @@ def batch(prompts: list[list[int]], responses: list[list[int]], length: int, pad
 
 def default_config() -> ConfigDict:
     """config.sft. Off while steps and epochs are both 0."""
-    optimizer = step_lib.optimizer_config()
+    optimizer = step_lib.default_config()
     optimizer.update(
         {
             "learning_rate": 1e-5,

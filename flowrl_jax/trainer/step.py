@@ -16,7 +16,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from absl import logging
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
@@ -31,7 +33,8 @@ from flowrl_jax.rollout.logprobs import logprobs_from_hidden, token_logprobs
 SCHEDULES = ("constant", "cosine")
 
 
-def optimizer_config() -> ConfigDict:
+def default_config() -> ConfigDict:
+    """config.optimizer: the AdamW optimiser and its learning-rate schedule (`make_optimizer`)."""
     return ConfigDict(
         {
             "learning_rate": 1e-6,  # paper (Qwen2.5-7B math)
@@ -94,13 +97,18 @@ def learning_rate_schedule(cfg: ConfigDict, peak: float, total_steps: int | None
             "optimizer.schedule='cosine' decays over the run: make_optimizer needs total_steps, "
             "the run's optimiser steps (train.steps x train.epochs x mini-batches per rollout batch)"
         )
-    elif total_steps <= warmup:
-        raise ValueError(
-            f"optimizer.schedule='cosine': total_steps={total_steps} leaves nothing to decay after "
-            f"optimizer.warmup_steps={cfg.warmup_steps}"
-        )
     elif not 0.0 <= cfg.min_lr_ratio <= 1.0:
         raise ValueError(f"optimizer.min_lr_ratio={cfg.min_lr_ratio} must be in [0, 1]")
+    elif total_steps <= warmup:
+        # A smoke run (train.steps=2 on the default job) ends inside the warm-up: it runs the
+        # ramp alone, which is what its steps would have had in the full run.
+        logging.warning(
+            "optimizer.schedule='cosine': the run's %d optimiser steps end inside "
+            "optimizer.warmup_steps=%d; the cosine never starts",
+            total_steps,
+            cfg.warmup_steps,
+        )
+        after = optax.constant_schedule(peak)
     else:
         after = optax.warmup_cosine_decay_schedule(
             0.0, peak, warmup, total_steps, end_value=peak * cfg.min_lr_ratio
@@ -144,6 +152,35 @@ def init_state(spec: StepSpec, policy_params, optimizer, rng) -> TrainState:
 
 
 # --- phases ---
+#
+# One RL step, whether phased (trainer/loop.py jits each phase) or fused (trainer/fused.py composes
+# them in one program): sample (rollout.generate) -> reward (the task's) -> `rollout_batch` (the
+# record every later phase reads) -> `score_rollout` -> `prepare` -> `update` per mini-batch.
+
+SAMPLE, UPDATE = 1, 2  # the phases that draw random numbers, as ids in their keys
+
+
+def phase_key(rng, step, phase: int, attempt=0):
+    """The key of `phase` at optimiser step `step`: fold_in(fold_in(fold_in(rng, step), phase),
+    attempt). attempt: the rollout batch within one RL step (dynamic sampling draws several)."""
+    base = jax.random.fold_in(rng, step)
+    return jax.random.fold_in(jax.random.fold_in(base, phase), attempt)
+
+
+def rollout_batch(out, rewards, n: int):
+    """The record of one rollout: (tokens, mask [R, P + N] prompt and response joined, the Batch's
+    rollout fields). out: a SampleOutput of R = G x n rows, group g in rows g*n .. g*n + n - 1;
+    rewards [R]. numpy in, numpy out; traced in, traced out."""
+    xp = np if isinstance(out.tokens, np.ndarray) else jnp
+    tokens, mask = out.sequences()
+    R = out.tokens.shape[0]
+    batch = algorithms.Batch(
+        old_logp=out.logprobs,  # the sampler's log-probs equal a recomputation (tested)
+        mask=out.mask.astype(xp.float32),
+        rewards=rewards.astype(xp.float32),
+        group=xp.repeat(xp.arange(R // n, dtype=xp.int32), n),
+    )
+    return tokens, mask, batch
 
 
 def _values(spec: StepSpec, params, hidden):
@@ -159,7 +196,7 @@ def score(spec: StepSpec, params, ref_params, tokens, mask):
     values [B, N] or None). tokens, mask [B, P + N]."""
     P = spec.prompt_len
     ref = None
-    if algorithms.needs_ref(spec.alg, spec.algo_cfg):
+    if spec.alg.needs_ref(spec.algo_cfg):
         ref = token_logprobs(spec.model, ref_params, tokens, mask, spec.temperature, spec.chunk)
         ref = ref[:, P:]
     values = None
@@ -167,6 +204,17 @@ def score(spec: StepSpec, params, ref_params, tokens, mask):
         hidden = forward(spec.model, params["policy"], tokens, mask, return_logits=False).hidden
         values = _values(spec, params, hidden)
     return ref, values
+
+
+def score_rollout(spec: StepSpec, params, ref_params, tokens, mask, chunks: int):
+    """`score` over a whole rollout batch, `chunks` strided row blocks one after another (the
+    update's memory bound holds for the scoring forward too; each block holds rows of every
+    device's share) -> (ref log-probs [R, N] or None, old values [R, N] or None)."""
+    split = functools.partial(split_rows, chunks)
+    parts = jax.lax.map(
+        lambda tm: score(spec, params, ref_params, *tm), (split(tokens), split(mask))
+    )
+    return tuple(None if x is None else merge_rows(chunks, x) for x in parts)
 
 
 def prepare(spec: StepSpec, batch: algorithms.Batch) -> algorithms.Batch:
@@ -202,18 +250,6 @@ def policy_outputs(spec: StepSpec, params, tokens, mask, rows, rng) -> dict:
     return out
 
 
-def loss_denominator(algo_cfg: ConfigDict, mask):
-    """N of the algorithm's loss L = (Σ over rows of a per-row sum) / N, for response mask [B, N]:
-    the response tokens under 'token-mean' aggregation, else the rows holding a response (the
-    seq-mean aggregations and FlowRL's and GSPO's trajectory means all average over those rows).
-    Micro-batch k then contributes its own loss weighted by N_k / N, which sums to the gradient of
-    the whole mini-batch's loss. (tests/test_train_step.py checks it for every algorithm.)"""
-    lengths = jnp.sum(mask, axis=-1)  # [B]
-    if algo_cfg.get("loss_agg") == "token-mean":
-        return jnp.sum(lengths)
-    return jnp.sum((lengths > 0).astype(jnp.float32))
-
-
 def check_micro_batches(minibatch: int, micro_batches: int, mesh: Mesh | None = None) -> int:
     """Refuse a split that cannot work (before anything compiles). Returns the rows per
     micro-batch."""
@@ -242,45 +278,46 @@ def merge_rows(k: int, x):
     return x.swapaxes(0, 1).reshape(k * x.shape[1], *x.shape[2:])
 
 
-def _micro_batch_loss(spec: StepSpec, params, tokens, mask, batch, rows, rng, weight):
-    """weight x the algorithm's loss on one micro-batch -> (weighted loss, policy_outputs)."""
+def _micro_batch_total(spec: StepSpec, params, tokens, mask, batch, rows, rng):
+    """The algorithm's loss total on one micro-batch (its share of the mini-batch's sum) ->
+    (total, policy_outputs)."""
     outputs = policy_outputs(spec, params, tokens, mask, rows, rng)
-    loss, _ = spec.alg.loss(batch._replace(**outputs), spec.algo_cfg)
-    return weight * loss, outputs
+    total, _, _ = spec.alg.loss_terms(batch._replace(**outputs), spec.algo_cfg)
+    return total, outputs
 
 
 def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: algorithms.Batch):
     """One optimiser step on a mini-batch. tokens, mask [B, P + N]; batch: the prepared
     response-aligned arrays (logp is filled here). -> (state, metrics).
 
-    The gradient is summed over spec.micro_batches micro-batches in a `lax.scan` (one micro-batch's
-    activations live at a time), micro-batch k weighted by N_k / N (`loss_denominator`), so it
-    equals the gradient of one pass. The loss and metrics are the algorithm's own, computed once on
-    the whole mini-batch from the per-row outputs the scan collected: equal to one pass's too."""
+    The loss is total / count (`Algorithm.loss_terms`): the gradient of each micro-batch's total
+    is summed in a `lax.scan` (one micro-batch's activations live at a time) and divided once by
+    the mini-batch's count, so it equals the gradient of one pass for any reduction of that form.
+    The loss, count and metrics are computed once on the whole mini-batch from the per-row outputs
+    the scan collected: equal to one pass's too."""
     B = tokens.shape[0]
     k = spec.micro_batches
     check_micro_batches(B, k)
-    rng = jax.random.fold_in(state.rng, state.step)
-    total = jnp.maximum(loss_denominator(spec.algo_cfg, batch.mask), 1.0)
+    rng = phase_key(state.rng, state.step, UPDATE)
     rows = jnp.arange(B, dtype=jnp.int32)
     micro = jax.tree.map(functools.partial(split_rows, k), (tokens, mask, batch, rows))
-    grad_fn = jax.grad(_micro_batch_loss, argnums=1, has_aux=True)
+    grad_fn = jax.grad(_micro_batch_total, argnums=1, has_aux=True)
 
     def accumulate(grads, xs):
         t, m, b, r = xs
-        weight = loss_denominator(spec.algo_cfg, b.mask) / total
-        g, outputs = grad_fn(spec, state.params, t, m, b, r, rng, weight)
+        g, outputs = grad_fn(spec, state.params, t, m, b, r, rng)
         return jax.tree.map(lambda acc, x: acc + x.astype(jnp.float32), grads, g), outputs
 
     # The sum is kept in float32 whatever the parameters' storage dtype.
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
     grads, outputs = jax.lax.scan(accumulate, zeros, micro)
     outputs = jax.tree.map(functools.partial(merge_rows, k), outputs)  # each [B, ...]
-    loss, metrics = spec.alg.loss(batch._replace(**outputs), spec.algo_cfg)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    total, count, metrics = spec.alg.loss_terms(batch._replace(**outputs), spec.algo_cfg)
+    count = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = metrics | {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    metrics = metrics | {"loss": total / count, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
 

@@ -1,0 +1,77 @@
+"""A run's policy read back from its workdir: the resolved config (`<workdir>/config.json`), the
+train state's shapes and shardings as the trainer places them, and the newest readable checkpoint
+(or a given step) of RL or of the SFT warm-up. Export and evaluation both start here."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from ml_collections import ConfigDict
+
+from flowrl_jax import mesh as mesh_lib
+from flowrl_jax.models import Model, from_config
+from flowrl_jax.models.decoder import init_params
+from flowrl_jax.models.families import read_hf_config
+from flowrl_jax.trainer import step as step_lib
+from flowrl_jax.trainer.checkpoint import Checkpoints
+
+
+def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
+    """The run's TrainState as ShapeDtypeStructs placed as the trainer places it."""
+    spec = step_lib.StepSpec(
+        model_cfg,
+        config.algorithm.name,
+        config.algorithm[config.algorithm.name],
+        config.heads,
+        prompt_len=1,
+        temperature=1.0,
+    )
+    optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
+
+    def init(rng):
+        return step_lib.init_state(spec, init_params(model_cfg, rng), optimizer, rng)
+
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    shardings = step_lib.state_shardings(mesh, shapes, model_cfg.family)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+    )
+
+
+def load_run_policy(workdir: str, step: int | None = None, mesh=None, sft_phase: bool = False):
+    """A run's policy from its newest readable checkpoint (or `step`); `sft_phase`: of its SFT
+    warm-up (<workdir>/sft/checkpoints). -> (Model on `mesh`, tokenizer, the checkpoint's record;
+    its "run_config": the ConfigDict the run trained with)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a flowrl-jax run directory")
+    with open(path) as f:
+        config = ConfigDict(json.load(f))
+    mesh = mesh or mesh_lib.make_mesh()
+    model_cfg, tokenizer = from_config.model_config(config.model, workdir)
+    if sft_phase:
+        from flowrl_jax.models.decoder import init_params as init
+        from flowrl_jax.trainer import sft
+
+        policy = jax.eval_shape(lambda: init(model_cfg, jax.random.key(0)))
+        optimizer = sft.optimizer_for_restore(config.sft)
+        like = sft.abstract_state(optimizer, policy, mesh, model_cfg.family)[0]
+        checkpoints = Checkpoints(os.path.join(workdir, "sft"), config.checkpoint)
+    else:
+        like = abstract_state(config, model_cfg, mesh)
+        checkpoints = Checkpoints(workdir, config.checkpoint)
+    try:
+        restored = checkpoints.restore_latest(like, step)
+    finally:
+        checkpoints.close()
+    if restored is None:
+        raise FileNotFoundError(f"no readable checkpoint in {checkpoints.directory}")
+    state, record = restored
+    source = config.model.checkpoint  # the run's HF starting point: its config keys carry over
+    hf_config = read_hf_config(source) if source and os.path.isdir(source) else None
+    model = Model(model_cfg, state.params["policy"], mesh=mesh, hf_config=hf_config)
+    # The config of the start that saved this step (config.json is the latest start's).
+    saved = ConfigDict(json.loads(record["config"])) if "config" in record else config
+    return model, tokenizer, record | {"run_config": saved}
