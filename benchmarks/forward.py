@@ -13,39 +13,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-
-def matmul_peak(n: int = 2048) -> float:
-    """fp32 FLOP/s of one jitted n x n matmul, best of 3."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(3))
-    return 2 * n**3 / best
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def matmul_params(hf: dict) -> int:
-    """Weights each token multiplies by: the layers' projections and the LM head (no embedding)."""
-    d, f, L = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
-    h, k, dh = hf["num_attention_heads"], hf["num_key_value_heads"], hf["head_dim"]
-    return L * (d * (h + 2 * k) * dh + h * dh * d + 3 * d * f) + d * hf["vocab_size"]
+from benchmarks import matmul_peak, seconds
+from flowrl_jax.models.families import config_from_hf
+from flowrl_jax.trainer import metrics
 
 
 def forward_flops(hf: dict, batch: int, length: int) -> float:
-    L, h, dh = hf["num_hidden_layers"], hf["num_attention_heads"], hf["head_dim"]
-    attention = L * 2 * length * h * dh  # scores and weighted sum, full (unmasked) square
-    return 2 * batch * length * (matmul_params(hf) + attention)
+    """The trainer's count of a forward (flowrl_jax/trainer/metrics.py) with attention over the
+    full (unmasked) square, as transformers computes it."""
+    cfg = config_from_hf(hf)
+    tokens = batch * length
+    return metrics.forward_flops(cfg, tokens) + metrics.attention_flops(cfg, tokens * length)
 
 
 def main() -> None:
@@ -80,13 +62,13 @@ def main() -> None:
         with torch.no_grad():
             return reference(input_ids=ids).logits
 
-    compile_s = _timed(run_ours)
+    compile_s = seconds(run_ours)
     run_ours(), run_torch()  # warm-up
     flops = forward_flops(hf, args.batch, args.length)
     rows = []
     for _ in range(args.pairs):
         peak = matmul_peak()
-        t_ours, t_torch = _timed(run_ours), _timed(run_torch)
+        t_ours, t_torch = seconds(run_ours), seconds(run_torch)
         rows.append((t_ours, t_torch, peak))
     print(
         f"jax {jax.__version__} / torch {torch.__version__} / transformers "

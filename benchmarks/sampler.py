@@ -22,6 +22,10 @@ import time
 import jax
 import numpy as np
 
+from benchmarks import matmul_peak, seconds
+from flowrl_jax.models.families import config_from_hf
+from flowrl_jax.trainer import metrics
+
 WORK = {"tiny": (64, 32, 128), "small": (32, 64, 256)}  # sequences, prompt length, new tokens
 
 
@@ -29,7 +33,6 @@ def run_size(name: str, pairs: int) -> float:
     import torch
     import transformers
 
-    from benchmarks.forward import matmul_peak
     from flowrl_jax.models import load_hf, tiny
     from flowrl_jax.rollout import Sampler, SamplingParams
 
@@ -84,7 +87,7 @@ def run_size(name: str, pairs: int) -> float:
         run_ours(i + 1)
         t1 = time.perf_counter()
         peak = matmul_peak()
-        floor_seconds = min(_seconds(floor) for floor in floors)
+        floor_seconds = min(seconds(floor) for floor in floors)
         t2 = time.perf_counter()
         run_theirs()
         t3 = time.perf_counter()
@@ -159,20 +162,15 @@ def weight_matmuls(params, batch: int, steps: int, options: dict):
     return lambda: program(layers, head, x0).block_until_ready()
 
 
-def _seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def generate_flops(hf: dict, batch: int, prompt: int, new: int) -> float:
-    """Prefill of the prompt plus `new` single-token steps, each attending over its prefix."""
-    from benchmarks.forward import forward_flops
-
-    L, h, dh = hf["num_hidden_layers"], hf["num_attention_heads"], hf["head_dim"]
-    per_step = forward_flops(hf, batch, 1) - 2 * batch * L * 2 * h * dh  # weights only
-    attention = 2 * batch * L * 2 * h * dh * sum(prompt + t for t in range(new))
-    return forward_flops(hf, batch, prompt) + new * per_step + attention
+    """Prefill of the prompt plus `new` single-token steps, each attending over its prefix (the
+    trainer's counts, flowrl_jax/trainer/metrics.py)."""
+    cfg = config_from_hf(hf)
+    prefill = metrics.forward_flops(cfg, batch * prompt)
+    prefill += metrics.attention_flops(cfg, batch * prompt * prompt)
+    steps = new * metrics.forward_flops(cfg, batch)
+    steps += metrics.attention_flops(cfg, batch * sum(prompt + t for t in range(new)))
+    return prefill + steps
 
 
 def main() -> None:

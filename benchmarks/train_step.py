@@ -19,7 +19,7 @@ donated, as the trainer runs it, with gradients accumulated over `--micro-batche
 once, as a plain `transformers` step does.
 
 Rows alternate ours / torch for `--pairs` pairs after one warm-up step each, with the fp32 matmul
-peak (`benchmarks.forward.matmul_peak`) measured beside each pair. FLOPs: 6 · N · tokens with N the
+peak (`benchmarks.matmul_peak`, the trainer's measurement) measured beside each pair. FLOPs: 6 · N · tokens with N the
 non-embedding parameters plus the LM head (the embedding lookup does no matmul; the log-Z head and
 norms are left out); attention's score and weighted-sum matmuls are not counted (they would add
 4-8%). The last line reads `mfu_small=<x> speedup_vs_torch tiny=<y> small=<z>` (MFU: median of
@@ -38,6 +38,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from benchmarks import matmul_peak, seconds
+from flowrl_jax.models.families import config_from_hf
+from flowrl_jax.trainer import metrics
 
 WORK = {"tiny": (64, 32, 128), "small": (32, 64, 256)}  # sequences, prompt length, response length
 GROUP = 8  # samples per prompt: rows with equal prompt ids form a group (FlowRL normalises in it)
@@ -87,11 +91,9 @@ class Result:
 def step_params(hf: dict) -> int:
     """N: the parameters each token's matmuls touch, i.e. all but the embedding table (the layers'
     projections and norms, the final norm, the LM head)."""
-    from benchmarks.forward import matmul_params
-
     d, dh = hf["hidden_size"], hf["head_dim"]
     norms = hf["num_hidden_layers"] * (2 * d + 2 * dh) + d  # input/post norms, q/k norms; final
-    return matmul_params(hf) + norms
+    return metrics.matmul_params(config_from_hf(hf)) + norms
 
 
 def make_batch(seed: int, batch: int, prompt: int, response: int, vocab: int):
@@ -117,7 +119,6 @@ def run_size(
     import torch
     import transformers
 
-    from benchmarks.forward import matmul_peak
     from flowrl_jax import algorithms
     from flowrl_jax.config import base_config
     from flowrl_jax.models import load_hf
@@ -188,7 +189,7 @@ def run_size(
     rows = []
     for _ in range(pairs):
         peak = matmul_peak()
-        rows.append(Pair(_seconds(run_ours), _seconds(torch_step), peak))
+        rows.append(Pair(seconds(run_ours), seconds(torch_step), peak))
     return Result(
         name,
         remat,
@@ -271,12 +272,6 @@ def _torch_step(model, state, spec, config, tokens, batch):
         return loss.item(), grad_norm.item(), entropy.item()
 
     return step
-
-
-def _seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def report(result: Result, batch: int, prompt: int, response: int) -> None:

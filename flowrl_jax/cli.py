@@ -1,6 +1,7 @@
-"""What the absl entry points share (`python -m flowrl_jax.train`, `python -m flowrl_jax.compare`):
+"""What the entry points share. The absl ones (`python -m flowrl_jax.train`, `flowrl_jax.compare`):
 the --config and --workdir flags, and bad input reported as one line with exit status 2 instead
-of a traceback (FLOWRL_JAX_TRACEBACK=1 shows the traceback)."""
+of a traceback (FLOWRL_JAX_TRACEBACK=1 shows the traceback). The argparse ones (`evaluate`,
+`export`): --mesh."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import NoReturn
 
 from absl import flags
 from ml_collections import config_flags
+
+from flowrl_jax import mesh as mesh_lib
 
 WORKDIR = flags.DEFINE_string("workdir", None, "run directory (overrides config.workdir)")
 
@@ -77,3 +80,13 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(message(e))
     except Exception as e:  # noqa: BLE001 -- a --config=FILE's overrides apply while parsing
         config_error(e, argv)
+
+
+def mesh_arg(parser, text: str):
+    """An argparse CLI's --mesh (evaluate, export) as a Mesh over every device (None when not given); a bad one is a usage error."""
+    if not text:
+        return None
+    try:
+        return mesh_lib.make_mesh(mesh_lib.parse_shape(text))
+    except ValueError as e:
+        parser.error(f"--mesh: {e}")

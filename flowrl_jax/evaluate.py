@@ -4,6 +4,7 @@
     python -m flowrl_jax.evaluate --workdir=runs/x [--step=N] --data=... [--out=PREFIX]
     python -m flowrl_jax.evaluate --hf=DIR --gym=basic_arithmetic --problems=100
     python -m flowrl_jax.evaluate --hf=DIR --humaneval --k=16 --pass-k=1,16
+    python -m flowrl_jax.evaluate ... --mesh=fsdp=4,tensor=2
 
 Defaults are the paper's: 16 samples per problem at temperature 0.6, top-p 0.95. Per dataset:
 mean@k, unbiased pass@j for j in --pass-k (up to k), maj@k, distinct-1/2, distinct correct answers
@@ -24,7 +25,7 @@ import time
 
 import jax
 
-from flowrl_jax import tasks
+from flowrl_jax import cli, tasks
 from flowrl_jax.evaluation import sampled
 from flowrl_jax.rollout import sampler as sampler_lib
 
@@ -93,13 +94,16 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--gym", help="reasoning-gym datasets, comma-separated")
     parser.add_argument("--humaneval", action="store_true", help="HumanEval (164 problems)")
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--pass-k", default="1,4,16")
-    parser.add_argument("--problems", type=int, default=0, help="first N problems; 0 = all")
-    parser.add_argument("--prompts-per-batch", type=int, default=8)
+    default = sampled.EvalSettings()  # the one definition of the evaluation's defaults
+    parser.add_argument("--k", type=int, default=default.k)
+    parser.add_argument("--temperature", type=float, default=default.temperature)
+    parser.add_argument("--top-p", type=float, default=default.top_p)
+    parser.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens)
+    parser.add_argument("--pass-k", default=",".join(map(str, default.pass_k)))
+    parser.add_argument(
+        "--problems", type=int, default=default.problems, help="first N problems; 0 = all"
+    )
+    parser.add_argument("--prompts-per-batch", type=int, default=default.prompts_per_batch)
     parser.add_argument(
         "--system-prompt", default=None, help="system message (--workdir: the run's own)"
     )
@@ -110,6 +114,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--judge", help="module:function scoring (prompt, responses) per problem")
     parser.add_argument("--out", help="output prefix (default: <workdir or .>/eval/<time>)")
+    parser.add_argument(
+        "--mesh", default="", help="axis sizes, e.g. fsdp=4,tensor=2 (default: fsdp=-1)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -119,6 +126,7 @@ def main(argv=None) -> dict:
         pass_k = sampled.parse_pass_k(args.pass_k, args.k)
     except ValueError as e:
         parser.error(str(e))
+    mesh = cli.mesh_arg(parser, args.mesh)  # a bad one fails before anything loads
     # A run is evaluated on the prompts it trained with: its system prompt, field names and stop
     # tokens, unless given here.
     trained = run_config(args.workdir)
@@ -148,7 +156,7 @@ def main(argv=None) -> dict:
     todo = datasets(args, trained)  # bad data fails here, before the model loads
     from flowrl_jax import mesh as mesh_lib
 
-    mesh = mesh_lib.make_mesh()
+    mesh = mesh or mesh_lib.make_mesh()
     model, tokenizer, checkpoint = load_model(args, mesh)
     sampler_lib.stop_token_ids(tokenizer, settings.stop_tokens)  # each must be one token
     results = {}

@@ -1,6 +1,7 @@
 """Export a run's policy as a Hugging Face checkpoint directory that `transformers` loads.
 
     python -m flowrl_jax.export --workdir=runs/default [--step=N] [--out=DIR] [--dtype=bfloat16]
+        [--mesh=fsdp=4,tensor=2]
 
 Reads the run's resolved config (`<workdir>/config.json`) and its newest readable checkpoint (or
 `--step`), and writes the policy with its tokenizer to `--out` (default `<workdir>/export/step_<N>`).
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 
+from flowrl_jax import cli
 from flowrl_jax.models import save_hf
 from flowrl_jax.models.hf_io import dtype_name
 from flowrl_jax.rollout.sampler import stop_token_ids
@@ -24,13 +26,19 @@ log = logging.getLogger("flowrl_jax")
 
 
 def export(
-    workdir: str, step: int | None = None, out: str | None = None, dtype=None, sft_phase=False
+    workdir: str,
+    step: int | None = None,
+    out: str | None = None,
+    dtype=None,
+    sft_phase=False,
+    mesh=None,
 ) -> str:
     """-> the directory written: weights, config.json, generation_config.json (every token that
-    ends a response in training: the tokenizer's EOS and rollout.stop_tokens) and the tokenizer."""
+    ends a response in training: the tokenizer's EOS and rollout.stop_tokens) and the tokenizer.
+    mesh: where the checkpoint is restored (default: fsdp over every device)."""
     if dtype is not None:
         dtype_name(dtype)  # a bad name fails before the checkpoint is read
-    model, tokenizer, record = load_run_policy(workdir, step, sft_phase=sft_phase)
+    model, tokenizer, record = load_run_policy(workdir, step, mesh, sft_phase=sft_phase)
     config = record["run_config"]
     name = f"{'sft_' if sft_phase else ''}step_{record['rl_step']}"
     out = out or os.path.join(workdir, "export", name)
@@ -65,15 +73,21 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--sft", action="store_true", help="the SFT warm-up's checkpoint (<workdir>/sft), not RL's"
     )
+    parser.add_argument(
+        "--mesh",
+        default="",
+        help="axis sizes to restore on, e.g. fsdp=4,tensor=2 (default: fsdp=-1)",
+    )
     args = parser.parse_args(argv)
     if args.dtype is not None:
         try:
             dtype_name(args.dtype)
         except ValueError as e:
             parser.error(f"--dtype: {e}")
+    mesh = cli.mesh_arg(parser, args.mesh)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    print(export(args.workdir, args.step, args.out, args.dtype, args.sft))
+    print(export(args.workdir, args.step, args.out, args.dtype, args.sft, mesh))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,22 @@ BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both data-par
 DEFAULT_SHAPE = {"data": 1, "fsdp": -1, "tensor": 1}
 
 
+def parse_shape(text: str) -> dict[str, int]:
+    """A command line's mesh, 'fsdp=4,tensor=2' -> {'fsdp': 4, 'tensor': 2} (axes left out are
+    1; one may be -1: the devices left). Unknown axes and non-integers are errors."""
+    shape = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        axis, _, size = part.partition("=")
+        try:
+            shape[axis.strip()] = int(size)
+        except ValueError:
+            raise ValueError(f"mesh {text!r}: expected AXIS=SIZE pairs, got {part!r}") from None
+    unknown = sorted(set(shape) - set(AXES))
+    if unknown:
+        raise ValueError(f"mesh {text!r}: axes {unknown} do not exist; the axes are {AXES}")
+    return {a: shape.get(a, 1) for a in AXES}
+
+
 def mesh_shape(shape: Mapping[str, int] | None, num_devices: int) -> tuple[int, ...]:
     """Resolve a {'data', 'fsdp', 'tensor'} -> size mapping (one size may be -1) for num_devices."""
     shape = dict(DEFAULT_SHAPE if shape is None else shape)

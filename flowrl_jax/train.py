@@ -105,8 +105,7 @@ def sample_and_recompute(config, model, tokenizer, prompt: str, mesh) -> dict:
     t0 = time.perf_counter()
     out = sampler(model.params, [ids], jax.random.key(config.seed), sp)
     t_sample = time.perf_counter() - t0
-    seq = np.concatenate([out.prompt_tokens, out.tokens], 1)
-    seq_mask = np.concatenate([out.prompt_mask, out.mask], 1)
+    seq, seq_mask = out.sequences()
     rows = mesh_lib.batch_size_divisor(mesh)
     pad = -len(seq) % rows  # the recomputation batch must divide over the mesh too
     seq, seq_mask = np.pad(seq, ((0, pad), (0, 0))), np.pad(seq_mask, ((0, pad), (0, 0)))

@@ -109,6 +109,16 @@ def test_cli_refuses_pass_k_above_k(tmp_path, capsys):
     assert e.value.code == 2 and "[8] not in 1..k=4" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_bad_mesh_before_loading_a_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(
+            ["--hf", str(tmp_path / "none"), "--gym", "basic_arithmetic", "--mesh", "x=2"]
+        )
+    assert e.value.code == 2 and "--mesh: mesh 'x=2': axes ['x'] do not exist" in (
+        capsys.readouterr().err
+    )
+
+
 def test_gym_evaluation_split_has_no_training_problem():
     config = tasks.default_config()
     config.name, config.gym_size = "gym:basic_arithmetic", 200

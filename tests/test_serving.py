@@ -85,6 +85,29 @@ def test_the_export_takes_dtype_names(trained, tmp_path, capsys):
     assert e.value.code == 2 and "--dtype: dtype 'fp12' is not one of" in capsys.readouterr().err
 
 
+def test_the_export_restores_on_a_mesh_it_is_given(trained, tmp_path, capsys):
+    """--mesh=fsdp=4,tensor=2 restores the checkpoint split over 8 devices and writes the same
+    weights as the default mesh; a mesh that does not exist is a usage error naming it."""
+    from safetensors.numpy import load_file
+
+    workdir, _ = trained
+    plain, split = str(tmp_path / "plain"), str(tmp_path / "split")
+    export_main(["--workdir", str(workdir), "--out", plain])
+    export_main(["--workdir", str(workdir), "--out", split, "--mesh", "fsdp=4,tensor=2"])
+    want, got = (load_file(os.path.join(d, "model.safetensors")) for d in (plain, split))
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    for bad, message in (
+        ("fsdp=3", "needs 3 devices but 8 are available"),
+        ("pipeline=2", "axes ['pipeline'] do not exist"),
+        ("fsdp=four", "expected AXIS=SIZE pairs, got 'fsdp=four'"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            export_main(["--workdir", str(workdir), "--mesh", bad])
+        assert e.value.code == 2 and message in capsys.readouterr().err, bad
+
+
 def test_stop_tokens_end_responses(tmp_path):
     tokenizer = load_tokenizer(testing.make_tiny_tokenizer(str(tmp_path / "tok")))
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id

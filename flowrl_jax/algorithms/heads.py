@@ -71,6 +71,25 @@ def pool_prompt(hidden, prompt_mask, drop_last: bool = False):
     return total / jnp.maximum(m.sum(-1, keepdims=True), 1.0)
 
 
+def logz(head_params, prompt_hidden, prompt_mask, cfg: ConfigDict, keys=None):
+    """log Z_φ(x) [B] from the prompt's hidden states [B, P, D] (prompt_mask [B, P]): pooled,
+    detached from the backbone where cfg.detach_backbone, through the head. cfg: config.heads.logz.
+    keys [B]: one dropout key per row (training: a row's mask then does not depend on the rows
+    beside it); None: no dropout (evaluation)."""
+    pooled = pool_prompt(prompt_hidden, prompt_mask, cfg.drop_last_prompt_token)
+    if cfg.detach_backbone:
+        pooled = jax.lax.stop_gradient(pooled)
+    head = LogZHead(cfg.depth, cfg.dropout)
+    variables = {"params": head_params}
+    if keys is None:
+        return head.apply(variables, pooled, deterministic=True)
+
+    def one_row(x, key):  # x [D] -> log Z (scalar)
+        return head.apply(variables, x[None], deterministic=False, rngs={"dropout": key})[0]
+
+    return jax.vmap(one_row)(pooled, keys)
+
+
 def init(rng, hidden_size: int, cfg: ConfigDict, logz: bool, value: bool) -> dict:
     """The heads' parameter subtrees the algorithm needs ({} when none)."""
     params = {}

@@ -30,6 +30,7 @@ from math import comb
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import FrozenConfigDict
 
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.algorithms import heads
@@ -148,12 +149,10 @@ def correct_score(p: float, n: int) -> float:
     return float(total)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
-def _prompt_logz(cfg, params, depth, dropout, drop_last, tokens, mask):
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _prompt_logz(cfg, params, zc, tokens, mask):
     hidden = forward(cfg, params["policy"], tokens, mask, return_logits=False).hidden
-    pooled = heads.pool_prompt(hidden, mask, drop_last)
-    head = heads.LogZHead(depth, dropout)
-    return head.apply({"params": params["logz_head"]}, pooled, deterministic=True)
+    return heads.logz(params["logz_head"], hidden, mask, zc)
 
 
 def prompt_logz(model, head_params, zc, prompt_ids, pad_id: int, mesh=None, rows: int = 64):
@@ -167,7 +166,5 @@ def prompt_logz(model, head_params, zc, prompt_ids, pad_id: int, mesh=None, rows
         rows,
         mesh,
         lambda batch: [np.stack(x) for x in zip(*(layout(p, [], P, 0, pad_id)[:2] for p in batch))],
-        functools.partial(
-            _prompt_logz, model.cfg, params, zc.depth, zc.dropout, zc.drop_last_prompt_token
-        ),
+        functools.partial(_prompt_logz, model.cfg, params, FrozenConfigDict(zc)),
     )

@@ -97,14 +97,14 @@ def sample_responses(task, model, tokenizer, mesh, settings: EvalSettings, rng):
     sampler = _sampler(
         model.cfg, mesh, tokenizer.pad_token_id, settings.prompt_buckets, settings.cache_segments
     )
-    sp = sampler_lib.SamplingParams(
-        max_new_tokens=settings.max_new_tokens,
-        n=settings.k,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        stop_tokens=sampler_lib.stops(tokenizer, settings.stop_tokens),
-        pad_id=tokenizer.pad_token_id,
-    )
+    sampling = {
+        "n": settings.k,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "max_new_tokens": settings.max_new_tokens,
+        "stop_tokens": settings.stop_tokens,
+    }
+    sp = sampler_lib.sampling_params(sampling, tokenizer)
     texts, step, t0 = [], settings.prompts_per_batch, time.perf_counter()
     for start in range(0, len(ids), step):
         batch = [x.tolist() for x in ids[start : start + step]]
@@ -228,11 +228,13 @@ def default_config():
             "data": "",
             "kind": "math",
             "gym": "",
+            # Cheaper than the CLI's final evaluation (EvalSettings: every problem, k = 16), as it
+            # runs during training; the sampling itself is the same.
             "problems": 64,  # the first N problems of each dataset; 0 = all
-            "k": 4,  # samples per problem (the paper's final evaluation: 16)
+            "k": 4,  # samples per problem
             "pass_k": "1,4",
-            "temperature": 0.6,
-            "top_p": 0.95,
+            "temperature": EvalSettings.temperature,
+            "top_p": EvalSettings.top_p,
             "max_new_tokens": 0,  # 0 = rollout.max_new_tokens
             # Evaluate the starting policy (after the SFT warm-up, if any) before the first RL
             # step, as <workdir>/eval/before.*: the "before" of the report.

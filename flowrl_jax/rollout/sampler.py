@@ -410,13 +410,19 @@ def from_config(model_cfg: DecoderConfig, rollout, mesh, tokenizer, max_new_toke
         pad_id=tokenizer.pad_token_id,
         cache_segments=rollout.cache_segments,
     )
-    sp = SamplingParams(
-        max_new_tokens=max_new_tokens or rollout.max_new_tokens,
-        n=rollout.n,
-        temperature=rollout.temperature,
-        top_p=rollout.top_p,
-        top_k=rollout.top_k,
+    return sampler, sampling_params(rollout, tokenizer, max_new_tokens)
+
+
+def sampling_params(rollout, tokenizer, max_new_tokens=None) -> SamplingParams:
+    """SamplingParams from a mapping with config.rollout's sampling keys (n, temperature, top_p,
+    top_k, max_new_tokens, stop_tokens), stopping on the tokenizer's EOS and the stop tokens: the
+    trainer's rollouts and the evaluation's samples are set up by this one function."""
+    return SamplingParams(
+        max_new_tokens=max_new_tokens or rollout["max_new_tokens"],
+        n=rollout["n"],
+        temperature=rollout["temperature"],
+        top_p=rollout["top_p"],
+        top_k=rollout.get("top_k", 0),
         stop_tokens=stops(tokenizer, rollout.get("stop_tokens", "")),
         pad_id=tokenizer.pad_token_id,
     )
-    return sampler, sp

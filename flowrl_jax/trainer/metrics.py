@@ -94,8 +94,15 @@ def matmul_params(cfg: DecoderConfig) -> int:
 
 
 def forward_flops(cfg: DecoderConfig, tokens: int) -> float:
-    """2·N per token (attention's score and value products are left out: small at these lengths)."""
+    """2·N per token (attention's score and value products are left out: small at these lengths;
+    `attention_flops` counts them where they are not)."""
     return 2.0 * matmul_params(cfg) * tokens
+
+
+def attention_flops(cfg: DecoderConfig, pairs: float) -> float:
+    """Attention's score and weighted-value products over `pairs` (query, key) pairs, every head of
+    every layer: 2 · 2 · L · H · Dh per pair."""
+    return 4.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * pairs
 
 
 class MetricsLog:

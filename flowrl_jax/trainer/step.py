@@ -233,18 +233,9 @@ def policy_outputs(spec: StepSpec, params, tokens, mask, rows, rng) -> dict:
     )
     out = {"logp": logp[:, P:], "entropy": jax.lax.stop_gradient(entropy[:, P:])}
     if spec.alg.needs_logz:
+        keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(rows)  # [B]: each row's own
         zc = spec.heads_cfg.logz
-        pooled = heads.pool_prompt(hidden[:, :P], mask[:, :P], zc.drop_last_prompt_token)
-        if zc.detach_backbone:
-            pooled = jax.lax.stop_gradient(pooled)
-        head = heads.LogZHead(zc.depth, zc.dropout)
-
-        def one_row(x, key):  # x [D] -> log Z (scalar), with this row's own dropout key
-            variables = {"params": params["logz_head"]}
-            return head.apply(variables, x[None], deterministic=False, rngs={"dropout": key})[0]
-
-        keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(rows)  # [B] keys
-        out["logz"] = jax.vmap(one_row)(pooled, keys)  # [B]
+        out["logz"] = heads.logz(params["logz_head"], hidden[:, :P], mask[:, :P], zc, keys)
     if spec.alg.needs_values:
         out["values"] = _values(spec, params, hidden)
     return out
