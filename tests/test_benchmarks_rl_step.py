@@ -39,3 +39,19 @@ def test_our_rows_run_the_work_and_print_the_table(monkeypatch, capsys):
         assert sum(row.phases[1].values()) <= row.steps[1]
     assert np.isnan(rl_step.report(result)[0])  # no Tunix row, no ratio
     assert "ours phased GRPO" in capsys.readouterr().out
+
+
+def test_the_revision_comparison_reads_the_table_rl_step_prints(capsys):
+    """benchmarks/rl_step_revisions.py parses the medians out of rl_step.report's own table (a
+    change to that table's layout must break this, not the comparison's figures)."""
+    from benchmarks import rl_step_revisions as rev
+
+    assert set(rev.ROWS) == set(rl_step.ROWS)
+    rows = {}
+    for i, name in enumerate(rev.ROWS):
+        rows[name] = rl_step.Row(steps=[9.0, 1.0 + i, 3.0 + i, 2.0 + i], phases=[{}] * 4)
+    rl_step.report(rows)
+    medians = rev.parse(capsys.readouterr().out)
+    assert medians == {name: 2.0 + i for i, name in enumerate(rev.ROWS)}  # median of rounds 2-4
+    with pytest.raises(RuntimeError, match="printed no row"):
+        rev.parse("nothing here")

@@ -11,8 +11,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 import jax
 import numpy as np
@@ -26,6 +24,7 @@ from flowrl_jax.tasks import Task
 from flowrl_jax.trainer import metrics as metrics_lib
 from flowrl_jax.trainer import step as step_lib
 from flowrl_jax.trainer.data import shard_count
+from flowrl_jax.trainer.rewards import Rewards
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +134,9 @@ class Trainer:
         self._phases: dict[int, tuple] = {}
         self._fused: dict[int, Callable] = {}
         self._marks: dict[str, float] = {}  # the fused step's phase timestamps
-        self._pool = ThreadPoolExecutor(config.train.reward_workers)
-        self.reward_fn = task.make_jit_reward(tokenizer) if task.make_jit_reward else None
-        self._jit_reward = jax.jit(self.reward_fn) if self.reward_fn else None
+        t = config.train
+        self.rewards = Rewards(task, tokenizer, self.sp.n, t.reward_workers, t.reward_timeout)
+        self.reward_fn = self.rewards.compiled
         self.fused = self._choose_fused(config.train.fused)
         self.peak, self.peak_source = metrics_lib.mesh_peak_flops(mesh, config.train.peak_flops)
 
@@ -164,56 +163,6 @@ class Trainer:
                 step_lib.jit_update(spec, self.optimizer, self.mesh, self.state_sharding),
             )
         return self._phases[prompt_len]
-
-    def rewards(self, out: SampleOutput, rows: list[int]) -> np.ndarray:
-        """Decode each response and score it with the task's reward, in parallel threads. With
-        several processes each scores every process_count-th response and they share the results.
-        A task with a compiled reward (`make_jit_reward`) is scored by it instead, on every process."""
-        if self._jit_reward is not None:
-            first = np.asarray(rows[:: self.sp.n], np.int32)  # one row per prompt
-            return np.asarray(self._jit_reward(out, first), np.float32)
-        count, index = jax.process_count(), jax.process_index()
-        mine = np.arange(len(rows))[index::count]
-        texts = dict(
-            zip(
-                mine,
-                self.tokenizer.batch_decode(
-                    [out.tokens[i][out.mask[i] == 1].tolist() for i in mine],
-                    skip_special_tokens=True,
-                ),
-            )
-        )
-
-        def one(i):
-            try:
-                return float(self.task.reward(texts[i], rows[i]))
-            except Exception as e:
-                raise RuntimeError(
-                    f"task {self.task.name!r}: the reward function {_name(self.task.reward)} failed "
-                    f"on dataset row {rows[i]} "
-                    f"(response {texts[i][:200]!r}): {type(e).__name__}: {e}"
-                ) from e
-
-        rewards = np.zeros(len(rows), np.float32)
-        timeout = self.config.train.reward_timeout or None
-        futures = [self._pool.submit(one, i) for i in mine]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for i, future in zip(mine, futures):
-            try:
-                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                rewards[i] = future.result(timeout=left)
-            except FutureTimeout:
-                for f in futures:
-                    f.cancel()
-                raise RuntimeError(
-                    f"task {self.task.name!r}: the reward function {_name(self.task.reward)} did not "
-                    f"return within train.reward_timeout={timeout} s (dataset row {rows[i]})"
-                ) from None
-        if count > 1:  # each entry is non-zero on at most one process
-            from jax.experimental import multihost_utils
-
-            rewards = np.asarray(multihost_utils.process_allgather(rewards)).sum(0)
-        return rewards.astype(np.float32)
 
     def rollout(self, next_prompts: Callable[[], tuple[list[list[int]], list[int]]], times: dict):
         """Sample and reward one rollout batch of `train.prompts_per_step` groups. Under the
@@ -442,10 +391,6 @@ class Trainer:
     @property
     def alg(self) -> algorithms.Algorithm:
         return algorithms.get(self.config.algorithm.name)
-
-
-def _name(fn) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _slices(total: int, size: int):

@@ -1,0 +1,80 @@
+"""The reward phase of the phased RL step: each response decoded and scored by the task's host
+reward in a thread pool, with a deadline (a hung reward must not hang training), shared across
+processes; or the task's compiled reward, where it has one."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import jax
+import numpy as np
+
+from flowrl_jax.rollout import SampleOutput
+from flowrl_jax.tasks import Task
+
+
+class Rewards:
+    """rewards(out, rows) -> float32 [R]. `compiled`: the task's traceable reward (the fused step
+    calls it inside its program), or None."""
+
+    def __init__(self, task: Task, tokenizer, n: int, workers: int, timeout: float):
+        self.task, self.tokenizer, self.n, self.timeout = task, tokenizer, n, timeout
+        self.compiled = task.make_jit_reward(tokenizer) if task.make_jit_reward else None
+        self._jit = jax.jit(self.compiled) if self.compiled else None
+        self._pool = ThreadPoolExecutor(workers)
+
+    def __call__(self, out: SampleOutput, rows: list[int]) -> np.ndarray:
+        """Decode each response and score it with the task's reward, in parallel threads. With
+        several processes each scores every process_count-th response and they share the results.
+        A task with a compiled reward (`make_jit_reward`) is scored by it instead, on every process."""
+        if self._jit is not None:
+            first = np.asarray(rows[:: self.n], np.int32)  # one row per prompt
+            return np.asarray(self._jit(out, first), np.float32)
+        count, index = jax.process_count(), jax.process_index()
+        mine = np.arange(len(rows))[index::count]
+        texts = dict(
+            zip(
+                mine,
+                self.tokenizer.batch_decode(
+                    [out.tokens[i][out.mask[i] == 1].tolist() for i in mine],
+                    skip_special_tokens=True,
+                ),
+            )
+        )
+
+        def one(i):
+            try:
+                return float(self.task.reward(texts[i], rows[i]))
+            except Exception as e:
+                raise RuntimeError(
+                    f"task {self.task.name!r}: the reward function {_name(self.task.reward)} failed "
+                    f"on dataset row {rows[i]} "
+                    f"(response {texts[i][:200]!r}): {type(e).__name__}: {e}"
+                ) from e
+
+        rewards = np.zeros(len(rows), np.float32)
+        timeout = self.timeout or None
+        futures = [self._pool.submit(one, i) for i in mine]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for i, future in zip(mine, futures):
+            try:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                rewards[i] = future.result(timeout=left)
+            except FutureTimeout:
+                for f in futures:
+                    f.cancel()
+                raise RuntimeError(
+                    f"task {self.task.name!r}: the reward function {_name(self.task.reward)} did not "
+                    f"return within train.reward_timeout={timeout} s (dataset row {rows[i]})"
+                ) from None
+        if count > 1:  # each entry is non-zero on at most one process
+            from jax.experimental import multihost_utils
+
+            rewards = np.asarray(multihost_utils.process_allgather(rewards)).sum(0)
+        return rewards.astype(np.float32)
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
