@@ -6,8 +6,8 @@ Each algorithm is two pure functions over a `Batch` of arrays:
   loss_terms(batch, cfg) -> (total, count, metrics)   per mini-batch: the loss is total / count,
       `total` a sum of per-row terms differentiated through batch.logp (and batch.logz /
       batch.values where the algorithm has them), `count` what it is averaged over (tokens, rows)
-      and independent of the parameters. The step sums both over micro-batches and divides once,
-      so any reduction of that form accumulates exactly.
+      and independent of the parameters. The step reads the mini-batch's count first and sums
+      each micro-batch's total over it, so any reduction of that form accumulates exactly.
 and what the step must do for it: which inputs to compute (reference log-probs, log Z, values) and,
 for dynamic sampling, which groups to keep.
 """

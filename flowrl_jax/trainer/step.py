@@ -269,12 +269,25 @@ def merge_rows(k: int, x):
     return x.swapaxes(0, 1).reshape(k * x.shape[1], *x.shape[2:])
 
 
-def _micro_batch_total(spec: StepSpec, params, tokens, mask, batch, rows, rng):
-    """The algorithm's loss total on one micro-batch (its share of the mini-batch's sum) ->
-    (total, policy_outputs)."""
+def _micro_batch_loss(spec: StepSpec, params, tokens, mask, batch, rows, rng, count):
+    """The algorithm's loss total on one micro-batch over the mini-batch's count (its share of the
+    mini-batch's loss) -> (that share, policy_outputs)."""
     outputs = policy_outputs(spec, params, tokens, mask, rows, rng)
     total, _, _ = spec.alg.loss_terms(batch._replace(**outputs), spec.algo_cfg)
-    return total, outputs
+    return total / count, outputs
+
+
+def loss_count(spec: StepSpec, batch: algorithms.Batch):
+    """The mini-batch's count (`loss_terms`' second value, at least 1), known before the update:
+    the count does not depend on the parameters, so the rollout's own values stand in for the
+    current parameters' outputs, and the program keeps only what the count reads."""
+    stand_in = {"logp": batch.old_logp, "entropy": jnp.zeros_like(batch.old_logp)}
+    if spec.alg.needs_logz:
+        stand_in["logz"] = jnp.zeros(batch.mask.shape[:1], jnp.float32)
+    if spec.alg.needs_values:
+        stand_in["values"] = batch.old_values
+    _, count, _ = spec.alg.loss_terms(batch._replace(**stand_in), spec.algo_cfg)
+    return jnp.maximum(count, 1.0)
 
 
 def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: algorithms.Batch):
@@ -282,8 +295,9 @@ def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: al
     response-aligned arrays (logp is filled here). -> (state, metrics).
 
     The loss is total / count (`Algorithm.loss_terms`): the gradient of each micro-batch's total
-    is summed in a `lax.scan` (one micro-batch's activations live at a time) and divided once by
-    the mini-batch's count, so it equals the gradient of one pass for any reduction of that form.
+    over the mini-batch's count (`loss_count`) is summed in a `lax.scan` (one micro-batch's
+    activations live at a time), so it equals the gradient of one pass for any reduction of that
+    form.
     The loss, count and metrics are computed once on the whole mini-batch from the per-row outputs
     the scan collected: equal to one pass's too."""
     B = tokens.shape[0]
@@ -292,20 +306,20 @@ def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: al
     rng = phase_key(state.rng, state.step, UPDATE)
     rows = jnp.arange(B, dtype=jnp.int32)
     micro = jax.tree.map(functools.partial(split_rows, k), (tokens, mask, batch, rows))
-    grad_fn = jax.grad(_micro_batch_total, argnums=1, has_aux=True)
+    count = loss_count(spec, batch)
+    grad_fn = jax.grad(_micro_batch_loss, argnums=1, has_aux=True)
 
     def accumulate(grads, xs):
         t, m, b, r = xs
-        g, outputs = grad_fn(spec, state.params, t, m, b, r, rng)
+        g, outputs = grad_fn(spec, state.params, t, m, b, r, rng, count)
         return jax.tree.map(lambda acc, x: acc + x.astype(jnp.float32), grads, g), outputs
 
     # The sum is kept in float32 whatever the parameters' storage dtype.
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
     grads, outputs = jax.lax.scan(accumulate, zeros, micro)
     outputs = jax.tree.map(functools.partial(merge_rows, k), outputs)  # each [B, ...]
-    total, count, metrics = spec.alg.loss_terms(batch._replace(**outputs), spec.algo_cfg)
-    count = jnp.maximum(count, 1.0)
-    grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, state.params)
+    total, _, metrics = spec.alg.loss_terms(batch._replace(**outputs), spec.algo_cfg)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = metrics | {"loss": total / count, "grad_norm": optax.tree.norm(grads)}
