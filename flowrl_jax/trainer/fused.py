@@ -94,8 +94,8 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
     tokens, mask, batch = step_lib.rollout_batch(out, rewards, sp.n)
     tokens = _mark(fspec, "reward", rewards, tokens)  # scoring starts after the reward
     size = fspec.minibatch
-    chunks = tokens.shape[0] * spec.micro_batches // size  # micro-batch-sized, as the loop's
-    ref, old_values = step_lib.score_rollout(spec, state.params, ref_params, tokens, mask, chunks)
+    block = size // spec.micro_batches  # a micro-batch's rows, as the loop scores them
+    ref, old_values = step_lib.score_rollout(spec, state.params, ref_params, tokens, mask, block)
     batch = step_lib.prepare(spec, batch._replace(ref_logp=ref, old_values=old_values))
     tokens = _mark(fspec, "logprobs", batch, tokens)  # the updates start after the scoring
 

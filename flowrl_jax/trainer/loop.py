@@ -136,7 +136,6 @@ class Trainer:
         self._marks: dict[str, float] = {}  # the fused step's phase timestamps
         t = config.train
         self.rewards = Rewards(task, tokenizer, self.sp.n, t.reward_workers, t.reward_timeout)
-        self.reward_fn = self.rewards.compiled
         self.fused = self._choose_fused(config.train.fused)
         self.peak, self.peak_source = metrics_lib.mesh_peak_flops(mesh, config.train.peak_flops)
 
@@ -155,10 +154,9 @@ class Trainer:
         """Jitted (score_rollout, prepare, update) for one prompt bucket."""
         if prompt_len not in self._phases:
             spec = self._spec(prompt_len)
-            rows = self.config.train.prompts_per_step * self.sp.n
-            chunks = rows * self.config.train.micro_batches // self.minibatch
+            block = self.minibatch // self.config.train.micro_batches
             self._phases[prompt_len] = (
-                jax.jit(functools.partial(step_lib.score_rollout, spec, chunks=chunks)),
+                jax.jit(functools.partial(step_lib.score_rollout, spec, block=block)),
                 jax.jit(functools.partial(step_lib.prepare, spec)),
                 step_lib.jit_update(spec, self.optimizer, self.mesh, self.state_sharding),
             )
@@ -258,7 +256,7 @@ class Trainer:
         return jax.pure_callback(on_host, shape, out.tokens, out.mask, rows)
 
     def _why_not_fused(self) -> str | None:
-        if self.reward_fn is None and jax.process_count() > 1:
+        if self.rewards.compiled is None and jax.process_count() > 1:
             return "a host reward inside the program runs on one process only"
         if self.alg.group_filter(self.algo_cfg):
             return "dynamic sampling (DAPO) refills on the host"
@@ -326,7 +324,7 @@ class Trainer:
             self.sampler.cache_segments,
             self.minibatch,
             self.config.train.epochs,
-            self.reward_fn or self._callback_reward,
+            self.rewards.compiled or self._callback_reward,
             self._mark if self.config.train.fused_phase_times else None,
         )
         rows = mesh_lib.batch_sharding(self.mesh, ndim=1)  # every batch array: rows split

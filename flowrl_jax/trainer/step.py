@@ -206,10 +206,11 @@ def score(spec: StepSpec, params, ref_params, tokens, mask):
     return ref, values
 
 
-def score_rollout(spec: StepSpec, params, ref_params, tokens, mask, chunks: int):
-    """`score` over a whole rollout batch, `chunks` strided row blocks one after another (the
-    update's memory bound holds for the scoring forward too; each block holds rows of every
-    device's share) -> (ref log-probs [R, N] or None, old values [R, N] or None)."""
+def score_rollout(spec: StepSpec, params, ref_params, tokens, mask, block: int):
+    """`score` over a whole rollout batch, strided blocks of `block` rows (a micro-batch's) one
+    after another (the update's memory bound holds for the scoring forward too; each block holds
+    rows of every device's share) -> (ref log-probs [R, N] or None, old values [R, N] or None)."""
+    chunks = tokens.shape[0] // block
     split = functools.partial(split_rows, chunks)
     parts = jax.lax.map(
         lambda tm: score(spec, params, ref_params, *tm), (split(tokens), split(mask))
