@@ -1,29 +1,47 @@
 """Our RL step at two revisions of the code: did a change slow it down?
 
-    python -m benchmarks.rl_step_revisions --base=REV [--new=DIR] [--pairs 4] [--steps 6]
+    python -m benchmarks.rl_step_revisions --base=REV [--new=DIR] [--mode programs] [--rounds 10]
+    python -m benchmarks.rl_step_revisions --base=REV --mode processes [--pairs 4] [--steps 6]
 
-Runs `python -m benchmarks.rl_step --no-tunix --steps N` (our four rows, benchmarks/rl_step.py) in
-a checkout of `--base` (a git worktree made for the run) and in `--new` (default: this working
-tree), alternately, base then new, `--pairs` times. Each run reports per row the median step time
-over its rounds after the first (the first holds the compiles); this prints, per row, the median
-over runs of each side, their spread, and the ratio new / base of the medians, with its range over
-the pairs (each pair's new over the same pair's base). The two sides are separate processes, one
-after the other, not one process: a code change cannot be timed in one. The last line reads
-`rl_step_new_over_base <row>=<ratio> ...`.
+Both sides do the work of benchmarks/rl_step.py's rows (as each tree's own rl_step.py defines them),
+`--base` in a git worktree made for the run, `--new` (default: this working tree) where it is.
+
+`--mode programs` (the default) times the fused rows' compiled programs in one process. In each
+tree a subprocess builds that tree's trainer for each fused row and exports the row's whole RL step
+(`jax.export`, with its inputs: state, reference weights, prompts); this process then compiles both
+trees' programs and runs them interleaved, base and new alternately (the order swapped every round)
+for `--rounds` rounds after a warm-up call, so that both sides see the same machine at the same
+moments. This is the comparison the guide asks for (one process, A B A B); it times the device
+program only, without the host's step bookkeeping and without the phase-time callbacks.
+
+`--mode processes` runs `python -m benchmarks.rl_step --no-tunix --steps N` in each tree
+alternately, `--pairs` times, and reads each run's median step per row: all four rows including
+the phased one, host code included, but two processes per pair, which a busy machine can tell
+apart.
+
+Each mode prints, per row, the median of each side with its range and the median of the per-pair
+ratios new / base with their range; the last line reads `rl_step_new_over_base <row>=<ratio> ...`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from benchmarks import rl_step
 
 ROWS = tuple(rl_step.ROWS)  # our rows
+FUSED_ROWS = tuple(name for name, (_, fused, _) in rl_step.ROWS.items() if fused)
 NAME_WIDTH = 26  # benchmarks/rl_step.py's report: the row name, then first s, step s, phases
 
 
@@ -40,26 +58,136 @@ def parse(stdout: str) -> dict[str, float]:
     return medians
 
 
-def run_once(tree: str, steps: int) -> dict[str, float]:
-    argv = [sys.executable, "-m", "benchmarks.rl_step", "--no-tunix", "--steps", str(steps)]
-    env = dict(os.environ, PYTHONPATH=tree)  # that tree's flowrl_jax, not the installed one
+def in_tree(tree: str, argv: list[str]) -> str:
+    """Runs a command with `tree`'s flowrl_jax and benchmarks (not the installed ones); its stdout."""
+    env = dict(os.environ, PYTHONPATH=tree)
     out = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"{' '.join(argv)} in {tree} failed:\n{out.stderr[-3000:]}")
-    return parse(out.stdout)
+    return out.stdout
 
 
-def summary(base: list[dict], new: list[dict]) -> dict[str, float]:
-    print(f"\n{len(base)} pairs, each run's median step (s) over its rounds after the first")
+def is_key(x) -> bool:
+    return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def exported(fn, args) -> tuple[bytes, list[np.ndarray]]:
+    """`fn(*args)` as a serialized program over the flat leaves of `args` (random keys as their
+    uint32 data), and those leaves: the program's pytrees (optax states, named tuples) need not be
+    registered for serialization, and the leaves load in any process."""
+    flat, treedef = jax.tree.flatten(args)
+    keys = [is_key(x) for x in flat]
+
+    def flat_fn(*leaves):
+        leaves = [jax.random.wrap_key_data(x) if k else x for x, k in zip(leaves, keys)]
+        out = fn(*jax.tree.unflatten(treedef, leaves))
+        return [jax.random.key_data(x) if is_key(x) else x for x in jax.tree.leaves(out)]
+
+    leaves = [np.asarray(jax.random.key_data(x) if k else x) for x, k in zip(flat, keys)]
+    program = jax.export.export(jax.jit(flat_fn))(*leaves)
+    return bytes(program.serialize()), leaves
+
+
+def loaded(blob: bytes, leaves: list[np.ndarray]):
+    """An `exported` program compiled in this process, and its inputs on the device."""
+    program = jax.export.deserialize(bytearray(blob))
+    args = [jax.device_put(x) for x in leaves]
+    return jax.jit(program.call).lower(*args).compile(), args
+
+
+def cost(compiled) -> tuple[float, float]:
+    """XLA's own count of a compiled program's FLOPs and bytes accessed: the same for two programs
+    that do the same work, whatever the machine's noise."""
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis  # older jax: one per device
+    return analysis.get("flops", 0.0), analysis.get("bytes accessed", 0.0)
+
+
+def export_fused_rows(directory: str):
+    """Run in a subprocess at one tree: that tree's fused rows' RL steps, exported to
+    `directory`/<row index>.pkl. Uses only what both sides' trainers have."""
+    from flowrl_jax import mesh as mesh_lib
+
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(3, 512, (rl_step.PROMPTS, rl_step.PROMPT_LEN)).tolist()
+    answers = np.arange(rl_step.PROMPTS, dtype=np.int32)
+    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
+    on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(mesh, np.ndim(x)))
+    with tempfile.TemporaryDirectory() as tmp, jax.set_mesh(mesh):
+        rl_step.write_checkpoint(f"{tmp}/ckpt")
+        for i, (name, how) in enumerate(rl_step.ROWS.items()):
+            if name not in FUSED_ROWS:
+                continue
+            trainer = rl_step.our_trainer(f"{tmp}/ckpt", *how, mesh, f"{tmp}/{i}")
+            trainer.config.train.fused_phase_times = False  # host callbacks do not export
+            tokens, mask, _ = trainer.sampler.pad(prompts)
+            step = trainer._compile_fused(tokens.shape[1])
+            args = (trainer.state, trainer.ref_params, *map(on_mesh, (tokens, mask, answers)))
+            with open(os.path.join(directory, f"{i}.pkl"), "wb") as f:
+                pickle.dump((name, *exported(step, args)), f)
+
+
+def time_programs(trees: dict[str, str], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Exports the fused rows in each tree, then times both sides' programs interleaved."""
+    programs = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for side, tree in trees.items():
+            os.makedirs(f"{scratch}/{side}")
+            script = os.path.abspath(__file__)
+            in_tree(tree, [sys.executable, script, "--export-to", f"{scratch}/{side}"])
+            for file in sorted(os.listdir(f"{scratch}/{side}")):
+                with open(f"{scratch}/{side}/{file}", "rb") as f:
+                    name, blob, leaves = pickle.load(f)
+                programs[name, side] = loaded(blob, leaves)
+                jax.block_until_ready(programs[name, side][0](*programs[name, side][1]))  # warm-up
+    for name in FUSED_ROWS:
+        (fb, bb), (fn, bn) = (cost(programs[name, side][0]) for side in trees)
+        print(f"{name}: XLA cost base {fb:.4g} FLOP, {bb:.4g} B; new {fn:.4g} FLOP, {bn:.4g} B")
+    times = {name: {side: [] for side in trees} for name in FUSED_ROWS}
+    for r in range(rounds):
+        sides = list(trees) if r % 2 == 0 else list(trees)[::-1]
+        for name in FUSED_ROWS:
+            for side in sides:
+                step, args = programs[name, side]
+                t0 = time.perf_counter()
+                jax.block_until_ready(step(*args))
+                times[name][side].append(time.perf_counter() - t0)
+        print(
+            f"round {r + 1}/{rounds}: "
+            + "  ".join(f"{n} {t['base'][-1]:.2f}/{t['new'][-1]:.2f} s" for n, t in times.items()),
+            flush=True,
+        )
+    return times
+
+
+def time_processes(trees: dict[str, str], pairs: int, steps: int):
+    argv = [sys.executable, "-m", "benchmarks.rl_step", "--no-tunix", "--steps", str(steps)]
+    times = {name: {side: [] for side in trees} for name in ROWS}
+    for i in range(pairs):
+        for side, tree in trees.items():
+            for name, median in parse(in_tree(tree, argv)).items():
+                times[name][side].append(median)
+        print(
+            f"pair {i + 1}/{pairs}: "
+            + "  ".join(f"{n} {t['base'][-1]:.2f}/{t['new'][-1]:.2f} s" for n, t in times.items()),
+            flush=True,
+        )
+    return times
+
+
+def summary(times: dict[str, dict[str, list[float]]], what: str) -> dict[str, float]:
+    """Per row: each side's median (min-max) and the median (min-max) of the per-pair ratios."""
+    pairs = len(next(iter(times.values()))["base"])
+    print(f"\n{pairs} pairs; {what}")
     print(
         f"{'row':<34} {'base s':>7} {'(min-max)':>13} {'new s':>7} {'(min-max)':>13} "
         f"{'new/base':>9} {'(min-max)':>11}"
     )
     ratios = {}
-    for row in ROWS:
-        b, n = [r[row] for r in base], [r[row] for r in new]
+    for row, sides in times.items():
+        b, n = sides["base"], sides["new"]
         per_pair = sorted(y / x for x, y in zip(b, n))
-        ratios[row] = statistics.median(n) / statistics.median(b)
+        ratios[row] = statistics.median(per_pair)
         print(
             f"{row:<34} {statistics.median(b):>7.3f} ({min(b):.3f}-{max(b):.3f}) "
             f"{statistics.median(n):>7.3f} ({min(n):.3f}-{max(n):.3f}) {ratios[row]:>9.3f} "
@@ -70,11 +198,19 @@ def summary(base: list[dict], new: list[dict]) -> dict[str, float]:
 
 def main(argv=None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="the git revision to compare against")
+    parser.add_argument("--base", help="the git revision to compare against")
     parser.add_argument("--new", default=".", help="the source tree of the new side")
-    parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=6, help="rounds per run, the first compiling")
+    parser.add_argument("--mode", choices=("programs", "processes"), default="programs")
+    parser.add_argument("--rounds", type=int, default=10, help="programs: timed calls per side")
+    parser.add_argument("--pairs", type=int, default=4, help="processes: runs per side")
+    parser.add_argument("--steps", type=int, default=6, help="processes: rounds per run")
+    parser.add_argument("--export-to", help=argparse.SUPPRESS)  # the per-tree subprocess
     args = parser.parse_args(argv)
+    if args.export_to:
+        export_fused_rows(args.export_to)
+        return {}
+    if not args.base:
+        parser.error("--base is required")
     new_tree = os.path.abspath(args.new)
     with tempfile.TemporaryDirectory() as scratch:
         base_tree = os.path.join(scratch, "base")
@@ -83,15 +219,17 @@ def main(argv=None) -> dict[str, float]:
             cwd=new_tree,
             check=True,
         )
+        trees = {"base": base_tree, "new": new_tree}
         try:
-            base, new = [], []
-            for i in range(args.pairs):
-                base.append(run_once(base_tree, args.steps))
-                new.append(run_once(new_tree, args.steps))
-                print(f"pair {i + 1}/{args.pairs}: base {base[-1]}  new {new[-1]}", flush=True)
+            if args.mode == "programs":
+                times = time_programs(trees, args.rounds)
+                what = "one process, each call one fused RL step's program (s), sides alternating"
+            else:
+                times = time_processes(trees, args.pairs, args.steps)
+                what = "each run's median step (s) over its rounds after the first"
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", base_tree], cwd=new_tree)
-    ratios = summary(base, new)
+    ratios = summary(times, what)
     label = lambda row: row.replace("ours ", "").replace(", ", "_").replace(" ", "_").lower()
     print("rl_step_new_over_base " + " ".join(f"{label(r)}={v:.3f}" for r, v in ratios.items()))
     return ratios

@@ -1,7 +1,10 @@
 """benchmarks/rl_step.py without Tunix (CI does not install it): the reward both sides compute is
 one function, and our rows run the benchmark's work at a smaller size and print the table."""
 
+import pickle
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -55,3 +58,38 @@ def test_the_revision_comparison_reads_the_table_rl_step_prints(capsys):
     assert medians == {name: 2.0 + i for i, name in enumerate(rev.ROWS)}  # median of rounds 2-4
     with pytest.raises(RuntimeError, match="printed no row"):
         rev.parse("nothing here")
+
+
+def test_an_exported_step_runs_in_another_process_as_it_ran_where_it_was_built():
+    """The programs comparison exports each tree's RL step over its flat leaves (optax states and
+    named tuples are not registered for serialization; keys travel as their data): the loaded
+    program gives the jitted function's own outputs, here for a small optimiser step with a key."""
+    import optax
+
+    from benchmarks import rl_step_revisions as rev
+
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2))  # EmptyState inside
+    params = {"w": jnp.arange(6.0).reshape(2, 3)}
+    state = (params, opt.init(params), jax.random.key(3))
+
+    @jax.jit
+    def step(state, x):
+        params, opt_state, key = state
+        key, sub = jax.random.split(key)
+        noise = jax.random.normal(sub, x.shape)
+        grads = jax.grad(lambda p: jnp.sum((x + noise) @ p["w"]) ** 2)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, key), jnp.sum(noise)
+
+    x = jnp.ones((4, 2))
+    want = jax.tree.leaves(
+        jax.tree.map(lambda v: jax.random.key_data(v) if rev.is_key(v) else v, step(state, x))
+    )
+    blob, leaves = rev.exported(step, (state, x))
+    program, args = rev.loaded(pickle.loads(pickle.dumps(blob)), leaves)
+    got = program(*args)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    flops, _ = rev.cost(program)
+    assert flops >= 4 * 2 * 3 * 2  # at least the forward matmul x @ w, multiply-adds counted twice
