@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
+from benchmarks import seconds
 from flowrl_jax.rewards import code, sandbox
 
 TESTS = 10
@@ -38,12 +38,9 @@ def make_work(responses: int):
 
 
 def fixed_cost(limits: sandbox.Limits, repeats: int = 10) -> float:
-    walls = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sandbox.run_io("print(1)", ["\n"], limits)
-        walls.append(time.perf_counter() - t0)
-    return statistics.median(walls)
+    return statistics.median(
+        seconds(lambda: sandbox.run_io("print(1)", ["\n"], limits)) for _ in range(repeats)
+    )
 
 
 def main(argv=None) -> dict:
@@ -55,9 +52,10 @@ def main(argv=None) -> dict:
     limits = {"wall_s": args.wall, "cpu_s": args.wall}
     names, texts, tests = make_work(args.responses)
     per_response = fixed_cost(code.make_limits(**limits))
-    t0 = time.perf_counter()
-    rewards = code.code_rewards(texts, tests, workers=args.workers, **limits)
-    total = time.perf_counter() - t0
+    rewards = []
+    total = seconds(
+        lambda: rewards.extend(code.code_rewards(texts, tests, workers=args.workers, **limits))
+    )
     wrong = [i for i, n in enumerate(names) if rewards[i] != KINDS[n][1]]
     if wrong:
         raise SystemExit(f"wrong rewards for responses {wrong[:10]} ({names[wrong[0]]}, ...)")

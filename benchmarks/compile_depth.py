@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks import seconds
 from flowrl_jax.models import DecoderConfig, config_from_hf, forward, param_shapes, tiny
 
 
@@ -42,14 +42,11 @@ def programs(cfg: DecoderConfig):
 def measure(cfg: DecoderConfig, name: str, repeats: int) -> tuple[float, int]:
     tokens = jax.ShapeDtypeStruct((8, 256), jnp.int32)
     params = param_shapes(cfg)
-    times, size = [], 0
-    for _ in range(repeats):
-        fn = programs(cfg)[name]  # a new function object: no cache hit
-        t0 = time.perf_counter()
-        lowered = jax.jit(fn).lower(params, tokens, tokens)
-        lowered.compile()
-        times.append(time.perf_counter() - t0)
-        size = len(lowered.as_text())
+    lower = lambda fn: jax.jit(fn).lower(params, tokens, tokens)
+    # A new function object each time (programs() builds them): no cache hit.
+    fresh = [programs(cfg)[name] for _ in range(repeats)]
+    times = [seconds(lambda fn=fn: lower(fn).compile()) for fn in fresh]
+    size = len(lower(programs(cfg)[name]).as_text())
     return statistics.median(times), size
 
 

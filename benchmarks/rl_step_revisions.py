@@ -32,13 +32,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import rl_step
+from benchmarks import rl_step, seconds
 
 ROWS = tuple(rl_step.ROWS)  # our rows
 FUSED_ROWS = tuple(name for name, (_, fused, _) in rl_step.ROWS.items() if fused)
@@ -149,9 +148,8 @@ def time_programs(trees: dict[str, str], rounds: int) -> dict[str, dict[str, lis
         for name in FUSED_ROWS:
             for side in sides:
                 step, args = programs[name, side]
-                t0 = time.perf_counter()
-                jax.block_until_ready(step(*args))
-                times[name][side].append(time.perf_counter() - t0)
+                wall = seconds(lambda: jax.block_until_ready(step(*args)))  # noqa: B023 (called now)
+                times[name][side].append(wall)
         print(
             f"round {r + 1}/{rounds}: "
             + "  ".join(f"{n} {t['base'][-1]:.2f}/{t['new'][-1]:.2f} s" for n, t in times.items()),
