@@ -9,8 +9,8 @@ It composes the functions the phased loop (trainer/loop.py) jits one by one: `ro
 
 The reward runs inside the program too: `FusedSpec.reward(out, answers) -> float32[R]`, a function
 of the sampled tokens (`rollout.SampleOutput`, R = B * n rows) and one int32 per prompt (`answers`:
-the dataset row). Either the task's compiled reward, or (trainer/loop.py: `_callback_reward`) a
-`jax.pure_callback` to the host reward pool. The callback costs a device-to-host copy of the
+the dataset row). Either the task's compiled reward, or (trainer/rewards.py: `Rewards.in_program`)
+a `jax.pure_callback` to the host reward pool. The callback costs a device-to-host copy of the
 response tokens and the program waits for the slowest reward; on several hosts the phased loop is
 the better choice for host rewards (each host scores its share there), and the trainer picks it.
 
@@ -22,6 +22,7 @@ between its two phases. That is five scalar host round trips a step.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import jax
@@ -46,6 +47,29 @@ class FusedSpec:
 
 
 PHASES = ("rollout", "reward", "logprobs", "update")
+
+
+class PhaseClock:
+    """The host side of the phase marks: `reset()` before a step, `mark` is its FusedSpec.mark,
+    `times()` after it gives the seconds per phase ({} when no mark came)."""
+
+    def __init__(self):
+        self.marks: dict[str, float] = {}
+
+    def reset(self):
+        self.marks = {}
+
+    def mark(self, phase: str):
+        """Called from the program (on a runtime thread) as each phase ends. With several devices
+        it may come once per device: the first call counts."""
+        self.marks.setdefault(phase, time.perf_counter())
+
+    def times(self) -> dict[str, float]:
+        marks = self.marks
+        if "start" not in marks:
+            return {}
+        edges = ["start", *PHASES]
+        return {b: marks[b] - marks[a] for a, b in zip(edges, edges[1:])}
 
 
 def _mark(fspec: FusedSpec, phase: str, ready, gate):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 
 import jax
@@ -21,6 +20,7 @@ from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.rollout import SampleOutput
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks import Task
+from flowrl_jax.trainer import fused
 from flowrl_jax.trainer import metrics as metrics_lib
 from flowrl_jax.trainer import step as step_lib
 from flowrl_jax.trainer.data import shard_count
@@ -133,7 +133,7 @@ class Trainer:
         self.ref_params = model.params if self.alg.needs_ref(self.algo_cfg) else None
         self._phases: dict[int, tuple] = {}
         self._fused: dict[int, Callable] = {}
-        self._marks: dict[str, float] = {}  # the fused step's phase timestamps
+        self._clock = fused.PhaseClock()  # the fused step's phase timestamps
         t = config.train
         self.rewards = Rewards(task, tokenizer, self.sp.n, t.reward_workers, t.reward_timeout)
         self.fused = self._choose_fused(config.train.fused)
@@ -242,19 +242,6 @@ class Trainer:
         times["compile"] = metrics_lib.compile_seconds() - compiled
         return metrics | self._step_metrics(mask, out, rewards, times)
 
-    def _callback_reward(self, out, rows):
-        """A host reward inside the fused program: the responses go to the host (a callback), are
-        decoded and scored in the reward thread pool with train.reward_timeout, as in the phased
-        step, and the rewards come back. The program waits for the host meanwhile."""
-        n = self.sp.n
-
-        def on_host(tokens, mask, rows):
-            sample = SampleOutput(None, None, np.asarray(tokens), np.asarray(mask), None, None)
-            return self.rewards(sample, np.repeat(np.asarray(rows), n).tolist())
-
-        shape = jax.ShapeDtypeStruct((out.tokens.shape[0],), np.float32)
-        return jax.pure_callback(on_host, shape, out.tokens, out.mask, rows)
-
     def _why_not_fused(self) -> str | None:
         if self.rewards.compiled is None and jax.process_count() > 1:
             return "a host reward inside the program runs on one process only"
@@ -302,30 +289,28 @@ class Trainer:
             self._fused[P] = self._compile_fused(P)
         on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(self.mesh, np.ndim(x)))
         answers = np.asarray(rows, np.int32)
-        self._marks = {}
+        self._clock.reset()
         self.state, metrics, out, rewards = self._fused[P](
             self.state, self.ref_params, on_mesh(tokens), on_mesh(mask), on_mesh(answers)
         )
         metrics = {k: float(mesh_lib.to_host(v)) for k, v in metrics.items()}
         out = SampleOutput(*(mesh_lib.to_host(x) for x in out))
         full_mask = np.concatenate([out.prompt_mask, out.mask], 1)
-        times = self._phase_times() | {
+        times = self._clock.times() | {
             "step": metrics_lib.clock() - t0,
             "compile": metrics_lib.compile_seconds() - compiled,
         }
         return metrics | self._step_metrics(full_mask, out, mesh_lib.to_host(rewards), times)
 
     def _compile_fused(self, prompt_len: int):
-        from flowrl_jax.trainer import fused
-
         fspec = fused.FusedSpec(
             self._spec(prompt_len),
             self.sp,
             self.sampler.cache_segments,
             self.minibatch,
             self.config.train.epochs,
-            self.rewards.compiled or self._callback_reward,
-            self._mark if self.config.train.fused_phase_times else None,
+            self.rewards.in_program,
+            self._clock.mark if self.config.train.fused_phase_times else None,
         )
         rows = mesh_lib.batch_sharding(self.mesh, ndim=1)  # every batch array: rows split
         ref = (
@@ -339,21 +324,6 @@ class Trainer:
             out_shardings=(self.state_sharding, mesh_lib.replicated(self.mesh), rows, rows),
             donate_argnums=0,
         )
-
-    def _mark(self, phase: str):
-        """Called from the fused program (on a runtime thread) as each phase ends. With several
-        devices it may come once per device: the first call counts."""
-        self._marks.setdefault(phase, time.perf_counter())
-
-    def _phase_times(self) -> dict:
-        """Seconds per phase of the last fused step from its marks; {} without them."""
-        from flowrl_jax.trainer.fused import PHASES
-
-        marks = self._marks
-        if "start" not in marks:  # train.fused_phase_times is off
-            return {}
-        edges = ["start", *PHASES]
-        return {b: marks[b] - marks[a] for a, b in zip(edges, edges[1:])}
 
     def _step_metrics(self, mask, out, rewards, times) -> dict:
         """Rollout and speed figures of one RL step. mask [R, P + N]; times: seconds per phase

@@ -1,4 +1,4 @@
-"""The reward phase of the phased RL step: each response decoded and scored by the task's host
+"""The reward phase of the RL step: each response decoded and scored by the task's host
 reward in a thread pool, with a deadline (a hung reward must not hang training), shared across
 processes; or the task's compiled reward, where it has one."""
 
@@ -16,14 +16,32 @@ from flowrl_jax.tasks import Task
 
 
 class Rewards:
-    """rewards(out, rows) -> float32 [R]. `compiled`: the task's traceable reward (the fused step
-    calls it inside its program), or None."""
+    """rewards(out, rows) -> float32 [R]. `compiled`: the task's traceable reward, or None.
+    `in_program` is what the fused step calls inside its program: the compiled reward, or a host
+    callback to this pool."""
 
     def __init__(self, task: Task, tokenizer, n: int, workers: int, timeout: float):
         self.task, self.tokenizer, self.n, self.timeout = task, tokenizer, n, timeout
         self.compiled = task.make_jit_reward(tokenizer) if task.make_jit_reward else None
         self._jit = jax.jit(self.compiled) if self.compiled else None
         self._pool = ThreadPoolExecutor(workers)
+
+    @property
+    def in_program(self):
+        """(SampleOutput, answers [B] int32) -> rewards [R] float32, traceable."""
+        return self.compiled or self._callback
+
+    def _callback(self, out: SampleOutput, answers):
+        """A host reward inside a compiled program: the responses go to the host (a callback), are
+        decoded and scored here, with the deadline, and the rewards come back. The program waits
+        for the host meanwhile."""
+
+        def on_host(tokens, mask, answers):
+            sample = SampleOutput(None, None, np.asarray(tokens), np.asarray(mask), None, None)
+            return self(sample, np.repeat(np.asarray(answers), self.n).tolist())
+
+        shape = jax.ShapeDtypeStruct((out.tokens.shape[0],), np.float32)
+        return jax.pure_callback(on_host, shape, out.tokens, out.mask, answers)
 
     def __call__(self, out: SampleOutput, rows: list[int]) -> np.ndarray:
         """Decode each response and score it with the task's reward, in parallel threads. With
