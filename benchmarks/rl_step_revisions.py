@@ -1,6 +1,7 @@
 """Our RL step at two revisions of the code: did a change slow it down?
 
     python -m benchmarks.rl_step_revisions --base=REV [--new=DIR] [--mode programs] [--rounds 10]
+    python -m benchmarks.rl_step_revisions --base=REV --mode workers [--rounds 10]
     python -m benchmarks.rl_step_revisions --base=REV --mode processes [--pairs 4] [--steps 6]
 
 Both sides do the work of benchmarks/rl_step.py's rows (as each tree's own rl_step.py defines them),
@@ -13,6 +14,11 @@ trees' programs and runs them interleaved, base and new alternately (the order s
 for `--rounds` rounds after a warm-up call, so that both sides see the same machine at the same
 moments. This is the comparison the guide asks for (one process, A B A B); it times the device
 program only, without the host's step bookkeeping and without the phase-time callbacks.
+
+`--mode workers` times all four rows, the phased one and the host code included: one long-lived
+worker process per tree builds that tree's trainers and compiles them, then runs one RL step of
+the row this process names, when it names it; this process times each request and asks the two
+workers alternately (the order swapped every round), so only one of them computes at a time.
 
 `--mode processes` runs `python -m benchmarks.rl_step --no-tunix --steps N` in each tree
 alternately, `--pairs` times, and reads each run's median step per row: all four rows including
@@ -37,7 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import rl_step, seconds
+# Only rl_step: the subprocesses import this script at other revisions, whose benchmarks package
+# may lack what this one has (`seconds` is imported where the parent times).
+from benchmarks import rl_step
 
 ROWS = tuple(rl_step.ROWS)  # our rows
 FUSED_ROWS = tuple(name for name, (_, fused, _) in rl_step.ROWS.items() if fused)
@@ -126,8 +134,107 @@ def export_fused_rows(directory: str):
                 pickle.dump((name, *exported(step, args)), f)
 
 
+def serve():
+    """Run in a subprocess at one tree: builds that tree's trainers for our rows, steps each once
+    (the compiles), says "ready", then for each row name read from stdin runs one RL step of that
+    row and says "done". Timing is the caller's."""
+    from flowrl_jax import mesh as mesh_lib
+
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever the trainers print goes to stderr, not into the answers
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(3, 512, (rl_step.PROMPTS, rl_step.PROMPT_LEN)).tolist()
+    draw = lambda: (prompts, list(range(rl_step.PROMPTS)))  # the same prompts every step
+    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
+    with tempfile.TemporaryDirectory() as tmp, jax.set_mesh(mesh):
+        rl_step.write_checkpoint(f"{tmp}/ckpt")
+        steps = {}
+        for i, (name, how) in enumerate(rl_step.ROWS.items()):
+            trainer = rl_step.our_trainer(f"{tmp}/ckpt", *how, mesh, f"{tmp}/{i}")
+            steps[name] = trainer.fused_step if trainer.fused else trainer.step
+
+        def step(name: str):
+            metrics = steps[name](draw)
+            assert np.isfinite(metrics["loss"]), (name, metrics["loss"])
+
+        def say(word: str):
+            print(word, file=answers, flush=True)
+
+        for name in steps:  # the compiles
+            step(name)
+        say("ready")
+        for line in sys.stdin:
+            step(line.strip())
+            say("done")
+
+
+class Worker:
+    """A `serve` subprocess at one tree; its stderr goes to a file, read back when it fails."""
+
+    def __init__(self, tree: str, log: str):
+        self.log = log
+        argv = [sys.executable, os.path.abspath(__file__), "--serve"]
+        env = dict(os.environ, PYTHONPATH=tree)
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=tree,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+
+    def answer(self, expected: str):
+        line = self.proc.stdout.readline().strip()
+        if line != expected:
+            with open(self.log) as f:
+                raise RuntimeError(f"worker said {line!r}, not {expected!r}:\n{f.read()[-3000:]}")
+
+    def step(self, row: str):
+        self.proc.stdin.write(row + "\n")
+        self.proc.stdin.flush()
+        self.answer("done")
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def time_workers(trees: dict[str, str], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """One worker per tree; each round, every row stepped by both, in alternating order."""
+    from benchmarks import seconds
+
+    times = {name: {side: [] for side in trees} for name in ROWS}
+    with tempfile.TemporaryDirectory() as scratch:
+        workers = {side: Worker(tree, f"{scratch}/{side}.log") for side, tree in trees.items()}
+        try:
+            for worker in workers.values():  # both compile at once: untimed
+                worker.answer("ready")
+            for r in range(rounds):
+                sides = list(trees) if r % 2 == 0 else list(trees)[::-1]
+                for name in ROWS:
+                    for side in sides:
+                        wall = seconds(lambda: workers[side].step(name))  # noqa: B023 (called now)
+                        times[name][side].append(wall)
+                print(
+                    f"round {r + 1}/{rounds}: "
+                    + "  ".join(
+                        f"{n} {t['base'][-1]:.2f}/{t['new'][-1]:.2f} s" for n, t in times.items()
+                    ),
+                    flush=True,
+                )
+        finally:
+            for worker in workers.values():
+                worker.close()
+    return times
+
+
 def time_programs(trees: dict[str, str], rounds: int) -> dict[str, dict[str, list[float]]]:
     """Exports the fused rows in each tree, then times both sides' programs interleaved."""
+    from benchmarks import seconds
+
     programs = {}
     with tempfile.TemporaryDirectory() as scratch:
         for side, tree in trees.items():
@@ -198,14 +305,20 @@ def main(argv=None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", help="the git revision to compare against")
     parser.add_argument("--new", default=".", help="the source tree of the new side")
-    parser.add_argument("--mode", choices=("programs", "processes"), default="programs")
-    parser.add_argument("--rounds", type=int, default=10, help="programs: timed calls per side")
+    parser.add_argument("--mode", choices=("programs", "workers", "processes"), default="programs")
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="programs, workers: timed steps per side"
+    )
     parser.add_argument("--pairs", type=int, default=4, help="processes: runs per side")
     parser.add_argument("--steps", type=int, default=6, help="processes: rounds per run")
-    parser.add_argument("--export-to", help=argparse.SUPPRESS)  # the per-tree subprocess
+    parser.add_argument("--export-to", help=argparse.SUPPRESS)  # the per-tree subprocesses
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.export_to:
         export_fused_rows(args.export_to)
+        return {}
+    if args.serve:
+        serve()
         return {}
     if not args.base:
         parser.error("--base is required")
@@ -222,6 +335,9 @@ def main(argv=None) -> dict[str, float]:
             if args.mode == "programs":
                 times = time_programs(trees, args.rounds)
                 what = "one process, each call one fused RL step's program (s), sides alternating"
+            elif args.mode == "workers":
+                times = time_workers(trees, args.rounds)
+                what = "one worker per side, each request one RL step (s), sides alternating"
             else:
                 times = time_processes(trees, args.pairs, args.steps)
                 what = "each run's median step (s) over its rounds after the first"

@@ -93,3 +93,67 @@ def test_an_exported_step_runs_in_another_process_as_it_ran_where_it_was_built()
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
     flops, _ = rev.cost(program)
     assert flops >= 4 * 2 * 3 * 2  # at least the forward matmul x @ w, multiply-adds counted twice
+
+
+def fake_tree(root, side: str, log: str, fail: str = ""):
+    """A source tree whose benchmarks/rl_step.py has the real rows' names but trainers that only
+    append "<side> <row>" to `log` per step: enough to watch the workers' protocol and order."""
+    (root / "benchmarks").mkdir(parents=True)
+    (root / "benchmarks" / "__init__.py").write_text("")
+    (root / "benchmarks" / "rl_step.py").write_text(
+        f"""
+PROMPTS, PROMPT_LEN, ROWS = 2, 3, {dict(rl_step.ROWS)!r}
+
+def write_checkpoint(path):
+    pass
+
+class Trainer:
+    def __init__(self, row, fused):
+        self.row, self.fused = row, fused
+
+    def step(self, draw):
+        assert len(draw()[0]) == PROMPTS
+        with open({log!r}, "a") as f:
+            f.write({side!r} + " " + self.row + "\\n")
+        return {{"loss": 0.0}}
+
+    fused_step = step
+
+def our_trainer(path, algorithm, fused, tuned, mesh, workdir):
+    if {fail!r}:
+        raise ValueError({fail!r})
+    row = next(n for n, how in ROWS.items() if how == (algorithm, fused, tuned))
+    return Trainer(row, fused)
+"""
+    )
+    return str(root)
+
+
+def test_the_workers_step_each_row_on_request_alternating_sides(tmp_path):
+    """`--mode workers`: each tree's worker compiles (here: steps) every row once, then runs one
+    step per request; the two sides take turns within each row, the order swapped each round."""
+    from benchmarks import rl_step_revisions as rev
+
+    log = str(tmp_path / "steps.log")
+    trees = {side: fake_tree(tmp_path / side, side, log) for side in ("base", "new")}
+    times = rev.time_workers(trees, rounds=2)
+    assert set(times) == set(rl_step.ROWS)
+    assert all(len(t["base"]) == len(t["new"]) == 2 for t in times.values())
+    lines = open(log).read().splitlines()
+    warmups, timed = lines[: 2 * len(rl_step.ROWS)], lines[2 * len(rl_step.ROWS) :]
+    assert sorted(warmups) == sorted(f"{s} {r}" for s in trees for r in rl_step.ROWS)
+    want = [f"{s} {r}" for r in rl_step.ROWS for s in ("base", "new")]
+    want += [f"{s} {r}" for r in rl_step.ROWS for s in ("new", "base")]
+    assert timed == want
+
+
+def test_a_worker_that_fails_says_why(tmp_path):
+    from benchmarks import rl_step_revisions as rev
+
+    log = str(tmp_path / "steps.log")
+    trees = {
+        "base": fake_tree(tmp_path / "base", "base", log),
+        "new": fake_tree(tmp_path / "new", "new", log, fail="this tree builds no trainer"),
+    }
+    with pytest.raises(RuntimeError, match="this tree builds no trainer"):
+        rev.time_workers(trees, rounds=1)
