@@ -134,6 +134,12 @@ def export_fused_rows(directory: str):
                 pickle.dump((name, *exported(step, args)), f)
 
 
+def progress(label: str, times: dict[str, dict[str, list[float]]]):
+    """One line per round: each row's latest base / new seconds."""
+    latest = (f"{n} {t['base'][-1]:.2f}/{t['new'][-1]:.2f} s" for n, t in times.items())
+    print(f"{label}: " + "  ".join(latest), flush=True)
+
+
 def serve():
     """Run in a subprocess at one tree: builds that tree's trainers for our rows, steps each once
     (the compiles), says "ready", then for each row name read from stdin runs one RL step of that
@@ -218,13 +224,7 @@ def time_workers(trees: dict[str, str], rounds: int) -> dict[str, dict[str, list
                     for side in sides:
                         wall = seconds(lambda: workers[side].step(name))  # noqa: B023 (called now)
                         times[name][side].append(wall)
-                print(
-                    f"round {r + 1}/{rounds}: "
-                    + "  ".join(
-                        f"{n} {t['base'][-1]:.2f}/{t['new'][-1]:.2f} s" for n, t in times.items()
-                    ),
-                    flush=True,
-                )
+                progress(f"round {r + 1}/{rounds}", times)
         finally:
             for worker in workers.values():
                 worker.close()
@@ -257,11 +257,7 @@ def time_programs(trees: dict[str, str], rounds: int) -> dict[str, dict[str, lis
                 step, args = programs[name, side]
                 wall = seconds(lambda: jax.block_until_ready(step(*args)))  # noqa: B023 (called now)
                 times[name][side].append(wall)
-        print(
-            f"round {r + 1}/{rounds}: "
-            + "  ".join(f"{n} {t['base'][-1]:.2f}/{t['new'][-1]:.2f} s" for n, t in times.items()),
-            flush=True,
-        )
+        progress(f"round {r + 1}/{rounds}", times)
     return times
 
 
@@ -272,11 +268,7 @@ def time_processes(trees: dict[str, str], pairs: int, steps: int):
         for side, tree in trees.items():
             for name, median in parse(in_tree(tree, argv)).items():
                 times[name][side].append(median)
-        print(
-            f"pair {i + 1}/{pairs}: "
-            + "  ".join(f"{n} {t['base'][-1]:.2f}/{t['new'][-1]:.2f} s" for n, t in times.items()),
-            flush=True,
-        )
+        progress(f"pair {i + 1}/{pairs}", times)
     return times
 
 
