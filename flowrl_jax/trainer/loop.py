@@ -7,6 +7,7 @@ steps, checkpoints and logs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -122,7 +123,17 @@ class Trainer:
         self.learning_rate = step_lib.learning_rate_schedule(
             config.optimizer, config.optimizer.learning_rate, optimizer_steps(config)
         )
-        init = functools.partial(step_lib.init_state, self._spec(0), optimizer=self.optimizer)
+        # The step's static pieces; each prompt bucket replaces prompt_len (`_spec`).
+        self.spec = step_lib.StepSpec(
+            model.cfg,
+            name,
+            self.algo_cfg,
+            config.heads,
+            0,
+            self.sp.temperature if self.sp.temperature > 0 else 1.0,
+            micro_batches=config.train.micro_batches,
+        )
+        init = functools.partial(step_lib.init_state, self.spec, optimizer=self.optimizer)
         rng = jax.random.key(config.seed)
         self.state_sharding = step_lib.state_shardings(
             mesh, jax.eval_shape(init, model.params, rng=rng), model.cfg.family
@@ -140,21 +151,13 @@ class Trainer:
         self.peak, self.peak_source = metrics_lib.mesh_peak_flops(mesh, config.train.peak_flops)
 
     def _spec(self, prompt_len: int) -> step_lib.StepSpec:
-        return step_lib.StepSpec(
-            self.model.cfg,
-            self.config.algorithm.name,
-            self.algo_cfg,
-            self.config.heads,
-            prompt_len,
-            self.sp.temperature if self.sp.temperature > 0 else 1.0,
-            micro_batches=self.config.train.micro_batches,
-        )
+        return dataclasses.replace(self.spec, prompt_len=prompt_len)
 
     def _compiled(self, prompt_len: int):
         """Jitted (score_rollout, prepare, update) for one prompt bucket."""
         if prompt_len not in self._phases:
             spec = self._spec(prompt_len)
-            block = self.minibatch // self.config.train.micro_batches
+            block = self.minibatch // spec.micro_batches
             self._phases[prompt_len] = (
                 jax.jit(functools.partial(step_lib.score_rollout, spec, block=block)),
                 jax.jit(functools.partial(step_lib.prepare, spec)),
@@ -358,7 +361,7 @@ class Trainer:
 
     @property
     def alg(self) -> algorithms.Algorithm:
-        return algorithms.get(self.config.algorithm.name)
+        return self.spec.alg
 
 
 def _slices(total: int, size: int):
