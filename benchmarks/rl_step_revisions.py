@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # Only rl_step: the subprocesses import this script at other revisions, whose benchmarks package
-# may lack what this one has (`seconds` is imported where the parent times).
+# may lack what this one has (`seconds` is imported where the parent times: `interleaved`).
 from benchmarks import rl_step
 
 ROWS = tuple(rl_step.ROWS)  # our rows
@@ -110,15 +110,22 @@ def cost(compiled) -> tuple[float, float]:
     return analysis.get("flops", 0.0), analysis.get("bytes accessed", 0.0)
 
 
+def work():
+    """The prompts (rl_step.run's draw) and the one-device mesh both sides' subprocesses use."""
+    from flowrl_jax import mesh as mesh_lib
+
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(3, 512, (rl_step.PROMPTS, rl_step.PROMPT_LEN)).tolist()
+    return prompts, mesh_lib.make_mesh({}, jax.devices()[:1])
+
+
 def export_fused_rows(directory: str):
     """Run in a subprocess at one tree: that tree's fused rows' RL steps, exported to
     `directory`/<row index>.pkl. Uses only what both sides' trainers have."""
     from flowrl_jax import mesh as mesh_lib
 
-    rng = np.random.default_rng(0)
-    prompts = rng.integers(3, 512, (rl_step.PROMPTS, rl_step.PROMPT_LEN)).tolist()
+    prompts, mesh = work()
     answers = np.arange(rl_step.PROMPTS, dtype=np.int32)
-    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
     on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(mesh, np.ndim(x)))
     with tempfile.TemporaryDirectory() as tmp, jax.set_mesh(mesh):
         rl_step.write_checkpoint(f"{tmp}/ckpt")
@@ -140,18 +147,28 @@ def progress(label: str, times: dict[str, dict[str, list[float]]]):
     print(f"{label}: " + "  ".join(latest), flush=True)
 
 
+def interleaved(rows, sides, rounds: int, run) -> dict[str, dict[str, list[float]]]:
+    """Seconds of `run(row, side)` for each row, both sides in turn, the order swapped every
+    round: both sides see the machine at the same moments."""
+    from benchmarks import seconds  # here: the subprocesses import this script at older trees
+
+    times = {row: {side: [] for side in sides} for row in rows}
+    for r in range(rounds):
+        for row in rows:
+            for side in sides if r % 2 == 0 else sides[::-1]:
+                times[row][side].append(seconds(lambda: run(row, side)))  # noqa: B023 (called now)
+        progress(f"round {r + 1}/{rounds}", times)
+    return times
+
+
 def serve():
     """Run in a subprocess at one tree: builds that tree's trainers for our rows, steps each once
     (the compiles), says "ready", then for each row name read from stdin runs one RL step of that
     row and says "done". Timing is the caller's."""
-    from flowrl_jax import mesh as mesh_lib
-
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever the trainers print goes to stderr, not into the answers
-    rng = np.random.default_rng(0)
-    prompts = rng.integers(3, 512, (rl_step.PROMPTS, rl_step.PROMPT_LEN)).tolist()
+    prompts, mesh = work()
     draw = lambda: (prompts, list(range(rl_step.PROMPTS)))  # the same prompts every step
-    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
     with tempfile.TemporaryDirectory() as tmp, jax.set_mesh(mesh):
         rl_step.write_checkpoint(f"{tmp}/ckpt")
         steps = {}
@@ -210,31 +227,19 @@ class Worker:
 
 def time_workers(trees: dict[str, str], rounds: int) -> dict[str, dict[str, list[float]]]:
     """One worker per tree; each round, every row stepped by both, in alternating order."""
-    from benchmarks import seconds
-
-    times = {name: {side: [] for side in trees} for name in ROWS}
     with tempfile.TemporaryDirectory() as scratch:
         workers = {side: Worker(tree, f"{scratch}/{side}.log") for side, tree in trees.items()}
         try:
             for worker in workers.values():  # both compile at once: untimed
                 worker.answer("ready")
-            for r in range(rounds):
-                sides = list(trees) if r % 2 == 0 else list(trees)[::-1]
-                for name in ROWS:
-                    for side in sides:
-                        wall = seconds(lambda: workers[side].step(name))  # noqa: B023 (called now)
-                        times[name][side].append(wall)
-                progress(f"round {r + 1}/{rounds}", times)
+            return interleaved(ROWS, list(trees), rounds, lambda row, side: workers[side].step(row))
         finally:
             for worker in workers.values():
                 worker.close()
-    return times
 
 
 def time_programs(trees: dict[str, str], rounds: int) -> dict[str, dict[str, list[float]]]:
     """Exports the fused rows in each tree, then times both sides' programs interleaved."""
-    from benchmarks import seconds
-
     programs = {}
     with tempfile.TemporaryDirectory() as scratch:
         for side, tree in trees.items():
@@ -249,16 +254,12 @@ def time_programs(trees: dict[str, str], rounds: int) -> dict[str, dict[str, lis
     for name in FUSED_ROWS:
         (fb, bb), (fn, bn) = (cost(programs[name, side][0]) for side in trees)
         print(f"{name}: XLA cost base {fb:.4g} FLOP, {bb:.4g} B; new {fn:.4g} FLOP, {bn:.4g} B")
-    times = {name: {side: [] for side in trees} for name in FUSED_ROWS}
-    for r in range(rounds):
-        sides = list(trees) if r % 2 == 0 else list(trees)[::-1]
-        for name in FUSED_ROWS:
-            for side in sides:
-                step, args = programs[name, side]
-                wall = seconds(lambda: jax.block_until_ready(step(*args)))  # noqa: B023 (called now)
-                times[name][side].append(wall)
-        progress(f"round {r + 1}/{rounds}", times)
-    return times
+
+    def run(row: str, side: str):
+        step, args = programs[row, side]
+        jax.block_until_ready(step(*args))
+
+    return interleaved(FUSED_ROWS, list(trees), rounds, run)
 
 
 def time_processes(trees: dict[str, str], pairs: int, steps: int):

@@ -115,19 +115,17 @@ class Trainer:
         self.task = task
         self.sampler, self.sp = sampler_lib.from_config(model.cfg, config.rollout, mesh, tokenizer)
         name = config.algorithm.name
-        self.algo_cfg = config.algorithm[name]
-        self.optimizer = step_lib.make_optimizer(
-            config.optimizer, config.heads, total_steps=optimizer_steps(config)
-        )
+        total = optimizer_steps(config)
+        self.optimizer = step_lib.make_optimizer(config.optimizer, config.heads, total_steps=total)
         # The policy's rate, logged every step (the log-Z head may have its own).
         self.learning_rate = step_lib.learning_rate_schedule(
-            config.optimizer, config.optimizer.learning_rate, optimizer_steps(config)
+            config.optimizer, config.optimizer.learning_rate, total
         )
         # The step's static pieces; each prompt bucket replaces prompt_len (`_spec`).
         self.spec = step_lib.StepSpec(
             model.cfg,
             name,
-            self.algo_cfg,
+            config.algorithm[name],
             config.heads,
             0,
             self.sp.temperature if self.sp.temperature > 0 else 1.0,
@@ -362,6 +360,10 @@ class Trainer:
     @property
     def alg(self) -> algorithms.Algorithm:
         return self.spec.alg
+
+    @property
+    def algo_cfg(self) -> ConfigDict:
+        return self.spec.algo_cfg
 
 
 def _slices(total: int, size: int):
