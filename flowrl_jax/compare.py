@@ -137,7 +137,7 @@ def warm_up(base, seed: int, out: str, mesh, eval_task) -> str:
 
 
 def _tokenizer(config):
-    return from_config.model_config(config.model, config.workdir)[1]
+    return from_config.model_config(config.model)[1]
 
 
 def train_from(base, seed: int, name: str, warm: str, out: str, mesh, eval_task) -> str:

@@ -5,8 +5,9 @@
 
 Reads the run's resolved config (`<workdir>/config.json`) and its newest readable checkpoint (or
 `--step`), and writes the policy with its tokenizer to `--out` (default `<workdir>/export/step_<N>`).
-The log-Z and value heads are never exported. The whole train state is restored (the fingerprint
-check reads every array), so the host needs memory for the optimiser state too.
+The log-Z and value heads are never exported. Only the policy's parameters are read from the
+checkpoint (each checked against the fingerprint saved with it): not the optimiser's moments, so
+the host needs memory for the weights alone.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def print_summary(config, result: run_lib.RunResult) -> None:
 def _build_and_train(config, mesh, checked: run_lib.Checked):
     with jax.set_mesh(mesh):  # the context mesh: bare PartitionSpecs resolve against it
         t0 = time.perf_counter()
-        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        model, tokenizer = from_config.build(config.model, mesh, config.seed)
         figures = {}
         if config.smoke.enabled:
             figures = smoke(config, mesh, model, tokenizer, time.perf_counter() - t0)

@@ -139,6 +139,6 @@ def test_config_placeholder_and_unknown_task(tmp_path):
     config = base_config()
     config.model.checkpoint = "/path/to/Qwen/Qwen2.5-7B"
     with pytest.raises(ValueError, match="still the config's placeholder; pass --config.model"):
-        from_config.model_config(config.model, str(tmp_path))
+        from_config.model_config(config.model)
     with pytest.raises(ValueError, match=r"task.name='gsm9k' is not a known task; known: \["):
         tasks.get("gsm9k")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 
 import pytest
@@ -112,7 +113,7 @@ def test_cli_refuses_pass_k_above_k(tmp_path, capsys):
 def test_cli_refuses_a_bad_mesh_before_loading_a_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate.main(
-            ["--hf", str(tmp_path / "none"), "--gym", "basic_arithmetic", "--mesh", "x=2"]
+            ["--hf", str(tmp_path / "none"), "--task", "gym:basic_arithmetic", "--mesh", "x=2"]
         )
     assert e.value.code == 2 and "--mesh: mesh 'x=2': axes ['x'] do not exist" in (
         capsys.readouterr().err
@@ -155,10 +156,12 @@ def test_periodic_evaluation_reads_files_as_training_does(tmp_path):
         sampled.eval_tasks(config, train_task)
 
 
-def test_cli_refuses_bad_data_before_loading_a_model(tmp_path):
+def test_cli_refuses_bad_data_before_loading_a_model(tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "no answer here"}])
-    with pytest.raises(ValueError, match=r"bad\.jsonl:1: .*answer"):
+    with pytest.raises(SystemExit) as e:
         evaluate.main(["--hf", str(tmp_path / "does-not-exist"), "--data", path])
+    assert e.value.code == 2
+    assert re.search(r"bad\.jsonl:1: .*answer", capsys.readouterr().err)
 
 
 def test_periodic_evaluation_in_training(tmp_path):

@@ -30,7 +30,7 @@ def make_trainer(tmp_path, algorithm, mesh, task=None):
     config.train.prompts_per_step = 2
     config.train.minibatch_size = 4  # 2 optimiser steps per rollout batch: pi_old != pi_theta
     config.train.epochs = 2
-    model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+    model, tokenizer = from_config.build(config.model, mesh, config.seed)
     return Trainer(config, model, tokenizer, mesh, task or digits.task()), tokenizer
 
 
@@ -104,7 +104,7 @@ def test_fused_on_eight_devices_equals_one(tmp_path):
         config.train.prompts_per_step = 4  # fills the batch bucket of data x fsdp = 4
         config.train.minibatch_size = 8
         with jax.set_mesh(mesh):
-            model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+            model, tokenizer = from_config.build(config.model, mesh, config.seed)
             trainer = Trainer(config, model, tokenizer, mesh, digits.task())
             draw = prompt_source(tokenizer, trainer.task, 4)
             history = [trainer.fused_step(draw) for _ in range(2)]
@@ -129,7 +129,7 @@ def test_selection(tmp_path):
     with jax.set_mesh(mesh):
         config = base_config()
         config.workdir = str(tmp_path)
-        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        model, tokenizer = from_config.build(config.model, mesh, config.seed)
         assert Trainer(config, model, tokenizer, mesh, digits.task()).fused
         host_only = Task("host", ["a", "b"], lambda response, row: 0.0)
         assert Trainer(config, model, tokenizer, mesh, host_only).fused  # through a callback
@@ -172,7 +172,7 @@ def test_host_reward_failure_stops_the_fused_step_and_keeps_the_checkpoint(tmp_p
     task = Task("flaky", digits.task().prompts, flaky_reward)
     t0 = time.monotonic()
     with jax.set_mesh(mesh), pytest.raises(Exception) as error:
-        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        model, tokenizer = from_config.build(config.model, mesh, config.seed)
         run(config, mesh, model, tokenizer, task)
     message = str(error.value)
     assert "flaky_reward" in message and "task 'flaky'" in message
@@ -204,7 +204,7 @@ def test_fused_phase_times_time_a_known_phase(tmp_path):
         config = base_config()
         config.workdir = str(tmp_path)
         config.train.reward_workers = 1
-        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        model, tokenizer = from_config.build(config.model, mesh, config.seed)
         trainer = Trainer(config, model, tokenizer, mesh, task)
         draw = prompt_source(tokenizer, task, 2)
         for _ in range(2):  # the first step compiles

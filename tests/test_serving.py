@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     config.rollout.stop_tokens = "<|endoftext|>"
     mesh = mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1])
     with jax.set_mesh(mesh):
-        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        model, tokenizer = from_config.build(config.model, mesh, config.seed)
         run(config, mesh, model, tokenizer, digits.task())
     return workdir, tokenizer
 

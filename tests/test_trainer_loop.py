@@ -39,7 +39,7 @@ def test_a_failing_reward_names_the_row(tmp_path):
 
     task = Task("broken", [f"question {i}" for i in range(8)], reward)
     with jax.set_mesh(mesh):
-        model, tokenizer = from_config.build(config.model, mesh, config.workdir)
+        model, tokenizer = from_config.build(config.model, mesh)
         trainer = Trainer(config, model, tokenizer, mesh, task)
         prompts = [tokenizer(task.prompts[r])["input_ids"] for r in (4, 5)]
         with pytest.raises(RuntimeError, match=r"task 'broken'.*dataset row 5.*KeyError"):

@@ -37,7 +37,7 @@ def config_for(workdir, steps, micro_batches=1, data_shards=1, fused="auto"):
 def train_on(mesh, workdir, steps, micro_batches=1, data_shards=1, fused="auto"):
     config = config_for(workdir, steps, micro_batches, data_shards, fused)
     with jax.set_mesh(mesh):
-        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        model, tokenizer = from_config.build(config.model, mesh, config.seed)
         return run(config, mesh, model, tokenizer, digits.task())
 
 

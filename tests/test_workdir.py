@@ -35,7 +35,7 @@ def train(workdir, steps, **overrides):
         node[name] = value
     mesh = mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1])
     with jax.set_mesh(mesh):
-        model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+        model, tokenizer = from_config.build(config.model, mesh, config.seed)
         return run(config, mesh, model, tokenizer, digits.task())
 
 

@@ -223,11 +223,12 @@ def default_config():
     return ConfigDict(
         {
             "every": 0,  # RL steps between evaluations (and after the last); 0 = never
-            # What to evaluate: data files (comma-separated, of `kind`) and/or reasoning-gym
-            # datasets; neither = the training task itself.
+            # What to evaluate: data files (comma-separated, of `kind`) and/or tasks by the names
+            # task.name takes (comma-separated: countdown, digits, humaneval, gym:<dataset>; a
+            # generated task's evaluation split); neither = the training task's evaluation split.
             "data": "",
             "kind": "math",
-            "gym": "",
+            "tasks": "",
             # Cheaper than the CLI's final evaluation (EvalSettings: every problem, k = 16), as it
             # runs during training; the sampling itself is the same.
             "problems": 64,  # the first N problems of each dataset; 0 = all
@@ -281,22 +282,35 @@ def parse_pass_k(text: str, k: int, what: str = "--pass-k") -> tuple[int, ...]:
 
 def eval_tasks(config, train_task: tasks.Task) -> dict[str, tasks.Task]:
     """What config.eval evaluates, built now (bad data fails before training starts): its data
-    files, read with the training task's field names, and gym datasets, each the evaluation split
-    (no training problem); neither = the training task, a generated one through its evaluation
-    split."""
+    files, read with the training task's field names, and its named tasks, each the evaluation
+    split (no training problem); neither = the training task, a generated one through its
+    evaluation split."""
     periodic_settings(config)  # eval.pass_k and the rest are checked now too
     ev, task_cfg = config.eval, config.task
     fields = dict(task_cfg.fields)
-    todo = eval_datasets(ev.data, ev.kind, fields, ev.gym, ev.problems, config.seed, task_cfg)
+    todo = eval_datasets(ev.data, ev.kind, fields, ev.tasks, ev.problems, config.seed, task_cfg)
     if todo:
         return todo
-    name = train_task.name.replace(":", "_")
-    if task_cfg.name.startswith("gym:"):
-        return {name: gym_eval_task(task_cfg, task_cfg.name, ev.problems, config.seed)}
-    if task_cfg.name == "countdown":  # its fixed test split
-        return {name: tasks.get(task_cfg, config.seed, split="eval")}
-    log.info("evaluation: no eval.data or eval.gym given, so it samples the training prompts")
+    name = dataset_name(train_task.name)
+    if task_cfg.name.startswith("gym:") or task_cfg.name == "countdown":
+        return {name: named_task(task_cfg.name, ev.problems, config.seed, task_cfg)}
+    log.info("evaluation: no eval.data or eval.tasks given, so it samples the training prompts")
     return {name: train_task}
+
+
+def dataset_name(task_name: str) -> str:
+    """A task's name as its reports and metrics key it (gym:x -> gym_x)."""
+    return task_name.replace(":", "_")
+
+
+def named_task(name: str, problems: int, seed: int, train_cfg=None) -> tasks.Task:
+    """The evaluation split of the task `name` (task.name's scheme: countdown, digits, humaneval,
+    gym:<dataset>): a generated task's problems that training never drew."""
+    if name.startswith("gym:"):
+        return gym_eval_task(train_cfg, name, problems, seed)
+    if name == "file":
+        raise ValueError("task 'file' is read from data files: give them with --data / eval.data")
+    return tasks.get(name, seed, split="eval")
 
 
 def gym_eval_task(train_cfg, name: str, problems: int, seed: int) -> tasks.Task:
@@ -311,6 +325,13 @@ def gym_eval_task(train_cfg, name: str, problems: int, seed: int) -> tasks.Task:
     return tasks.get(config, seed, split="eval", train_size=train_size)
 
 
+def eval_key(seed: int, rl_step: int, dataset: int) -> jax.Array:
+    """The sampling key of dataset number `dataset` in an evaluation after RL step `rl_step`: the
+    same for the trainer's periodic evaluation and the CLI, so the CLI reproduces a run's figures."""
+    base = jax.random.fold_in(jax.random.key(seed + 1), rl_step)
+    return jax.random.fold_in(base, dataset)
+
+
 def periodic(
     config, model, tokenizer, mesh, step: int, todo: dict[str, tasks.Task], name: str = ""
 ) -> dict:
@@ -320,23 +341,24 @@ def periodic(
     settings = periodic_settings(config)
     results = {}
     for i, (dataset, task) in enumerate(todo.items()):
-        rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed + 1), step), i)
-        results[dataset] = evaluate_task(task, model, tokenizer, mesh, settings, rng)
+        results[dataset] = evaluate_task(task, model, tokenizer, mesh, settings, eval_key(config.seed, step, i))
     if jax.process_index() == 0:
         prefix = os.path.join(config.workdir, "eval", name or f"step_{step}")
         write_reports(results, prefix, settings, {"workdir": config.workdir, "rl_step": step})
     return {f"eval/{d}/{k}": v for d, r in results.items() for k, v in r["summary"].items()}
 
 
-def eval_datasets(data, kind, fields, gym, problems, seed, train_cfg=None) -> dict[str, tasks.Task]:
-    """name -> task for data files (comma-separated, rows named as `fields` says) and reasoning-gym
-    names (comma-separated; their evaluation splits, see `gym_eval_task`)."""
+def eval_datasets(data, kind, fields, names, problems, seed, train_cfg=None) -> dict[str, tasks.Task]:
+    """dataset name -> task for data files (comma-separated, rows named as `fields` says) and task
+    names (comma-separated; their evaluation splits, see `named_task`)."""
     out = {}
     for path in [p for p in (data or "").split(",") if p]:
         config = tasks.default_config()
         config.name, config.path, config.kind = "file", path, kind
         config.fields.update(fields or {})
         out[os.path.splitext(os.path.basename(path))[0]] = tasks.get(config)
-    for name in [g for g in (gym or "").split(",") if g]:
-        out[name] = gym_eval_task(train_cfg, f"gym:{name}", problems, seed)
+    for name in [n.strip() for n in (names or "").split(",") if n.strip()]:
+        if name == "file" and data:
+            continue  # the files above
+        out[dataset_name(name)] = named_task(name, problems, seed, train_cfg)
     return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import jax
 from jax.sharding import Mesh
@@ -49,7 +48,7 @@ def _overrides(config: ConfigDict) -> dict:
     )
 
 
-def model_config(config: ConfigDict, workdir: str):
+def model_config(config: ConfigDict):
     """-> (DecoderConfig, tokenizer) without reading or building any weights."""
     if config.checkpoint.startswith("/path/to/"):  # the shipped configs' placeholder
         raise ValueError(
@@ -61,12 +60,9 @@ def model_config(config: ConfigDict, workdir: str):
         return cfg, load_tokenizer(config.tokenizer or config.checkpoint)
     from flowrl_jax.models import tiny
 
-    # Each process writes its own copy (the tiny tokenizer is deterministic): no cross-host race.
-    own = "tokenizer" if jax.process_count() == 1 else f"tokenizer.{jax.process_index()}"
-    tok_dir = config.tokenizer or os.path.join(workdir, own)
-    if not config.tokenizer:
-        tiny.make_tiny_tokenizer(tok_dir)
-    tokenizer = load_tokenizer(tok_dir)
+    # Built in a directory of this process's own, never in the workdir: checks and readers (export,
+    # evaluate) write nothing there, and a job refused by another's lock has touched none of it.
+    tokenizer = load_tokenizer(config.tokenizer or tiny.tiny_tokenizer_dir())
     cfg = tiny.tiny_config(config.tiny_family, vocab_size=len(tokenizer), **_overrides(config))
     shape = {}
     if config.tiny_hidden_size:  # 4 heads (2 for keys and values), the MLP twice as wide
@@ -77,13 +73,13 @@ def model_config(config: ConfigDict, workdir: str):
     return dataclasses.replace(cfg, **shape), tokenizer
 
 
-def build(config: ConfigDict, mesh: Mesh, workdir: str, seed: int = 0):
+def build(config: ConfigDict, mesh: Mesh, seed: int = 0):
     """-> (Model on `mesh`, tokenizer)."""
     if config.checkpoint:
         model = load_hf(config.checkpoint, mesh=mesh, **_overrides(config))
         tokenizer = load_tokenizer(config.tokenizer or config.checkpoint)
         return model, tokenizer
-    cfg, tokenizer = model_config(config, workdir)
+    cfg, tokenizer = model_config(config)
     shardings = partition.shardings(
         partition.rules_for(cfg.family),
         jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))),

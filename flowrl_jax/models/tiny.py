@@ -5,7 +5,9 @@ larger shapes the benchmarks time)."""
 
 from __future__ import annotations
 
+import functools
 import os
+import tempfile
 
 # --- tiny tokenizer ---
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2
@@ -61,6 +63,18 @@ def make_tiny_tokenizer(path: str, vocab_size: int = 512) -> str:
     os.makedirs(path, exist_ok=True)
     fast.save_pretrained(path)
     return path
+
+
+@functools.cache
+def tiny_tokenizer_dir() -> str:
+    """The default tiny tokenizer, saved once per process in a temporary directory of its own
+    (removed at exit)."""
+    scratch = tempfile.TemporaryDirectory(prefix="flowrl-jax-tokenizer-")
+    _SCRATCH.append(scratch)  # kept alive until the process ends
+    return make_tiny_tokenizer(scratch.name)
+
+
+_SCRATCH: list = []
 
 
 # --- tiny models ---

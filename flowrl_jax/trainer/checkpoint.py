@@ -123,7 +123,47 @@ class Checkpoints:
         `<workdir>/checkpoints.damaged/` (the trainer's choice; a reader such as the export leaves
         them). like: a TrainState of arrays or of ShapeDtypeStructs with shardings. step: that step
         only."""
-        target = _target(like)
+        found = self._restore(_target(like), step, set_aside, policy_only=False)
+        if found is None:
+            return None
+        arrays, record = found
+        state = TrainState(
+            arrays["step"],
+            arrays["params"],
+            arrays["opt_state"],
+            jax.random.wrap_key_data(arrays["rng"]),  # the default impl, as jax.random.key
+        )
+        return state, record
+
+    def restore_policy(self, like: TrainState, step: int | None = None) -> tuple[dict, dict] | None:
+        """The policy parameters alone of the newest readable checkpoint (or `step`), as
+        (params placed like `like.params["policy"]`, record), or None. Nothing else is read: a
+        reader (export, evaluation) needs neither the optimiser's moments nor the heads. like: the
+        run's whole TrainState as shapes (jax.eval_shape; its optimiser structure locates the
+        policy's rows in the saved fingerprint)."""
+        found = self._restore(_target(like), step, set_aside=False, policy_only=True)
+        return None if found is None else (found[0]["params"]["policy"], found[1])
+
+    def _restore(self, target: dict, step: int | None, set_aside: bool, policy_only: bool):
+        """(arrays, record) of the newest step that reads back equal to its fingerprint."""
+        leaves = [path for path, _ in jax.tree_util.tree_leaves_with_path(target)]
+        rows = slice(None)  # the fingerprint's rows of the arrays read
+        if policy_only:
+            policy = (jax.tree_util.DictKey("params"), jax.tree_util.DictKey("policy"))
+            rows = [i for i, path in enumerate(leaves) if path[:2] == policy]
+            target = {"params": {"policy": target["params"]["policy"]}}
+            args = ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            )
+            # Its own reader: the manager's handler for "state" is the one it saved (or first
+            # read) with, which reads whole trees only.
+            read_state = lambda path: ocp.PyTreeCheckpointer().restore(
+                os.path.join(path, "state"), args=args
+            )
+        else:
+            read_state = None
         steps = reversed(self.steps()) if step is None else [step]
         if step is not None and step not in self.steps():
             raise FileNotFoundError(
@@ -132,18 +172,27 @@ class Checkpoints:
         for step in steps:  # noqa: B020 -- the argument is consumed above
             path = os.path.join(self.directory, str(step))
             try:
-                got = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
-                    ),
-                )
-                arrays, record = got["state"], got["record"]
+                if read_state is None:
+                    got = self.manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
+                        ),
+                    )
+                    arrays, record = got["state"], got["record"]
+                else:
+                    record = self.manager.restore(
+                        step, args=ocp.args.Composite(record=ocp.args.JsonRestore())
+                    )["record"]
+                    arrays = read_state(path)
                 expected = np.asarray(record["fingerprint"], np.float32)
+                if expected.shape != (len(leaves), 2):
+                    raise ValueError(
+                        f"its fingerprint has {len(expected)} arrays, this run's state {len(leaves)}"
+                    )
+                expected = expected[rows]
                 actual = np.asarray(fingerprint(arrays))
-                if expected.shape != actual.shape or not np.allclose(
-                    actual, expected, rtol=1e-5, atol=1e-6
-                ):
+                if not np.allclose(actual, expected, rtol=1e-5, atol=1e-6):
                     bad = np.flatnonzero(
                         ~np.isclose(actual, expected, rtol=1e-5, atol=1e-6).all(-1)
                     )
@@ -158,14 +207,9 @@ class Checkpoints:
                 if set_aside:
                     self._set_aside(step)
                 continue
-            state = TrainState(
-                arrays["step"],
-                arrays["params"],
-                arrays["opt_state"],
-                jax.random.wrap_key_data(arrays["rng"]),  # the default impl, as jax.random.key
-            )
-            log.info("restored checkpoint %s (RL step %d)", path, record["rl_step"])
-            return state, record
+            what = "the policy of " if policy_only else ""
+            log.info("restored %scheckpoint %s (RL step %d)", what, path, record["rl_step"])
+            return arrays, record
         return None
 
     def _set_aside(self, step: int) -> None:

@@ -28,7 +28,7 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
         prompt_len=1,
         temperature=1.0,
     )
-    optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
+    optimizer = step_lib.optimizer_shapes(config.optimizer, config.heads)
 
     def init(rng):
         return step_lib.init_state(spec, init_params(model_cfg, rng), optimizer, rng)
@@ -40,38 +40,42 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
     )
 
 
-def load_run_policy(workdir: str, step: int | None = None, mesh=None, sft_phase: bool = False):
-    """A run's policy from its newest readable checkpoint (or `step`); `sft_phase`: of its SFT
-    warm-up (<workdir>/sft/checkpoints). -> (Model on `mesh`, tokenizer, the checkpoint's record;
-    its "run_config": the ConfigDict the run trained with)."""
+def run_config(workdir: str) -> ConfigDict:
+    """The resolved config of a run's latest start (`<workdir>/config.json`)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {workdir} is not a flowrl-jax run directory")
     with open(path) as f:
-        config = ConfigDict(json.load(f))
+        return ConfigDict(json.load(f))
+
+
+def load_run_policy(workdir: str, step: int | None = None, mesh=None, sft_phase: bool = False):
+    """A run's policy from its newest readable checkpoint (or `step`); `sft_phase`: of its SFT
+    warm-up (<workdir>/sft/checkpoints). -> (Model on `mesh`, tokenizer, the checkpoint's record;
+    its "run_config": the ConfigDict the run trained with)."""
+    config = run_config(workdir)
     mesh = mesh or mesh_lib.make_mesh()
-    model_cfg, tokenizer = from_config.model_config(config.model, workdir)
+    model_cfg, tokenizer = from_config.model_config(config.model)
     if sft_phase:
-        from flowrl_jax.models.decoder import init_params as init
         from flowrl_jax.trainer import sft
 
-        policy = jax.eval_shape(lambda: init(model_cfg, jax.random.key(0)))
-        optimizer = sft.optimizer_for_restore(config.sft)
+        policy = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
+        optimizer = step_lib.optimizer_shapes(config.sft.optimizer, None)
         like = sft.abstract_state(optimizer, policy, mesh, model_cfg.family)[0]
         checkpoints = Checkpoints(os.path.join(workdir, "sft"), config.checkpoint)
     else:
         like = abstract_state(config, model_cfg, mesh)
         checkpoints = Checkpoints(workdir, config.checkpoint)
     try:
-        restored = checkpoints.restore_latest(like, step)
+        restored = checkpoints.restore_policy(like, step)
     finally:
         checkpoints.close()
     if restored is None:
         raise FileNotFoundError(f"no readable checkpoint in {checkpoints.directory}")
-    state, record = restored
+    params, record = restored
     source = config.model.checkpoint  # the run's HF starting point: its config keys carry over
     hf_config = read_hf_config(source) if source and os.path.isdir(source) else None
-    model = Model(model_cfg, state.params["policy"], mesh=mesh, hf_config=hf_config)
+    model = Model(model_cfg, params, mesh=mesh, hf_config=hf_config)
     # The config of the start that saved this step (config.json is the latest start's).
     saved = ConfigDict(json.loads(record["config"])) if "config" in record else config
     return model, tokenizer, record | {"run_config": saved}

@@ -100,7 +100,7 @@ def check(config: ConfigDict, mesh, task: Task | None = None) -> Checked:
     settings = sampled.periodic_settings(config)
     job_report.check(config.eval, config.eval.k in settings.pass_k)
     sft_lib.check(config.sft, mesh)  # its sizes, before its demonstrations are read
-    model_cfg, tokenizer = from_config.model_config(config.model, config.workdir)
+    model_cfg, tokenizer = from_config.model_config(config.model)
     sampler_lib.stop_token_ids(tokenizer, config.rollout.stop_tokens)
     demos = demonstrations_for(config, task, tokenizer)
     if demos is not None:
@@ -236,5 +236,5 @@ def train(config: ConfigDict, mesh, model=None, tokenizer=None, task=None) -> Ru
     with WorkdirLock(config.workdir):
         claim(config, checked.model_cfg)
         if model is None:
-            model, tokenizer = from_config.build(config.model, mesh, config.workdir, config.seed)
+            model, tokenizer = from_config.build(config.model, mesh, config.seed)
         return run(config, mesh, model, tokenizer, checked.task, checked)

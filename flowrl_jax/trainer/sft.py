@@ -249,12 +249,6 @@ def abstract_state(optimizer, policy, mesh, family: str):
     return like, sharding
 
 
-def optimizer_for_restore(cfg: ConfigDict):
-    """An optimiser with the warm-up's state structure (its schedule's length does not shape the
-    state), for reading an SFT checkpoint without knowing the run's step count."""
-    return step_lib.make_optimizer(cfg.optimizer, None, total_steps=cfg.optimizer.warmup_steps + 2)
-
-
 def _policy(model, state):
     return dataclasses.replace(model, params=state.params["policy"])
 

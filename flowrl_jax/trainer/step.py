@@ -142,6 +142,13 @@ def make_optimizer(
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), inner)
 
 
+def optimizer_shapes(cfg: ConfigDict, heads_cfg: ConfigDict | None) -> optax.GradientTransformation:
+    """An optimiser whose state has the structure of `make_optimizer(cfg, heads_cfg, N)` for every
+    run length N (a schedule's length shapes no state): what reading a checkpoint needs when the
+    run's optimiser step count is not at hand. Its rates are not the run's: never step with it."""
+    return make_optimizer(cfg, heads_cfg, total_steps=max(cfg.warmup_steps, 1) + 2)
+
+
 def init_state(spec: StepSpec, policy_params, optimizer, rng) -> TrainState:
     alg = spec.alg
     head_rng, rng = jax.random.split(rng)
