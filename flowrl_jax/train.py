@@ -37,7 +37,6 @@ from flowrl_jax.models import from_config, load_hf, save_hf
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.rollout import token_logprobs
 from flowrl_jax.trainer import run as run_lib
-from flowrl_jax.trainer.workdir import WorkdirLock
 
 _CONFIG = None  # the --config flag, defined when this module runs as the program (below)
 log = logging.getLogger("flowrl_jax")
@@ -141,10 +140,7 @@ def main(argv) -> None:
             # model's or algorithm's, or another live job's).
             init_distributed(config.distributed)
             mesh = mesh_lib.make_mesh(dict(config.mesh))
-            os.makedirs(config.workdir, exist_ok=True)
-            checked = run_lib.check(config, mesh)
-            held.enter_context(WorkdirLock(config.workdir))
-            run_lib.claim(config, checked.model_cfg)
+            checked = held.enter_context(run_lib.started(config, mesh))
         except cli.USER_ERRORS as e:
             if os.environ.get("FLOWRL_JAX_TRACEBACK"):
                 raise

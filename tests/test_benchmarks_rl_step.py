@@ -1,6 +1,7 @@
 """benchmarks/rl_step.py without Tunix (CI does not install it): the reward both sides compute is
 one function, and our rows run the benchmark's work at a smaller size and print the table."""
 
+import os
 import pickle
 
 import jax
@@ -10,6 +11,8 @@ import pytest
 
 from benchmarks import rl_step
 from flowrl_jax.rollout import SampleOutput
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_compiled_reward_equals_the_text_reward_tunix_runs():
@@ -99,6 +102,9 @@ def fake_tree(root, side: str, log: str, fail: str = ""):
     """A source tree whose benchmarks/rl_step.py has the real rows' names but trainers that only
     append "<side> <row>" to `log` per step: enough to watch the workers' protocol and order."""
     (root / "benchmarks").mkdir(parents=True)
+    # The worker imports flowrl_jax from its tree, as a checkout of a revision provides it: a link
+    # to this checkout's package, not whatever the environment happens to have installed.
+    (root / "flowrl_jax").symlink_to(os.path.join(ROOT, "flowrl_jax"), target_is_directory=True)
     (root / "benchmarks" / "__init__.py").write_text("")
     (root / "benchmarks" / "rl_step.py").write_text(
         f"""

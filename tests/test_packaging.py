@@ -28,6 +28,25 @@ def test_the_package_declares_every_runtime_requirement():
     assert pinned - {"jaxlib"} <= declared, sorted(pinned - {"jaxlib"} - declared)
 
 
+def test_ci_sees_the_package_only_through_its_checkout(tmp_path):
+    """.ci/run runs the suite in a fresh virtual environment: outside the checkout (no PYTHONPATH),
+    flowrl_jax does not import there, so no test passes on a copy installed by hand (the worker
+    subprocesses of benchmarks/rl_step_revisions.py once did). Outside .ci/run: skipped."""
+    import subprocess
+
+    import pytest
+
+    venv = os.environ.get("FLOWRL_JAX_CI_VENV")
+    if not venv:
+        pytest.skip("not under .ci/run")
+    assert sys.prefix == venv, (sys.prefix, venv)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = subprocess.run(
+        [sys.executable, "-c", "import flowrl_jax"], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert found.returncode != 0 and b"No module named 'flowrl_jax'" in found.stderr
+
+
 def test_a_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch, caplog):
     from flowrl_jax.trainer import metrics
 

@@ -17,7 +17,7 @@ from flowrl_jax.config import base_config
 from flowrl_jax.export import main as export_main
 from flowrl_jax.models import load_hf
 from flowrl_jax.trainer import checkpoint as checkpoint_lib
-from flowrl_jax.trainer.run import claim_workdir, signature
+from flowrl_jax.trainer.workdir import claim_workdir, signature
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8

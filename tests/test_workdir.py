@@ -123,16 +123,25 @@ def test_a_second_job_is_refused_and_ctrl_c_saves(tmp_path):
     assert not (workdir / "lock").exists()  # released
 
 
-def test_a_second_ctrl_c_stops_at_once():
-    flag = StopFlag()
+@pytest.mark.parametrize("found", ["default", "ignored"])
+def test_a_second_ctrl_c_stops_at_once_and_the_handler_found_comes_back(found):
+    """Ctrl-C asks for a checkpoint, a second one stops at once; afterwards SIGINT is handled as it
+    was before the run, whether by Python's default handler or ignored (a job started with `&` or
+    under nohup inherits SIGINT ignored)."""
+    before = {"default": signal.default_int_handler, "ignored": signal.SIG_IGN}[found]
+    outer = signal.signal(signal.SIGINT, before)
     try:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert flag.requested() == "SIGINT"
-        with pytest.raises(KeyboardInterrupt):
+        flag = StopFlag()
+        try:
             os.kill(os.getpid(), signal.SIGINT)
+            assert flag.requested() == "SIGINT"
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        finally:
+            flag.restore()
+        assert signal.getsignal(signal.SIGINT) is before
     finally:
-        flag.restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_the_lock_is_reentrant_and_refuses_a_live_holder_elsewhere(tmp_path, monkeypatch):
@@ -179,3 +188,43 @@ def test_bad_config_is_one_line_and_exit_status_2(tmp_path, args, message):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("flowrl_jax.train: error: "), out.stderr
     assert message in lines[0]
+
+
+def test_a_refused_job_writes_nothing_into_the_busy_workdir(tmp_path):
+    """The workdir's lock names a live job (a process of this host): a second job is refused with
+    one line, exit 2, and every file in the workdir is as it was, names, bytes and times."""
+    import socket
+    import time
+
+    holder = subprocess.Popen(["sleep", "120"])
+    try:
+        workdir = tmp_path / "busy"
+        workdir.mkdir()
+        (workdir / "lock").write_text(
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "pid": holder.pid,
+                    "process_start": workdir_lib._process_start(holder.pid),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                }
+            )
+        )
+        (workdir / "notes.txt").write_text("the running job's own file\n")
+
+        def snapshot():
+            return {
+                str(p.relative_to(workdir)): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in sorted(workdir.rglob("*"))
+                if p.is_file()
+            }
+
+        before = snapshot()
+        done = jobs.train_cli("--config=flowrl_jax/config.py:base", f"--workdir={workdir}")
+        assert done.returncode == 2, done.stderr[-2000:]
+        errors = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and f"in use by another job: pid {holder.pid}" in errors[0]
+        assert snapshot() == before
+    finally:
+        holder.kill()
+        holder.wait()

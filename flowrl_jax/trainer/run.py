@@ -20,10 +20,12 @@ order is a function of the seed and the saved positions (one per data shard).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import jax
@@ -44,7 +46,7 @@ from flowrl_jax.trainer.step import TrainState
 from flowrl_jax.trainer.stop import StopFlag
 from flowrl_jax.trainer.workdir import WorkdirLock, claim_workdir, record_config, signature
 
-__all__ = ["RunResult", "claim_workdir", "run", "signature"]
+__all__ = ["RunResult", "check", "run", "started", "train"]
 
 log = logging.getLogger("flowrl_jax")
 
@@ -108,24 +110,27 @@ def check(config: ConfigDict, mesh, task: Task | None = None) -> Checked:
     return Checked(task, model_cfg, tokenizer, eval_todo, demos)
 
 
-def claim(config: ConfigDict, model_cfg) -> None:
-    """The workdir for this run: refused if it holds another model's or algorithm's run. Call with
-    its WorkdirLock held."""
-    claim_workdir(config.workdir, signature(model_cfg, config.algorithm.name))
+@contextlib.contextmanager
+def started(config: ConfigDict, mesh, task: Task | None = None) -> Iterator[Checked]:
+    """The start of a run, as one step: `check` (which writes nothing), then the workdir's lock,
+    then the claim (refused if the workdir holds another model's or algorithm's run). Yields
+    check's result with the lock held; nothing is written into the workdir before that."""
+    checked = check(config, mesh, task)
+    os.makedirs(config.workdir, exist_ok=True)
+    with WorkdirLock(config.workdir):
+        claim_workdir(config.workdir, signature(checked.model_cfg, config.algorithm.name))
+        yield checked
 
 
 def run(
     config: ConfigDict, mesh, model, tokenizer, task: Task, checked: Checked | None = None
 ) -> RunResult:
     """Train `config.train.steps` RL steps in `config.workdir` (after the SFT warm-up, if
-    `config.sft` asks for one), resuming if it holds a checkpoint. checked: `check`'s result, by
-    an entry point that has also locked and claimed the workdir; without it the run checks,
-    locks and claims here."""
-    with WorkdirLock(config.workdir):
-        if checked is None:
-            os.makedirs(config.workdir, exist_ok=True)
-            checked = check(config, mesh, task)
-            claim(config, model.cfg)
+    `config.sft` asks for one), resuming if it holds a checkpoint. checked: the result of
+    `started`, by an entry point that holds it; without it the run starts here."""
+    if checked is not None:
+        return _run(config, mesh, model, tokenizer, task, checked.eval_todo, checked.demos)
+    with started(config, mesh, task) as checked:
         return _run(config, mesh, model, tokenizer, task, checked.eval_todo, checked.demos)
 
 
@@ -229,12 +234,9 @@ def _has_checkpoint(workdir: str) -> bool:
 
 def train(config: ConfigDict, mesh, model=None, tokenizer=None, task=None) -> RunResult:
     """Train on `config.task` (or `task`, built from it already) in `config.workdir`, resuming from
-    its latest checkpoint: checked, locked and claimed before the model is built (or `model` and
-    `tokenizer` are taken)."""
-    os.makedirs(config.workdir, exist_ok=True)
-    checked = check(config, mesh, task)
-    with WorkdirLock(config.workdir):
-        claim(config, checked.model_cfg)
+    its latest checkpoint: started (checked, locked, claimed) before the model is built (or `model`
+    and `tokenizer` are taken)."""
+    with started(config, mesh, task) as checked:
         if model is None:
             model, tokenizer = from_config.build(config.model, mesh, config.seed)
         return run(config, mesh, model, tokenizer, checked.task, checked)
