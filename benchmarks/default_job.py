@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
+
+from flowrl_jax.evaluation.report import describe_machine
 
 
 def main(argv=None) -> None:
@@ -46,7 +47,7 @@ def main(argv=None) -> None:
     print(f"### {when}: the default job, full run")
     print()
     print(
-        f"Machine: {platform.node()}, {os.cpu_count()} cores, fp32 on the CPU. Command: `{args.command}`."
+        f"Machine: {describe_machine(report.get('machine'))}. Command: `{args.command}`."
     )
     print(
         f"{report['test_problems']} test problems, k = {report['k']}, {report['rl_steps']} RL steps; "

@@ -188,7 +188,8 @@ def compare(base: ConfigDict, out: str, seeds: list[int], names: list[str]):
                 runs[(seed, name)] = timed(
                     f"seed_{seed}/{name}", train_from, base, seed, name, warm, out, mesh, eval_task
                 )
-    return compare_report.write(out, runs, base.train.steps, base.eval.k), timing
+    machine = report.machine(base.model.dtype, base.model.param_dtype)
+    return compare_report.write(out, runs, base.train.steps, base.eval.k, machine), timing
 
 
 def main(argv) -> None:

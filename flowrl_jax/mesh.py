@@ -19,6 +19,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from flowrl_jax import rules as R
+
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
 DEFAULT_SHAPE = {"data": 1, "fsdp": -1, "tensor": 1}
@@ -131,3 +133,7 @@ def default_config():
     from ml_collections import ConfigDict
 
     return ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+
+
+# A size of -1 takes the devices the other axes leave.
+RULES = {axis: R.Range(1, integer=True, also=(-1,)) for axis in ("data", "fsdp", "tensor")}

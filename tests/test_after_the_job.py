@@ -138,3 +138,23 @@ def test_evaluate_with_the_workdir_alone_reproduces_the_run_s_last_evaluation(jo
     smaller = evaluate.main(["--workdir", str(workdir), "--k", "2", "--step", "2"])
     assert smaller[dataset]["summary"]["problems"] == periodic["problems"]
     assert "mean@2" in smaller[dataset]["summary"]
+
+
+def test_the_report_states_the_machine_the_run_ran_on(job, tmp_path, monkeypatch, capsys):
+    """report.json records the backend, device kind and count, processes and dtypes of the run,
+    and BENCHMARKS.md's entry (benchmarks/default_job.py) prints that record, not a fixed text."""
+    from benchmarks import default_job
+
+    workdir, result = job
+    machine = json.loads((workdir / "report.json").read_text())["machine"]
+    assert machine["backend"] == jax.default_backend() == "cpu"
+    assert machine["devices"] == jax.device_count() == 8
+    assert machine["device_kind"] == jax.devices()[0].device_kind
+    assert machine["processes"] == 1
+    assert machine["dtype"] == machine["param_dtype"] == "float32"
+    monkeypatch.chdir(tmp_path)  # the entry copies the plots into benchmarks/results
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    default_job.main(["--workdir", str(workdir)])
+    printed = capsys.readouterr().out
+    assert "8 cpu devices (JAX backend cpu) in 1 process; compute float32" in printed
+    assert "fp32 on the CPU" not in printed

@@ -72,6 +72,11 @@ def test_reduced_comparison(tmp_path):
     text = doc.read_text()
     table = (tmp_path / "results.md").read_text().split("\n", 1)[1].strip()
     assert table in text and "python -m flowrl_jax.compare" in text and "jax " in text
+    # What ran, and where, as the run recorded it: two algorithms, 8 CPU devices, fp32.
+    assert text.startswith("# Results: FlowRL against GRPO\n")
+    machine = results["machine"]
+    assert (machine["backend"], machine["devices"], machine["dtype"]) == ("cpu", 8, "float32")
+    assert "8 cpu devices (JAX backend cpu) in 1 process; compute float32" in text
     copied = set(os.listdir(tmp_path / "docs" / "results"))
     assert {"results.json", "results_passk.png", "results_answers.png"} <= copied
     assert "![results_passk.png](results/results_passk.png)" in text

@@ -151,17 +151,38 @@ def test_32b_tensor_parallel_keeps_whole_heads():
     assert (kv_heads * head_dim // tensor) % head_dim == 0  # a kv shard holds whole heads
 
 
+# docs/algorithms.md, "The baselines": each baseline's published knobs (typed here, not read back).
+BASELINE_KNOBS = {
+    "grpo": {"clip_eps": 0.2, "kl_coef": 0.0, "loss_agg": "seq-mean-token-mean"},
+    "ppo": {
+        "gamma": 1.0, "lam": 0.95, "value_clip": 0.2, "vf_coef": 0.5, "loss_agg": "token-mean"
+    },
+    "reinforce_pp": {"kl_coef": 0.01, "gamma": 1.0, "loss_agg": "token-mean"},
+    "dapo": {"clip_eps_low": 0.2, "clip_eps_high": 0.28, "loss_agg": "token-mean",
+             "overlong_buffer_fraction": 0.2, "dynamic_sampling": True},
+    "gspo": {"clip_eps_low": 3e-4, "clip_eps_high": 4e-4},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("file", sorted(PAPER))
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_each_baseline_is_one_override(file, baseline):
+    """--config.algorithm.name=<baseline> on a paper config runs that baseline with its published
+    knobs and the paper's shared recipe, and passes every check a run makes before it builds."""
+    from flowrl_jax.trainer import validate
+
     assert set(BASELINES) | {"flowrl"} == set(algorithms.names())
+    assert set(BASELINE_KNOBS) == set(BASELINES)
+    expected, _, mesh_shape = PAPER[file]
     path = os.path.join(ROOT, "configs", f"{file}.py")
-    flowrl = load(path).to_dict()
-    other = load(path, f"--config.algorithm.name={baseline}").to_dict()
-    assert (
-        other["algorithm"].pop("name") == baseline and flowrl["algorithm"].pop("name") == "flowrl"
-    )
-    assert other == flowrl  # nothing else changes
+    other = load(path, f"--config.algorithm.name={baseline}")
+    section = other.algorithm[other.algorithm.name]
+    assert algorithms.get(other.algorithm.name).name == baseline
+    assert {k: section[k] for k in BASELINE_KNOBS[baseline]} == BASELINE_KNOBS[baseline]
+    shared = {k: v for k, v in expected.items() if not k.startswith("algorithm.")}
+    assert {k: get(other, k) for k in shared} == shared
+    validate.check(other)
+    check_sizes(other, AbstractMesh(mesh_shape, ("data", "fsdp", "tensor")))
     doc = importlib_doc(path)
     assert f"--config=configs/{file}.py" in doc and "--config.algorithm.name=grpo" in doc
     assert baseline in doc

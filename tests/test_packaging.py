@@ -58,3 +58,18 @@ def test_a_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch, caplog)
     assert not (tmp_path / "metrics.png").exists()
     monkeypatch.undo()  # matplotlib back: the same call draws it
     assert metrics.plot(str(tmp_path)) == str(tmp_path / "metrics.png")
+
+
+def test_the_readme_names_the_tasks_whose_reward_is_compiled():
+    """The README says which built-in tasks score inside the fused program; the tasks say the
+    same (the default job's countdown is scored on the host)."""
+    from flowrl_jax import tasks
+
+    built_in = ("digits", "countdown", "humaneval")
+    compiled = [n for n in built_in if tasks.get(n).make_jit_reward is not None]
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = " ".join(f.read().split())
+    listed = text.split("(built-in tasks with one: ", 1)[1].split(")", 1)[0]
+    assert listed == ", ".join(f"`{n}`" for n in compiled)
+    assert "countdown" not in compiled and "the default job's countdown verifier included" in text
+

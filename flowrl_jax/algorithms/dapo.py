@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from flowrl_jax import rules as R
 from flowrl_jax.algorithms import advantages as A
 from flowrl_jax.algorithms.grpo import clipped_policy_loss
 from flowrl_jax.algorithms.registry import Algorithm, Batch, GroupFilter, register
@@ -89,5 +90,22 @@ def group_filter(cfg) -> GroupFilter | None:
 
 
 ALGORITHM = register(
-    Algorithm("dapo", default_config, prepare, loss_terms, check=check, group_filter=group_filter)
+    Algorithm(
+        "dapo",
+        default_config,
+        prepare,
+        loss_terms,
+        check=check,
+        group_filter=group_filter,
+        rules={
+            "clip_eps_low": R.FRACTION,
+            "clip_eps_high": R.NON_NEGATIVE,
+            "norm_eps": R.POSITIVE,
+            "loss_agg": R.OneOf(A.AGGREGATIONS),
+            "overlong_buffer_fraction": R.Range(0.0, 1.0, high_open=True),
+            "overlong_buffer": R.COUNT,
+            "overlong_penalty_factor": R.NON_NEGATIVE,
+            "max_refills": R.COUNT,
+        },
+    )
 )

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from flowrl_jax import rules as R
 from flowrl_jax.algorithms import advantages as A
 from flowrl_jax.algorithms.registry import Algorithm, Batch, always, register
 
@@ -104,5 +105,20 @@ def loss_terms(batch: Batch, cfg):
 
 
 ALGORITHM = register(
-    Algorithm("flowrl", default_config, prepare, loss_terms, needs_ref=always, needs_logz=True)
+    Algorithm(
+        "flowrl",
+        default_config,
+        prepare,
+        loss_terms,
+        needs_ref=always,
+        needs_logz=True,
+        rules={
+            "beta": R.POSITIVE,
+            "reward_normalization": R.OneOf(("group", "none")),
+            "norm_eps": R.POSITIVE,
+            "is_weight": R.OneOf(IS_WEIGHT_RULES),
+            "is_clip_eps": R.FRACTION,
+            "is_cap": R.POSITIVE,
+        },
+    )
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
+from flowrl_jax import rules as R
 from flowrl_jax.algorithms import advantages as A
 from flowrl_jax.algorithms.registry import Algorithm, Batch, register, when_kl
 
@@ -43,4 +44,12 @@ def loss_terms(batch: Batch, cfg):
     return clipped_policy_loss(batch, cfg, cfg.clip_eps, cfg.clip_eps, cfg.kl_coef)
 
 
-ALGORITHM = register(Algorithm("grpo", default_config, prepare, loss_terms, needs_ref=when_kl))
+RULES = {
+    "clip_eps": R.FRACTION,
+    "kl_coef": R.NON_NEGATIVE,
+    "norm_eps": R.POSITIVE,
+    "loss_agg": R.OneOf(A.AGGREGATIONS),
+}
+ALGORITHM = register(
+    Algorithm("grpo", default_config, prepare, loss_terms, needs_ref=when_kl, rules=RULES)
+)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from flowrl_jax import rules as R
 from flowrl_jax.algorithms import advantages as A
 from flowrl_jax.algorithms.registry import Algorithm, Batch, register
 
@@ -47,4 +48,5 @@ def loss_terms(batch: Batch, cfg):
     return jnp.sum(per_seq * valid), count, metrics
 
 
-ALGORITHM = register(Algorithm("gspo", default_config, prepare, loss_terms))
+RULES = {"clip_eps_low": R.FRACTION, "clip_eps_high": R.NON_NEGATIVE, "norm_eps": R.POSITIVE}
+ALGORITHM = register(Algorithm("gspo", default_config, prepare, loss_terms, rules=RULES))

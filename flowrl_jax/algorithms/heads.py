@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from flowrl_jax import rules as R
+
 
 def default_config() -> ConfigDict:
     return ConfigDict(
@@ -30,6 +32,15 @@ def default_config() -> ConfigDict:
             "value": {"detach_backbone": False},
         }
     )
+
+
+RULES = {
+    "logz": {
+        "depth": R.COUNT,
+        "dropout": R.Range(0.0, 1.0, high_open=True),
+        "learning_rate": R.NON_NEGATIVE,
+    }
+}
 
 
 class LogZHead(nn.Module):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from flowrl_jax import rules as R
 from flowrl_jax.algorithms import advantages as A
 from flowrl_jax.algorithms.grpo import clipped_policy_loss
 from flowrl_jax.algorithms.registry import Algorithm, Batch, register, when_kl
@@ -70,5 +71,21 @@ def loss_terms(batch: Batch, cfg):
 
 
 ALGORITHM = register(
-    Algorithm("ppo", default_config, prepare, loss_terms, needs_ref=when_kl, needs_values=True)
+    Algorithm(
+        "ppo",
+        default_config,
+        prepare,
+        loss_terms,
+        needs_ref=when_kl,
+        needs_values=True,
+        rules={
+            "clip_eps": R.FRACTION,
+            "gamma": R.FRACTION,
+            "lam": R.FRACTION,
+            "value_clip": R.NON_NEGATIVE,
+            "vf_coef": R.NON_NEGATIVE,
+            "kl_coef": R.NON_NEGATIVE,
+            "loss_agg": R.OneOf(A.AGGREGATIONS),
+        },
+    )
 )

@@ -82,6 +82,8 @@ class Algorithm:
     check: Callable | None = None
     # (cfg) -> GroupFilter, or None: one rollout batch a step, every group kept (DAPO filters).
     group_filter: Callable = lambda cfg: None
+    # The allowed values of its knobs (flowrl_jax/rules.py), checked before anything is built.
+    rules: dict = dataclasses.field(default_factory=dict)
 
     def loss(self, batch: Batch, cfg):
         """The loss on one batch at once -> (total / count, metrics)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
+from flowrl_jax import rules as R
 from flowrl_jax.algorithms import advantages as A
 from flowrl_jax.algorithms.grpo import clipped_policy_loss
 from flowrl_jax.algorithms.ppo import token_rewards
@@ -33,5 +34,17 @@ def loss_terms(batch: Batch, cfg):
 
 
 ALGORITHM = register(
-    Algorithm("reinforce_pp", default_config, prepare, loss_terms, needs_ref=always)
+    Algorithm(
+        "reinforce_pp",
+        default_config,
+        prepare,
+        loss_terms,
+        needs_ref=always,
+        rules={
+            "clip_eps": R.FRACTION,
+            "kl_coef": R.NON_NEGATIVE,
+            "gamma": R.FRACTION,
+            "loss_agg": R.OneOf(A.AGGREGATIONS),
+        },
+    )
 )

@@ -108,8 +108,9 @@ def target_distances(exact: dict, ref: dict, counts: list) -> dict:
     return {"tv_target": float(np.mean(tv)), "kl_target": float(np.mean(kl))}
 
 
-def write(out: str, runs: dict, steps: int, k: int) -> dict:
-    """runs: (seed, name) -> workdir, with name 'warmup' for each seed's warm-up."""
+def write(out: str, runs: dict, steps: int, k: int, machine: dict | None = None) -> dict:
+    """runs: (seed, name) -> workdir, with name 'warmup' for each seed's warm-up. machine: what
+    the comparison ran on (report.machine)."""
     per_run = {}
     for (seed, name), workdir in runs.items():
         ref = _read(os.path.join(runs[(seed, "warmup")], "eval", "answers.json"))
@@ -130,6 +131,7 @@ def write(out: str, runs: dict, steps: int, k: int) -> dict:
                     "std": float(np.std(values)),
                 }
     results = {"k": k, "rl_steps": steps, "runs": per_run, "aggregate": aggregate}
+    results["machine"] = machine
     report.write_json(results, os.path.join(out, "results.json"))
     report._write_atomic(os.path.join(out, "results.md"), markdown(results))
     try:

@@ -52,8 +52,11 @@ def _figures(summary: dict, k: int) -> dict:
     }
 
 
-def write(workdir: str, k: int, last_step: int, wall_seconds: float, resumed: bool) -> dict:
-    """report.json, report.md and the PNGs of `workdir`. -> the report."""
+def write(
+    workdir: str, k: int, last_step: int, wall_seconds: float, resumed: bool, machine: dict
+) -> dict:
+    """report.json, report.md and the PNGs of `workdir`. machine: what the run ran on
+    (report.machine). -> the report."""
     sources = {
         "before": os.path.join("eval", "before.json"),
         "after": os.path.join("eval", f"step_{last_step}.json"),
@@ -70,6 +73,7 @@ def write(workdir: str, k: int, last_step: int, wall_seconds: float, resumed: bo
         "rl_steps": last_step,
         "wall_seconds": wall_seconds,
         "resumed": resumed,
+        "machine": machine,
         "sources": sources,
     }
     report.write_json(out, os.path.join(workdir, "report.json"))

@@ -110,3 +110,49 @@ def write_json(obj, path: str) -> str:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     _write_atomic(path, json.dumps(_json_safe(obj), indent=1) + "\n")
     return path
+
+
+def cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def machine(dtype: str, param_dtype: str = "") -> dict:
+    """What this process runs on, as a report records it: the host, its CPU, JAX's backend, the
+    kind and number of devices, the processes, and the model's compute and parameter dtypes."""
+    import platform
+
+    import jax
+
+    return {
+        "host": platform.node(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "system": f"{platform.system()} {platform.release()}",
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "dtype": dtype,
+        "param_dtype": param_dtype or dtype,
+    }
+
+
+def describe_machine(m: Mapping | None) -> str:
+    """A machine record (`machine`) as one line of text."""
+    if not m:
+        return "not recorded by this run"
+    devices = f"{m['devices']} {m['device_kind']} device{'s' if m['devices'] != 1 else ''}"
+    return (
+        f"{m['host']}, {m['cores']} cores ({m['cpu']}), {m['system']}; {devices} "
+        f"(JAX backend {m['backend']}) in {m['processes']} process"
+        f"{'es' if m['processes'] != 1 else ''}; compute {m['dtype']}, parameters {m['param_dtype']}"
+    )
+

@@ -21,16 +21,6 @@ READING = "## Reading"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "transformers")
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(
-                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def versions() -> str:
     found = []
     for name in PACKAGES:
@@ -61,6 +51,27 @@ class Timing:
         return float(sum(self.seconds.values()))
 
 
+NAMES = {
+    "flowrl": "FlowRL",
+    "flowrl_mean": "FlowRL (mean IS weight)",
+    "grpo": "GRPO",
+    "ppo": "PPO",
+    "reinforce_pp": "REINFORCE++",
+    "dapo": "DAPO",
+    "gspo": "GSPO",
+}
+
+
+def title(names: list[str]) -> str:
+    """The algorithms that ran, as the document's title names them."""
+    shown = [NAMES.get(n, n) for n in names]
+    if "flowrl" in names and len(names) > 1:
+        others = [s for n, s in zip(names, shown) if n != "flowrl"]
+        listed = others[0] if len(others) == 1 else ", ".join(others[:-1]) + " and " + others[-1]
+        return f"FlowRL against {listed}"
+    return ", ".join(shown)
+
+
 def write(path: str, out: str, command: str, timing: Timing) -> str:
     """The document at `path`, its plots and results.json under <dir of path>/results/; -> path."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -77,18 +88,19 @@ def write(path: str, out: str, command: str, timing: Timing) -> str:
             old = f.read()
         if READING in old:
             reading = old[old.index(READING) :].strip()
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
     runs = "; ".join(f"{k} {v / 60:.1f} min" for k, v in sorted(timing.seconds.items()))
     rel = os.path.relpath(plots, folder)
     lines = [
-        "# Results: FlowRL against GRPO, PPO, REINFORCE++, DAPO and GSPO",
+        f"# Results: {title([n for n in results['runs'] if n != 'warmup'])}",
         "",
         "Everything above the reading is written by the comparison itself "
         "(flowrl_jax/evaluation/results_doc.py) from its run's files.",
         "",
         f"- Command: `{command}`",
         f"- Date: {time.strftime('%Y-%m-%d')}",
-        f"- Machine: {platform.node()}, {os.cpu_count()} cores ({cpu_name()}), "
-        f"{platform.system()} {platform.release()}; fp32 on the CPU",
+        f"- Machine: {report.describe_machine(results.get('machine'))}",
         f"- Software: {versions()}",
         f"- Wall time: {timing.total() / 60:.1f} min in all (the runs as they ran: {runs})",
         f"- Every figure: [{rel}/results.json]({rel}/results.json) (a copy of the run's)",

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import jax
 
+from flowrl_jax import rules as R
 from flowrl_jax import tasks
 from flowrl_jax.evaluation import metrics, report
 from flowrl_jax.rollout import sampler as sampler_lib
@@ -52,6 +53,13 @@ class EvalSettings:
 def verdict(task: tasks.Task, response: str, row: int) -> tuple[bool, str | None]:
     """(correct, final-answer key for maj@k and distinct answers) of one response."""
     data = task.rows[row] if row < len(task.rows) else {}
+    if task.named_rewards:  # the user's reward functions decide (tasks/user_rewards.py)
+        from flowrl_jax.rewards import math_answers
+
+        key = task.answer_key(response, row) if task.answer_key is not None else None
+        if key is None and "answer" in data:
+            key = math_answers.final_answer(response)
+        return task.reward(response, row) >= task.solved, key
     if "tests" in data:
         from flowrl_jax.rewards import code
 
@@ -245,6 +253,17 @@ def default_config():
             "report": False,
         }
     )
+
+
+RULES = {
+    "every": R.COUNT,
+    "kind": R.OneOf(("math", "code")),
+    "problems": R.COUNT,
+    "k": R.POSITIVE_INT,
+    "temperature": R.NON_NEGATIVE,
+    "top_p": R.PROBABILITY,
+    "max_new_tokens": R.COUNT,
+}
 
 
 def periodic_settings(config) -> EvalSettings:

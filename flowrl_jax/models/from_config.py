@@ -9,10 +9,11 @@ import jax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from flowrl_jax import rules as R
 from flowrl_jax.models import partition
 from flowrl_jax.models.decoder import init_params
-from flowrl_jax.models.families import config_from_hf, read_hf_config
-from flowrl_jax.models.hf_io import load_hf, load_tokenizer
+from flowrl_jax.models.families import FAMILIES, REMAT_POLICIES, config_from_hf, read_hf_config
+from flowrl_jax.models.hf_io import DTYPES, load_hf, load_tokenizer
 from flowrl_jax.models.model import Model
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,18 @@ def default_config() -> ConfigDict:
             "causal_block": 128,  # queries per causal block at short T (skips masked scores); 0 = off
         }
     )
+
+
+RULES = {
+    "tiny_family": R.OneOf(FAMILIES),
+    "tiny_hidden_size": R.COUNT,
+    "tiny_layers": R.COUNT,
+    "dtype": R.OneOf(tuple(DTYPES), fold_case=True),
+    "param_dtype": R.OneOf(("", *DTYPES), fold_case=True),
+    "remat": R.OneOf(REMAT_POLICIES),
+    "attention_block": R.COUNT,
+    "causal_block": R.COUNT,
+}
 
 
 def _overrides(config: ConfigDict) -> dict:

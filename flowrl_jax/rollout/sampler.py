@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from flowrl_jax import mesh as mesh_lib
+from flowrl_jax import rules as R
 from flowrl_jax.models.decoder import (
     Decoder,
     Segments,
@@ -270,6 +271,17 @@ def default_config():
             "stop_tokens": "",
         }
     )
+
+
+RULES = {
+    "n": R.POSITIVE_INT,
+    "max_new_tokens": R.POSITIVE_INT,
+    "temperature": R.NON_NEGATIVE,  # 0 = greedy
+    "top_p": R.PROBABILITY,
+    "top_k": R.COUNT,  # 0 = off
+    "prompt_buckets": R.Each(R.POSITIVE_INT),
+    "cache_segments": R.POSITIVE_INT,
+}
 
 
 def stop_token_ids(tokenizer, stop_tokens: str) -> tuple[int, ...]:

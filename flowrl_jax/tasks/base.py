@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 
 from ml_collections import ConfigDict
 
+from flowrl_jax import rules as R
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -30,6 +32,9 @@ class Task:
     # (seed, per_problem, skew) -> SFT demonstrations drawn from the task's own correct answers,
     # each {"messages", "response", "source"} (trainer/demonstrations.py); None: the task has none.
     demonstrations: Callable | None = None
+    # The user's reward functions (task.reward; tasks/user_rewards.py), when `reward` is their
+    # weighted sum: the trainer logs each one's mean.
+    named_rewards: tuple = ()
 
 
 def default_config() -> ConfigDict:
@@ -60,6 +65,12 @@ def default_config() -> ConfigDict:
             # Prompts longer than this many tokens (chat template included) are dropped, and the
             # count logged. 0 = the largest rollout.prompt_buckets, the longest the sampler takes.
             "max_prompt_len": 0,
+            # Your own rewards instead of the task's: functions, comma-separated, each
+            # "package.module:function" or "path/to/file.py:function", called as
+            # function(prompt, response, row) -> number ("task" = the task's own reward, to keep
+            # it beside yours); tasks/user_rewards.py. "" = the task's own reward alone.
+            "reward": "",
+            "reward_weights": "",  # comma-separated, one per function; "" = 1 each
             # Data shards: rows split S ways, each step drawing prompts_per_step / S from each
             # shard's own order; a process encodes and draws only its shards (s % processes).
             # 1 = no split; -1 = one shard per process (each host loads its own share). The draws
@@ -67,6 +78,14 @@ def default_config() -> ConfigDict:
             "data_shards": 1,
         }
     )
+
+
+RULES = {
+    "kind": R.OneOf(("math", "code")),
+    "gym_size": R.POSITIVE_INT,
+    "max_prompt_len": R.COUNT,
+    "data_shards": R.Range(1, integer=True, also=(-1,)),
+}
 
 
 def get(config: ConfigDict | str, seed: int = 0, split: str = "train", train_size: int = 0) -> Task:
@@ -77,6 +96,15 @@ def get(config: ConfigDict | str, seed: int = 0, split: str = "train", train_siz
     if isinstance(config, str):
         name, config = config, default_config()
         config.name = name
+    task = _build(config, seed, split, train_size)
+    if config.get("reward", ""):
+        from flowrl_jax.tasks import user_rewards
+
+        task = user_rewards.attach(task, config.reward, config.get("reward_weights", ""))
+    return task
+
+
+def _build(config: ConfigDict, seed: int, split: str, train_size: int) -> Task:
     name = config.name
     if name == "digits":
         from flowrl_jax.tasks import digits

@@ -35,8 +35,11 @@ class DataError(ValueError):
 def task(config: ConfigDict) -> Task:
     """The file task of config.task: rows from task.path, scored by task.kind's reward."""
     check_kind(config.kind)
-    rows = load(config.path, config.kind, dict(config.fields))
+    custom = bool(config.get("reward", ""))  # the user's rewards: rows need a prompt alone
+    rows = load(config.path, config.kind, dict(config.fields), prompt_only=custom)
     field, module_name, function = KINDS[config.kind]
+    if custom:
+        return Task(f"file:{config.path}", [r["prompt"] for r in rows], _unscored, 1.0, rows)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -61,13 +64,19 @@ def check_kind(kind: str) -> None:
         raise ValueError(f"task.kind={kind!r} is not a kind of data; known: {sorted(KINDS)}")
 
 
-def load(paths: str, kind: str, fields: dict | None = None) -> list[dict]:
+def _unscored(response: str, row: int) -> float:
+    raise RuntimeError("this file task is scored by task.reward's functions")
+
+
+def load(paths: str, kind: str, fields: dict | None = None, prompt_only: bool = False) -> list[dict]:
     """Rows of the comma-separated `paths`, in order, as dicts with the canonical keys "prompt",
-    "answer" (math) or "tests" (code), and "source" ("path:line"). `fields` maps the canonical
-    names to the files' own (task.fields); names it leaves out keep their canonical name."""
+    "answer" (math) or "tests" (code), "source" ("path:line") and "record" (the row as the file
+    has it). `fields` maps the canonical names to the files' own (task.fields); names it leaves
+    out keep their canonical name. prompt_only: rows need a prompt alone (the user's rewards
+    score them)."""
     check_kind(kind)
     names = {"prompt": "prompt", "answer": "answer", "tests": "tests"} | dict(fields or {})
-    wanted = ("prompt", KINDS[kind][0])
+    wanted = ("prompt",) if prompt_only else ("prompt", KINDS[kind][0])
     parts = [p.strip() for p in paths.split(",") if p.strip()]
     if not parts:
         raise DataError("task.path is empty: give a data file (or several, comma-separated)")
@@ -151,6 +160,7 @@ def _row(source: str, record, wanted: tuple[str, ...], names: dict) -> dict:
             )
         row[key] = _CHECKS[key](source, name, record[name])
     row["source"] = source
+    row["record"] = record
     return row
 
 

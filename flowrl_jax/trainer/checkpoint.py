@@ -26,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
+from flowrl_jax import rules as R
 from flowrl_jax.trainer.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ def default_config() -> ConfigDict:
             "async_save": True,  # write in the background while training goes on
         }
     )
+
+
+RULES = {"every": R.COUNT, "keep": R.POSITIVE_INT}
 
 
 def _arrays(state: TrainState) -> dict:

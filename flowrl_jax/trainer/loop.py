@@ -18,6 +18,7 @@ from ml_collections import ConfigDict
 
 from flowrl_jax import algorithms
 from flowrl_jax import mesh as mesh_lib
+from flowrl_jax import rules as R
 from flowrl_jax.rollout import SampleOutput
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks import Task
@@ -28,6 +29,9 @@ from flowrl_jax.trainer.data import shard_count
 from flowrl_jax.trainer.rewards import Rewards
 
 log = logging.getLogger(__name__)
+
+
+FUSED_CHOICES = ("auto", "true", "false")  # train.fused, in any case
 
 
 def default_config() -> ConfigDict:
@@ -62,6 +66,19 @@ def default_config() -> ConfigDict:
             "peak_flops": 0.0,
         }
     )
+
+
+RULES = {
+    "steps": R.COUNT,
+    "prompts_per_step": R.POSITIVE_INT,
+    "minibatch_size": R.COUNT,  # 0 = the whole rollout batch
+    "epochs": R.POSITIVE_INT,
+    "micro_batches": R.POSITIVE_INT,
+    "reward_workers": R.POSITIVE_INT,
+    "reward_timeout": R.POSITIVE,
+    "fused": R.OneOf(FUSED_CHOICES, fold_case=True),
+    "peak_flops": R.NON_NEGATIVE,  # 0 = measured
+}
 
 
 def minibatch_size(config: ConfigDict) -> int:
@@ -257,10 +274,7 @@ class Trainer:
         return None
 
     def _choose_fused(self, setting) -> bool:
-        choice = {"auto": "auto", "true": True, "false": False}.get(str(setting).lower())
-        if choice is None:
-            raise ValueError(f"train.fused={setting!r} must be 'auto', 'true' or 'false'")
-        setting = choice
+        setting = {"auto": "auto", "true": True, "false": False}[str(setting).lower()]
         why = self._why_not_fused() if setting else None
         if setting is True and why:
             raise ValueError(f"train.fused=true, but the fused step cannot run: {why}")
@@ -355,7 +369,7 @@ class Trainer:
         }
         if "update" in times:
             metrics["perf/mfu_update"] = 3 * fwd * epochs / (update_s * peak)
-        return metrics
+        return metrics | self.rewards.take_means()
 
     @property
     def alg(self) -> algorithms.Algorithm:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from flowrl_jax.rollout import SampleOutput
-from flowrl_jax.tasks import Task
+from flowrl_jax.tasks import Task, user_rewards
 
 
 class Rewards:
@@ -25,6 +25,7 @@ class Rewards:
         self.compiled = task.make_jit_reward(tokenizer) if task.make_jit_reward else None
         self._jit = jax.jit(self.compiled) if self.compiled else None
         self._pool = ThreadPoolExecutor(workers)
+        self._sums, self._count = {}, 0  # the user's functions' sums since take_means
 
     @property
     def in_program(self):
@@ -62,9 +63,14 @@ class Rewards:
             )
         )
 
+        named = self.task.named_rewards
+
         def one(i):
+            if named:  # the user's functions: each one's value, checked, for its own mean
+                place = user_rewards.where(self.task, rows[i])
+                return [user_rewards.value(r, texts[i], rows[i], place) for r in named]
             try:
-                return float(self.task.reward(texts[i], rows[i]))
+                return [float(self.task.reward(texts[i], rows[i]))]
             except Exception as e:
                 raise RuntimeError(
                     f"task {self.task.name!r}: the reward function {_name(self.task.reward)} failed "
@@ -72,26 +78,40 @@ class Rewards:
                     f"(response {texts[i][:200]!r}): {type(e).__name__}: {e}"
                 ) from e
 
-        rewards = np.zeros(len(rows), np.float32)
+        parts = np.zeros((max(len(named), 1), len(rows)), np.float32)
         timeout = self.timeout or None
         futures = [self._pool.submit(one, i) for i in mine]
         deadline = None if timeout is None else time.monotonic() + timeout
         for i, future in zip(mine, futures):
             try:
                 left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                rewards[i] = future.result(timeout=left)
+                parts[:, i] = future.result(timeout=left)
             except FutureTimeout:
                 for f in futures:
                     f.cancel()
+                what = ", ".join(repr(r.name) for r in named) or _name(self.task.reward)
                 raise RuntimeError(
-                    f"task {self.task.name!r}: the reward function {_name(self.task.reward)} did not "
+                    f"task {self.task.name!r}: the reward function {what} did not "
                     f"return within train.reward_timeout={timeout} s (dataset row {rows[i]})"
                 ) from None
         if count > 1:  # each entry is non-zero on at most one process
             from jax.experimental import multihost_utils
 
-            rewards = np.asarray(multihost_utils.process_allgather(rewards)).sum(0)
-        return rewards.astype(np.float32)
+            parts = np.asarray(multihost_utils.process_allgather(parts)).sum(0)
+        if not named:
+            return parts[0].astype(np.float32)
+        for r, values in zip(named, parts):
+            self._sums[r.name] = self._sums.get(r.name, 0.0) + float(values.sum())
+        self._count += parts.shape[1]
+        weights = np.asarray([r.weight for r in named], np.float64)
+        return (weights @ parts.astype(np.float64)).astype(np.float32)
+
+    def take_means(self) -> dict:
+        """{"reward/<name>": mean} of each of the user's functions over the responses scored
+        since the last call (a step's), then reset."""
+        means = {f"reward/{k}": v / max(self._count, 1) for k, v in self._sums.items()}
+        self._sums, self._count = {}, 0
+        return means
 
 
 def _name(fn) -> str:

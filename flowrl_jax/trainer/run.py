@@ -33,10 +33,11 @@ from ml_collections import ConfigDict
 
 from flowrl_jax import tasks
 from flowrl_jax.evaluation import job_report, sampled
+from flowrl_jax.evaluation import report as report_lib
 from flowrl_jax.models import from_config
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks import Task, prompt_limit
-from flowrl_jax.trainer import demonstrations
+from flowrl_jax.trainer import demonstrations, validate
 from flowrl_jax.trainer import sft as sft_lib
 from flowrl_jax.trainer.checkpoint import Checkpoints
 from flowrl_jax.trainer.data import PromptSource, shard_count
@@ -93,6 +94,7 @@ def check(config: ConfigDict, mesh, task: Task | None = None) -> Checked:
     data (`task`, if built already), the evaluation, the warm-up and its demonstrations, the
     model's config and tokenizer, the stop tokens. The entry point calls it; `train` and `run`
     call it when they are not given its result."""
+    validate.check(config)  # every key's allowed values first: one line naming a bad one
     check_sizes(config, mesh)
     prompt_limit(config)
     if task is None:
@@ -220,8 +222,9 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo, demo
     plot(workdir)
     result.state = trainer.state
     if config.eval.report and result.last_step == total and jax.process_index() == 0:
+        machine = report_lib.machine(config.model.dtype, config.model.param_dtype)
         result.report = job_report.write(
-            workdir, config.eval.k, total, job_report.process_seconds(), bool(first)
+            workdir, config.eval.k, total, job_report.process_seconds(), bool(first), machine
         )
     return result
 

@@ -28,6 +28,7 @@ import optax
 from ml_collections import ConfigDict
 
 from flowrl_jax import mesh as mesh_lib
+from flowrl_jax import rules as R
 from flowrl_jax.rollout.logprobs import token_logprobs
 from flowrl_jax.trainer import demonstrations
 from flowrl_jax.trainer import metrics as metrics_lib
@@ -112,6 +113,19 @@ def default_config() -> ConfigDict:
             "optimizer": optimizer,  # the RL optimiser's keys (trainer/step.py), SFT's values
         }
     )
+
+
+RULES = {
+    "steps": R.COUNT,
+    "epochs": R.NON_NEGATIVE,
+    "per_problem": R.POSITIVE_INT,
+    "skew": R.NON_NEGATIVE,
+    "batch_size": R.POSITIVE_INT,
+    "micro_batches": R.POSITIVE_INT,
+    "max_len": R.COUNT,
+    "checkpoint_every": R.COUNT,
+    "optimizer": step_lib.RULES,
+}
 
 
 def total_steps(cfg: ConfigDict, rows: int) -> int:

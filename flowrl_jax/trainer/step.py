@@ -24,6 +24,7 @@ from ml_collections import ConfigDict
 
 from flowrl_jax import algorithms
 from flowrl_jax import mesh as mesh_lib
+from flowrl_jax import rules as R
 from flowrl_jax.algorithms import heads
 from flowrl_jax.models import partition
 from flowrl_jax.models.families import DecoderConfig
@@ -49,6 +50,16 @@ def default_config() -> ConfigDict:
             "grad_clip": 1.0,  # global norm over all parameters, heads included (paper)
         }
     )
+
+
+RULES = {
+    "learning_rate": R.NON_NEGATIVE,
+    "warmup_steps": R.COUNT,
+    "schedule": R.OneOf(SCHEDULES),
+    "min_lr_ratio": R.FRACTION,
+    "weight_decay": R.NON_NEGATIVE,
+    "grad_clip": R.POSITIVE,
+}
 
 
 class TrainState(NamedTuple):
