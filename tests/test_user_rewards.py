@@ -86,7 +86,8 @@ def test_the_functions_get_the_prompt_the_response_and_the_whole_row(tmp_path, m
     assert got == pytest.approx(2.0 + 2 * 1.0 - 0.5 * 0.02)
     prompt, response, row = mine.SEEN[-1]
     assert prompt == "Add 10 and 4." and response == "14"
-    assert row == ROWS[1]  # every field, named as the file names them
+    # Every field as the file names it, and the canonical names task.fields maps them to.
+    assert row == ROWS[1] | {"prompt": "Add 10 and 4.", "answer": "14"}
     assert task.reward("13", 0) == pytest.approx(1.0 + 0.0 - 0.5 * 0.02)
 
 
@@ -151,7 +152,7 @@ def scored(task, tokenizer, responses, rows, timeout=60.0):
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("raises", "the reward function 'raises' failed on dataset row 1 ("),
+        ("raises", "the reward function 'raises' failed on dataset row 0 ("),
         ("text", "the reward function 'text' returned '1.0' on dataset row 0 ("),
     ],
 )
@@ -162,7 +163,7 @@ def test_a_function_that_fails_or_returns_a_non_number_stops_the_step_naming_it(
     task = file_task(tmp_path, f"my_rewards:{name}")
     tokenizer = from_config.model_config(base_config().model)[1]
     with pytest.raises(RuntimeError) as e:
-        scored(task, tokenizer, ["5", "14"], [0, 1] if name == "raises" else [0, 0])
+        scored(task, tokenizer, ["5", "14"], [0, 1])
     assert message in str(e.value) and "rows.jsonl:" in str(e.value)
 
 
@@ -187,7 +188,7 @@ def test_training_logs_each_function_and_their_weighted_sum(tmp_path, fused):
     config.task.reward = f"{EXAMPLE}:exact_answer,{EXAMPLE}:brevity"
     config.task.reward_weights = "1,0.5"
     config.train.fused = fused
-    mesh = mesh_lib.make_mesh()
+    mesh = mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1])  # 2 prompts fill its batch
     with jax.set_mesh(mesh):
         result = train(config, mesh)
     for metrics in result.history:

@@ -77,6 +77,9 @@ def load(paths: str, kind: str, fields: dict | None = None, prompt_only: bool = 
     check_kind(kind)
     names = {"prompt": "prompt", "answer": "answer", "tests": "tests"} | dict(fields or {})
     wanted = ("prompt",) if prompt_only else ("prompt", KINDS[kind][0])
+    # Scored by the user's functions: a gold answer or tests, where a row has them, are read (and
+    # checked) too: evaluation keys answers by them.
+    optional = ("answer", "tests") if prompt_only else ()
     parts = [p.strip() for p in paths.split(",") if p.strip()]
     if not parts:
         raise DataError("task.path is empty: give a data file (or several, comma-separated)")
@@ -86,7 +89,7 @@ def load(paths: str, kind: str, fields: dict | None = None, prompt_only: bool = 
                 f"task.path={path!r} is still the config's placeholder; pass "
                 "--config.task.path=FILE (a .jsonl, .json or .parquet file of your data)"
             )
-    return read_rows(parts, lambda source, record: _row(source, record, wanted, names))
+    return read_rows(parts, lambda source, record: _row(source, record, wanted, names, optional))
 
 
 def read_rows(paths: list[str], make_row) -> list:
@@ -146,10 +149,11 @@ def _records(path: str) -> Iterator[tuple[str, object]]:
         raise DataError(f"{path}: unknown file type; known: {', '.join(SUFFIXES)}")
 
 
-def _row(source: str, record, wanted: tuple[str, ...], names: dict) -> dict:
-    """Check one record and return it with canonical keys."""
+def _row(source: str, record, wanted: tuple[str, ...], names: dict, optional=()) -> dict:
+    """Check one record and return it with canonical keys (`optional` ones where it has them)."""
     if not isinstance(record, dict):
         raise DataError(f"{source}: a row must be a JSON object, not {type(record).__name__}")
+    wanted = (*wanted, *(k for k in optional if names[k] in record))
     row = {}
     for key in wanted:
         name = names[key]

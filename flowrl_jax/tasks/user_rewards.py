@@ -5,7 +5,8 @@ their weights (comma-separated; default 1 each); the reward of a response is the
 
 Each function is called as `function(prompt, response, row)`: the prompt text (the dataset row's
 user message, before the chat template), the response text, and the data row as a dict of all
-its fields (a file task's row as the file has it; a built-in task's own row). It returns a
+its fields (a file task's row as the file has it, plus the canonical `prompt` / `answer` /
+`tests` where task.fields renames them; a built-in task's own row). It returns a
 number. The functions run where the task's reward runs: in the reward thread pool under
 `train.reward_timeout` in training (each one's mean logged as `reward/<name>`), and in evaluation,
 where a response is correct when its reward reaches the task's `solved` threshold. A function that
@@ -112,10 +113,14 @@ def attach(task, spec: str, weights: str):
 
 
 def row_fields(task, i: int) -> dict:
-    """Dataset row i with all its fields: a file row as its file has it, a built-in task's own
-    row (a copy: a reward function cannot change the task)."""
+    """Dataset row i with all its fields (a copy: a reward function cannot change the task): a
+    file row as its file has it, plus the canonical names (prompt, answer, tests) that
+    task.fields maps to other names; a built-in task's own row."""
     row = task.rows[i] if i < len(task.rows) else {}
-    return dict(row.get("record", row))
+    if "record" not in row:
+        return dict(row)
+    canonical = {k: row[k] for k in ("prompt", "answer", "tests") if k in row}
+    return canonical | dict(row["record"])
 
 
 def where(task, i: int) -> str:
