@@ -123,7 +123,6 @@ def settings_for(args, trained) -> tuple[sampled.EvalSettings, bool]:
     own = trained is not None and not args.task and not args.data
     if own:
         base = sampled.periodic_settings(trained)
-        args.task = ""  # eval_tasks below builds the run's datasets
     else:
         base = sampled.EvalSettings()
         if trained is not None:  # the prompts a run trained with

@@ -197,3 +197,31 @@ def test_training_logs_each_function_and_their_weighted_sum(tmp_path, fused):
         assert metrics["reward/mean"] == pytest.approx(exact + 0.5 * brevity, abs=1e-5)
     logged = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert all("reward/brevity" in m for m in logged)
+
+
+def test_evaluation_scores_a_run_s_split_with_its_functions_under_its_timeout(
+    tmp_path, monkeypatch
+):
+    """A countdown run with task.reward: its evaluation split is scored by the same functions
+    (the periodic evaluation and `evaluate --workdir`), and a function that hangs stops the
+    evaluation at train.reward_timeout, naming it."""
+    recorder_module(tmp_path, monkeypatch)
+    config = base_config()
+    config.task.name, config.task.reward = "countdown", f"task,{EXAMPLE}:exact_answer"
+    config.eval.every, config.eval.problems = 1, 2
+    train_task = tasks.get(config.task)
+    (split,) = sampled.eval_tasks(config, train_task).values()
+    assert [r.name for r in split.named_rewards] == ["task", "exact_answer"]
+    assert split.rows[0]["split"] == "test"  # the evaluation split, not the training rows
+    canonical = split.rows[0]["answers"][0]
+    settings = sampled.periodic_settings(config)
+    assert settings.reward_timeout == config.train.reward_timeout
+    figures = sampled.score(split, [0], [[canonical, "1+1"]], settings)["problems"][0]
+    assert figures["mean@2"] == 0.5
+
+    config.task.reward, config.train.reward_timeout = "my_rewards:slow", 1.0
+    (split,) = sampled.eval_tasks(config, tasks.get(config.task)).values()
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"'slow' did not return within 1.0 s"):
+        sampled.score(split, [0], [["1+1"]], sampled.periodic_settings(config))
+    assert time.perf_counter() - t0 < 10

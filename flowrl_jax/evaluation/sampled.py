@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import jax
 
@@ -40,7 +41,11 @@ class EvalSettings:
     max_prompt_len: int = 0  # longer prompts are left out (and reported); 0 = no limit
     system_prompt: str = ""
     stop_tokens: str = ""  # besides the tokenizer's EOS (rollout.stop_tokens' form)
-    code_workers: int = 8  # sandboxes at once
+    code_workers: int = 8  # sandboxes at once (and the user's reward functions' threads)
+    # Seconds the user's reward functions (task.reward) may take over one dataset's responses
+    # before the evaluation stops with an error naming them; 0 = no limit. A run's evaluation
+    # takes its train.reward_timeout.
+    reward_timeout: float = 0.0
     # The sampler's prompt buckets and decode phases (a run's periodic evaluation takes its
     # rollout's, so its prompts pad as the training prompts do).
     prompt_buckets: tuple[int, ...] = sampler_lib.DEFAULT_PROMPT_BUCKETS
@@ -149,9 +154,25 @@ def score(task, rows: list[int], texts: list[list[str]], settings: EvalSettings)
     """Judge every response (code in `settings.code_workers` sandboxes at once) and compute the
     per-problem metrics and their means. texts[i]: the responses to dataset row rows[i]."""
     flat = [(row, text) for row, group in zip(rows, texts) for text in group]
-    workers = settings.code_workers if any("tests" in r for r in task.rows) else 1
-    with ThreadPoolExecutor(workers) as pool:
-        verdicts = list(pool.map(lambda rt: verdict(task, rt[1], rt[0]), flat))
+    threaded = task.named_rewards or any("tests" in r for r in task.rows)
+    workers = settings.code_workers if threaded else 1
+    pool = ThreadPoolExecutor(workers)
+    try:
+        futures = [pool.submit(verdict, task, text, row) for row, text in flat]
+        deadline = time.monotonic() + settings.reward_timeout if settings.reward_timeout else None
+        verdicts = []
+        for (row, _), future in zip(flat, futures):
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                verdicts.append(future.result(timeout=left))
+            except FutureTimeout:
+                names = ", ".join(repr(r.name) for r in task.named_rewards) or "the reward"
+                raise RuntimeError(
+                    f"{task.name}: the reward function {names} did not return within "
+                    f"{settings.reward_timeout} s (train.reward_timeout; dataset row {row})"
+                ) from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     problems, details, start = [], [], 0
     for row, group in zip(rows, texts):
         judged = verdicts[start : start + len(group)]
@@ -282,6 +303,7 @@ def periodic_settings(config) -> EvalSettings:
         max_prompt_len=prompt_limit(config),
         system_prompt=config.task.system_prompt,
         stop_tokens=config.rollout.stop_tokens,
+        reward_timeout=config.train.reward_timeout if config.task.get("reward", "") else 0.0,
         prompt_buckets=tuple(config.rollout.prompt_buckets),
         cache_segments=config.rollout.cache_segments,
     )
@@ -307,7 +329,8 @@ def eval_tasks(config, train_task: tasks.Task) -> dict[str, tasks.Task]:
     periodic_settings(config)  # eval.pass_k and the rest are checked now too
     ev, task_cfg = config.eval, config.task
     fields = dict(task_cfg.fields)
-    todo = eval_datasets(ev.data, ev.kind, fields, ev.tasks, ev.problems, config.seed, task_cfg)
+    names = ev.get("tasks", "")  # a run from before eval.tasks has none
+    todo = eval_datasets(ev.data, ev.kind, fields, names, ev.problems, config.seed, task_cfg)
     if todo:
         return todo
     name = dataset_name(train_task.name)
@@ -324,12 +347,18 @@ def dataset_name(task_name: str) -> str:
 
 def named_task(name: str, problems: int, seed: int, train_cfg=None) -> tasks.Task:
     """The evaluation split of the task `name` (task.name's scheme: countdown, digits, humaneval,
-    gym:<dataset>): a generated task's problems that training never drew."""
-    if name.startswith("gym:"):
-        return gym_eval_task(train_cfg, name, problems, seed)
+    gym:<dataset>): a generated task's problems that training never drew. The task a run trained
+    on (`train_cfg`) is scored by the run's own reward functions, where it has them
+    (task.reward)."""
     if name == "file":
         raise ValueError("task 'file' is read from data files: give them with --data / eval.data")
-    return tasks.get(name, seed, split="eval")
+    if name.startswith("gym:"):
+        task = gym_eval_task(train_cfg, name, problems, seed)
+    else:
+        task = tasks.get(name, seed, split="eval")
+    if train_cfg is not None and train_cfg.name == name and train_cfg.get("reward", ""):
+        task = tasks.user_rewards.attach(task, train_cfg.reward, train_cfg.reward_weights)
+    return task
 
 
 def gym_eval_task(train_cfg, name: str, problems: int, seed: int) -> tasks.Task:
