@@ -139,7 +139,7 @@ def test_selection(tmp_path):
             Trainer(config, model, tokenizer, mesh, host_only)
         config.train.prompts_per_step = 2
         config.train.fused = "maybe"
-        with pytest.raises(ValueError, match="must be 'auto', 'true' or 'false'"):
+        with pytest.raises(ValueError, match="train.fused='maybe' is not allowed: expected one of"):
             Trainer(config, model, tokenizer, mesh, digits.task())
         config.train.fused = "auto"
         config.algorithm.name = "dapo"

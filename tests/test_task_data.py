@@ -41,9 +41,11 @@ def test_jsonl_with_custom_field_names(tmp_path):
         ],
     )
     rows = files.load(path, "math", {"prompt": "question", "answer": "gold"})
-    assert rows == [
-        {"prompt": "1 + 1?", "answer": "2", "source": f"{path}:1"},  # a number becomes a string
-        {"prompt": "Half of 3?", "answer": "3/2", "source": f"{path}:4"},
+    records = [{"question": "1 + 1?", "gold": 2, "extra": "ignored"}]
+    records.append({"question": "Half of 3?", "gold": "3/2"})
+    assert rows == [  # a number becomes a string; the row as the file has it is kept beside
+        {"prompt": "1 + 1?", "answer": "2", "source": f"{path}:1", "record": records[0]},
+        {"prompt": "Half of 3?", "answer": "3/2", "source": f"{path}:4", "record": records[1]},
     ]
 
 

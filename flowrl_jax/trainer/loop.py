@@ -274,7 +274,12 @@ class Trainer:
         return None
 
     def _choose_fused(self, setting) -> bool:
-        setting = {"auto": "auto", "true": True, "false": False}[str(setting).lower()]
+        choice = {"auto": "auto", "true": True, "false": False}.get(str(setting).lower())
+        if choice is None:  # run.check refuses it first; a Trainer built directly, here
+            raise ValueError(
+                f"train.fused={setting!r} is not allowed: expected {RULES['fused'].describe()}"
+            )
+        setting = choice
         why = self._why_not_fused() if setting else None
         if setting is True and why:
             raise ValueError(f"train.fused=true, but the fused step cannot run: {why}")
