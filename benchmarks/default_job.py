@@ -4,10 +4,14 @@ hand): the machine, the date, the command, the wall time and the before / after 
     python -m flowrl_jax.train --workdir=runs/countdown        # the default job (the full run)
     python -m benchmarks.default_job --workdir=runs/countdown [--command="..."] >> BENCHMARKS.md
     python -m benchmarks.default_job --tuning RUN_DIR [RUN_DIR ...] >> BENCHMARKS.md
+    python -m flowrl_jax.evaluate --workdir=runs/countdown --out=runs/countdown/eval/cli
+    python -m benchmarks.default_job --workdir=runs/countdown --reevaluated=runs/countdown/eval/cli.json
 
 Last line: `mean_at_k_gain=<points> distinct_correct_gain=<x> wall_minutes=<m>`. With --tuning: a
 table of tuning runs of the job (each one's settings from its config.json, its figures from its
-report.json), last line the best gain and its run.
+report.json), last line the best gain and its run. With --reevaluated: the evaluate CLI's figures
+of the run's last checkpoint against the run's own last evaluation, figure by figure, last line
+`cli_equals_report=<True|False>`.
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ def main(argv=None) -> None:
     parser.add_argument("--command", default="python -m flowrl_jax.train")
     parser.add_argument("--note", default="")
     parser.add_argument("--tuning", nargs="+", default=None, help="run directories to tabulate")
+    parser.add_argument("--reevaluated", help="the evaluate CLI's <out>.json of the run")
     args = parser.parse_args(argv)
     if args.tuning:
         return tuning(args.tuning)
+    if args.reevaluated:
+        return reevaluated(args.workdir, args.reevaluated)
     with open(os.path.join(args.workdir, "report.json")) as f:
         report = json.load(f)
     with open(os.path.join(args.workdir, "report.md")) as f:
@@ -101,6 +108,25 @@ def tuning(workdirs: list[str]) -> None:
             best = (gain, os.path.basename(workdir.rstrip("/")))
     print()
     print(f"best_gain={best[0]:.1f} run={best[1]}")
+
+
+def reevaluated(workdir: str, path: str) -> bool:
+    """The CLI's evaluation (`path`) against the run's own last one (report.json's source), every
+    figure of the dataset; -> whether all are equal."""
+    with open(os.path.join(workdir, "report.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(workdir, report["sources"]["after"])) as f:
+        run = json.load(f)[report["dataset"]]
+    with open(path) as f:
+        cli = json.load(f)[report["dataset"]]
+    print(f"| figure | the run's evaluation ({report['sources']['after']}) | the CLI's ({path}) |")
+    print("|---|---|---|")
+    for key in sorted(set(run) | set(cli)):
+        print(f"| {key} | {run.get(key)} | {cli.get(key)} |")
+    same = run == cli
+    print()
+    print(f"cli_equals_report={same}")
+    return same
 
 
 if __name__ == "__main__":

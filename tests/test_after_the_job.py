@@ -124,8 +124,13 @@ def _bytes_read() -> int:
 
 
 def test_evaluate_with_the_workdir_alone_reproduces_the_run_s_last_evaluation(job, capsys):
+    from benchmarks import default_job
+
     workdir, result = job
     out = evaluate.main(["--workdir", str(workdir)])
+    (written,) = [p for p in (workdir / "eval").glob("*.json") if p.name[0].isdigit()]
+    assert default_job.reevaluated(str(workdir), str(written))  # BENCHMARKS.md's check
+    assert "cli_equals_report=True" in capsys.readouterr().out
     (dataset,) = out
     assert dataset == "countdown" == result.report["dataset"]
     with open(workdir / "eval" / "step_3.json") as f:
