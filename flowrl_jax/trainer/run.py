@@ -92,8 +92,8 @@ def check(config: ConfigDict, mesh, task: Task | None = None) -> Checked:
     """Everything a user can get wrong in a run's config and data, checked once, before any weight
     is read or any program compiles: sizes against the mesh, the prompt limit, the task and its
     data (`task`, if built already), the evaluation, the warm-up and its demonstrations, the
-    model's config and tokenizer, the stop tokens. The entry point calls it; `train` and `run`
-    call it when they are not given its result."""
+    model's config and tokenizer, the stop tokens. It writes nothing. `started` calls it, first
+    of a run's start."""
     validate.check(config)  # every key's allowed values first: one line naming a bad one
     check_sizes(config, mesh)
     prompt_limit(config)
