@@ -128,7 +128,11 @@ def test_evaluate_with_the_workdir_alone_reproduces_the_run_s_last_evaluation(jo
 
     workdir, result = job
     out = evaluate.main(["--workdir", str(workdir)])
-    (written,) = [p for p in (workdir / "eval").glob("*.json") if p.name[0].isdigit()]
+    (written,) = [  # eval/<time>.json, beside its .md and .problems.json
+        p
+        for p in (workdir / "eval").glob("*.json")
+        if p.name[0].isdigit() and p.suffixes == [".json"]
+    ]
     assert default_job.reevaluated(str(workdir), str(written))  # BENCHMARKS.md's check
     assert "cli_equals_report=True" in capsys.readouterr().out
     (dataset,) = out
