@@ -107,7 +107,7 @@ def attach(task, spec: str, weights: str):
     named = tuple(named)
 
     def total(response: str, i: int) -> float:
-        return sum(r.weight * value(r, response, i, where(task, i)) for r in named)
+        return sum(r.weight * value(r, task, response, i) for r in named)
 
     return dataclasses.replace(task, reward=total, named_rewards=named, make_jit_reward=None)
 
@@ -128,18 +128,19 @@ def where(task, i: int) -> str:
     return f"dataset row {i}" + (f" ({row['source']})" if "source" in row else "")
 
 
-def value(reward: NamedReward, response: str, i: int, where: str) -> float:
-    """One function's reward of one response, checked: an exception or a value that is not a
-    finite number is a RuntimeError naming the function and the data row (`where`)."""
+def value(reward: NamedReward, task, response: str, i: int) -> float:
+    """One function's reward of one response to `task`'s row i, checked: an exception or a value
+    that is not a finite number is a RuntimeError naming the function and the data row."""
     try:
         got = reward.score(response, i)
     except Exception as e:
         raise RuntimeError(
-            f"the reward function {reward.name!r} failed on {where}: {type(e).__name__}: {e}"
+            f"the reward function {reward.name!r} failed on {where(task, i)}: "
+            f"{type(e).__name__}: {e}"
         ) from e
     if not isinstance(got, numbers.Real) or not math.isfinite(got):
         raise RuntimeError(
-            f"the reward function {reward.name!r} returned {got!r} on {where}: a reward must be a "
-            "finite number"
+            f"the reward function {reward.name!r} returned {got!r} on {where(task, i)}: a reward "
+            "must be a finite number"
         )
     return float(got)

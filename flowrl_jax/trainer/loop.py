@@ -31,7 +31,7 @@ from flowrl_jax.trainer.rewards import Rewards
 log = logging.getLogger(__name__)
 
 
-FUSED_CHOICES = ("auto", "true", "false")  # train.fused, in any case
+FUSED = {"auto": "auto", "true": True, "false": False}  # train.fused (any case) -> the choice
 
 
 def default_config() -> ConfigDict:
@@ -76,7 +76,7 @@ RULES = {
     "micro_batches": R.POSITIVE_INT,
     "reward_workers": R.POSITIVE_INT,
     "reward_timeout": R.POSITIVE,
-    "fused": R.OneOf(FUSED_CHOICES, fold_case=True),
+    "fused": R.OneOf(tuple(FUSED), fold_case=True),
     "peak_flops": R.NON_NEGATIVE,  # 0 = measured
 }
 
@@ -274,7 +274,7 @@ class Trainer:
         return None
 
     def _choose_fused(self, setting) -> bool:
-        choice = {"auto": "auto", "true": True, "false": False}.get(str(setting).lower())
+        choice = FUSED.get(str(setting).lower())
         if choice is None:  # run.check refuses it first; a Trainer built directly, here
             raise ValueError(
                 f"train.fused={setting!r} is not allowed: expected {RULES['fused'].describe()}"

@@ -67,8 +67,7 @@ class Rewards:
 
         def one(i):
             if named:  # the user's functions: each one's value, checked, for its own mean
-                place = user_rewards.where(self.task, rows[i])
-                return [user_rewards.value(r, texts[i], rows[i], place) for r in named]
+                return [user_rewards.value(r, self.task, texts[i], rows[i]) for r in named]
             try:
                 return [float(self.task.reward(texts[i], rows[i]))]
             except Exception as e:
