@@ -133,7 +133,8 @@ def export_fused_rows(directory: str):
             if name not in FUSED_ROWS:
                 continue
             trainer = rl_step.our_trainer(f"{tmp}/ckpt", *how, mesh, f"{tmp}/{i}")
-            trainer.config.train.fused_phase_times = False  # host callbacks do not export
+            t = trainer.config.train  # host callbacks do not export (a bool before 2026-12-05)
+            t.fused_phase_times = False if isinstance(t.fused_phase_times, bool) else "false"
             tokens, mask, _ = trainer.sampler.pad(prompts)
             step = trainer._compile_fused(tokens.shape[1])
             args = (trainer.state, trainer.ref_params, *map(on_mesh, (tokens, mask, answers)))

@@ -10,6 +10,7 @@ from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.config import base_config
 from flowrl_jax.models import from_config
 from flowrl_jax.tasks import Task, digits
+from flowrl_jax.trainer import loop
 from flowrl_jax.trainer.data import PromptOrder
 from flowrl_jax.trainer.loop import Trainer
 
@@ -213,6 +214,27 @@ def test_fused_phase_times_time_a_known_phase(tmp_path):
         assert 0.4 <= metrics["time/reward"] < 0.4 + 0.5, metrics["time/reward"]
         assert all(t > 0 for t in phases) and sum(phases) <= metrics["time/step"]
         assert metrics["time/rollout"] < metrics["time/step"] - 0.4  # the sleep is not there
-        config.train.fused_phase_times = False
+        config.train.fused_phase_times = "false"
         quiet = Trainer(config, model, tokenizer, mesh, task)
         assert "time/rollout" not in quiet.fused_step(draw)
+
+
+def test_on_an_accelerator_auto_keeps_host_calls_out_of_the_program():
+    """On a TPU or GPU "auto" runs a host reward in the phased loop and the fused step without
+    phase marks (a program that calls the host is not cached, nor lowered ahead); on the CPU both
+    stay in the program; "true" insists everywhere."""
+    config = base_config()
+    fills = lambda k: k  # every batch fills its bucket
+    assert loop.choose_fused(config, True, fills, "tpu") == (True, None)
+    fused, why = loop.choose_fused(config, False, fills, "tpu")
+    assert not fused and "reward runs on the host" in why
+    assert loop.choose_fused(config, False, fills, "cpu") == (True, None)
+    config.train.fused = "true"
+    assert loop.choose_fused(config, False, fills, "gpu") == (True, None)
+    config.train.fused = "false"
+    assert loop.choose_fused(config, True, fills, "cpu") == (False, None)
+    assert loop.phase_times(config, "cpu") and not loop.phase_times(config, "tpu")
+    config.train.fused_phase_times = "TRUE"
+    assert loop.phase_times(config, "gpu")
+    config.train.fused_phase_times = "false"
+    assert not loop.phase_times(config, "cpu")

@@ -51,7 +51,8 @@ RULES = {
 }
 
 
-def _overrides(config: ConfigDict) -> dict:
+def overrides(config: ConfigDict) -> dict:
+    """config.model's settings that shape the DecoderConfig beside the checkpoint's own."""
     return dict(
         dtype=config.dtype,
         param_dtype=config.param_dtype or config.dtype,
@@ -69,14 +70,14 @@ def model_config(config: ConfigDict):
             "--config.model.checkpoint=DIR (a local Hugging Face checkpoint directory)"
         )
     if config.checkpoint:
-        cfg = config_from_hf(read_hf_config(config.checkpoint), **_overrides(config))
+        cfg = config_from_hf(read_hf_config(config.checkpoint), **overrides(config))
         return cfg, load_tokenizer(config.tokenizer or config.checkpoint)
     from flowrl_jax.models import tiny
 
     # Built in a directory of this process's own, never in the workdir: checks and readers (export,
     # evaluate) write nothing there, and a job refused by another's lock has touched none of it.
     tokenizer = load_tokenizer(config.tokenizer or tiny.tiny_tokenizer_dir())
-    cfg = tiny.tiny_config(config.tiny_family, vocab_size=len(tokenizer), **_overrides(config))
+    cfg = tiny.tiny_config(config.tiny_family, vocab_size=len(tokenizer), **overrides(config))
     shape = {}
     if config.tiny_hidden_size:  # 4 heads (2 for keys and values), the MLP twice as wide
         D = config.tiny_hidden_size
@@ -89,7 +90,7 @@ def model_config(config: ConfigDict):
 def build(config: ConfigDict, mesh: Mesh, seed: int = 0):
     """-> (Model on `mesh`, tokenizer)."""
     if config.checkpoint:
-        model = load_hf(config.checkpoint, mesh=mesh, **_overrides(config))
+        model = load_hf(config.checkpoint, mesh=mesh, **overrides(config))
         tokenizer = load_tokenizer(config.tokenizer or config.checkpoint)
         return model, tokenizer
     cfg, tokenizer = model_config(config)

@@ -320,6 +320,11 @@ def _bucket(value: int, buckets, what: str) -> int:
     return buckets[i]
 
 
+# `generate` compiled: (cfg, sp, params, tokens, mask, live, rng, cache_segments) -> SampleOutput,
+# the decoder config, the sampling parameters and the cache segments static.
+jit_generate = jax.jit(generate, static_argnums=(0, 1, 7))
+
+
 class Sampler:
     """Host front end of `generate`: bucketing, one compiled program per bucket, padding rows.
 
@@ -377,8 +382,7 @@ class Sampler:
         key = (sp, tokens.shape)
         if key not in self._programs:
             t0 = time.perf_counter()
-            fn = jax.jit(generate, static_argnums=(0, 1, 7))
-            self._programs[key] = fn.lower(
+            self._programs[key] = jit_generate.lower(
                 self.cfg, sp, params, tokens, mask, live, rng, self.cache_segments
             ).compile()
             seconds = time.perf_counter() - t0

@@ -22,6 +22,7 @@ between its two phases. That is five scalar host round trips a step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.rollout.sampler import SamplingParams, generate
 from flowrl_jax.trainer import step as step_lib
 
@@ -137,3 +139,18 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
     # (XLA unrolls a scan of one step).
     metrics["loss"] = _mark(fspec, "update", state.params, metrics["loss"])
     return state, metrics, out, rewards
+
+
+def jit_rl_step(fspec: FusedSpec, optimizer, mesh, state_sharding, ref_sharding):
+    """`rl_step` compiled, the state donated: (state, ref_params, prompts, prompt_mask, answers) ->
+    (state, metrics, out, rewards). ref_sharding: the reference parameters' shardings (None when
+    the algorithm has no reference model)."""
+    rows = mesh_lib.batch_sharding(mesh, ndim=1)  # every batch array: rows split
+    return jax.jit(
+        functools.partial(rl_step, fspec, optimizer),
+        # Explicit on both sides, so the state the step returns enters the next step with the
+        # same shardings (one program) and the donation reuses its buffers.
+        in_shardings=(state_sharding, ref_sharding, rows, rows, rows),
+        out_shardings=(state_sharding, mesh_lib.replicated(mesh), rows, rows),
+        donate_argnums=0,
+    )

@@ -59,8 +59,9 @@ def default_config() -> ConfigDict:
             "fused": "auto",
             # The fused step's per-phase times (time/rollout, ...): the program calls the host as
             # each phase's output is ready, and the next phase waits for the call (five scalar
-            # host round trips a step). Off: the fused step reports time/step only.
-            "fused_phase_times": True,
+            # host round trips a step). Off: the fused step reports time/step only. "auto": on
+            # the CPU only (host calls keep a program out of the compilation cache).
+            "fused_phase_times": "auto",
             # FLOP/s of one device for MFU; 0 = the data sheet's bf16 figure for TPUs and GPUs, a
             # measured fp32 matmul on the CPU
             "peak_flops": 0.0,
@@ -77,6 +78,7 @@ RULES = {
     "reward_workers": R.POSITIVE_INT,
     "reward_timeout": R.POSITIVE,
     "fused": R.OneOf(tuple(FUSED), fold_case=True),
+    "fused_phase_times": R.OneOf(tuple(FUSED), fold_case=True),
     "peak_flops": R.NON_NEGATIVE,  # 0 = measured
 }
 
@@ -123,6 +125,60 @@ def optimizer_steps(config: ConfigDict) -> int:
     return t.steps * t.epochs * (rollout // minibatch_size(config))
 
 
+def platform_of(mesh) -> str:
+    """The mesh's device platform: "cpu", "tpu" or "gpu" (an AbstractMesh, from the lowering
+    check, carries none: "cpu")."""
+    devices = getattr(mesh, "devices", None)
+    return devices.flat[0].platform if devices is not None else "cpu"
+
+
+def why_not_fused(config: ConfigDict, reward_compiled: bool, batch_bucket) -> str | None:
+    """Why this run's RL step cannot be one program (None: it can). batch_bucket(k): the sampler's
+    batch bucket for k prompts on the run's mesh."""
+    if not reward_compiled and jax.process_count() > 1:
+        return "a host reward inside the program runs on one process only"
+    name = config.algorithm.name
+    if algorithms.get(name).group_filter(config.algorithm[name]):
+        return "dynamic sampling (DAPO) refills on the host"
+    k = config.train.prompts_per_step
+    if batch_bucket(k) != k:
+        return (
+            f"train.prompts_per_step={k} does not fill the sampler's batch bucket "
+            f"({batch_bucket(k)} on this mesh)"
+        )
+    return None
+
+
+def choose_fused(
+    config: ConfigDict, reward_compiled: bool, batch_bucket, platform: str
+) -> tuple[bool, str | None]:
+    """train.fused resolved for this run -> (fused, why not). "auto" on a TPU or GPU keeps a host
+    reward out of the program: a program that calls the host is neither written to the compilation
+    cache nor checked ahead by `flowrl_jax.lower`; "true" insists (a host reward then runs as a
+    callback there too)."""
+    setting = FUSED.get(str(config.train.fused).lower())
+    if setting is None:  # run.check refuses it first; a Trainer built directly, here
+        raise ValueError(
+            f"train.fused={config.train.fused!r} is not allowed: expected "
+            f"{RULES['fused'].describe()}"
+        )
+    if setting is False:
+        return False, None
+    why = why_not_fused(config, reward_compiled, batch_bucket)
+    if setting is True and why:
+        raise ValueError(f"train.fused=true, but the fused step cannot run: {why}")
+    if why is None and setting == "auto" and platform != "cpu" and not reward_compiled:
+        why = f"the task's reward runs on the host: on {platform} the programs stay callback-free"
+    return why is None, why
+
+
+def phase_times(config: ConfigDict, platform: str) -> bool:
+    """train.fused_phase_times resolved: "auto" marks phases on the CPU only (on a TPU or GPU the
+    marks' host calls would keep the fused program out of the compilation cache)."""
+    setting = FUSED[str(config.train.fused_phase_times).lower()]
+    return platform == "cpu" if setting == "auto" else setting
+
+
 class Trainer:
     """Holds the train state, the frozen reference parameters and the compiled phases."""
 
@@ -162,6 +218,7 @@ class Trainer:
         self._clock = fused.PhaseClock()  # the fused step's phase timestamps
         t = config.train
         self.rewards = Rewards(task, tokenizer, self.sp.n, t.reward_workers, t.reward_timeout)
+        self.platform = platform_of(mesh)
         self.fused = self._choose_fused(config.train.fused)
         self.peak, self.peak_source = metrics_lib.mesh_peak_flops(mesh, config.train.peak_flops)
 
@@ -174,8 +231,8 @@ class Trainer:
             spec = self._spec(prompt_len)
             block = self.minibatch // spec.micro_batches
             self._phases[prompt_len] = (
-                jax.jit(functools.partial(step_lib.score_rollout, spec, block=block)),
-                jax.jit(functools.partial(step_lib.prepare, spec)),
+                step_lib.jit_score(spec, block),
+                step_lib.jit_prepare(spec),
                 step_lib.jit_update(spec, self.optimizer, self.mesh, self.state_sharding),
             )
         return self._phases[prompt_len]
@@ -261,29 +318,14 @@ class Trainer:
         return metrics | self._step_metrics(mask, out, rewards, times)
 
     def _why_not_fused(self) -> str | None:
-        if self.rewards.compiled is None and jax.process_count() > 1:
-            return "a host reward inside the program runs on one process only"
-        if self.alg.group_filter(self.algo_cfg):
-            return "dynamic sampling (DAPO) refills on the host"
-        k = self.config.train.prompts_per_step
-        if self.sampler.batch_bucket(k) != k:
-            return (
-                f"train.prompts_per_step={k} does not fill the sampler's batch bucket "
-                f"({self.sampler.batch_bucket(k)} on this mesh)"
-            )
-        return None
+        return why_not_fused(
+            self.config, self.rewards.compiled is not None, self.sampler.batch_bucket
+        )
 
     def _choose_fused(self, setting) -> bool:
-        choice = FUSED.get(str(setting).lower())
-        if choice is None:  # run.check refuses it first; a Trainer built directly, here
-            raise ValueError(
-                f"train.fused={setting!r} is not allowed: expected {RULES['fused'].describe()}"
-            )
-        setting = choice
-        why = self._why_not_fused() if setting else None
-        if setting is True and why:
-            raise ValueError(f"train.fused=true, but the fused step cannot run: {why}")
-        fused = bool(setting) and why is None
+        fused, why = choose_fused(
+            self.config, self.rewards.compiled is not None, self.sampler.batch_bucket, self.platform
+        )
         log.info(
             "RL step: %s",
             "fused (one program)" if fused else f"phased ({why or 'train.fused=false'})",
@@ -330,20 +372,12 @@ class Trainer:
             self.minibatch,
             self.config.train.epochs,
             self.rewards.in_program,
-            self._clock.mark if self.config.train.fused_phase_times else None,
+            self._clock.mark if phase_times(self.config, self.platform) else None,
         )
-        rows = mesh_lib.batch_sharding(self.mesh, ndim=1)  # every batch array: rows split
         ref = (
             None if self.ref_params is None else jax.tree.map(lambda x: x.sharding, self.ref_params)
         )
-        return jax.jit(
-            functools.partial(fused.rl_step, fspec, self.optimizer),
-            # Explicit on both sides, so the state the step returns enters the next step with the
-            # same shardings (one program) and the donation reuses its buffers.
-            in_shardings=(self.state_sharding, ref, rows, rows, rows),
-            out_shardings=(self.state_sharding, mesh_lib.replicated(self.mesh), rows, rows),
-            donate_argnums=0,
-        )
+        return fused.jit_rl_step(fspec, self.optimizer, self.mesh, self.state_sharding, ref)
 
     def _step_metrics(self, mask, out, rewards, times) -> dict:
         """Rollout and speed figures of one RL step. mask [R, P + N]; times: seconds per phase

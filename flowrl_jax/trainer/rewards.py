@@ -15,6 +15,23 @@ from flowrl_jax.rollout import SampleOutput
 from flowrl_jax.tasks import Task, user_rewards
 
 
+def host_callback(score, n: int):
+    """A host reward inside a compiled program: (SampleOutput, answers [B] int32) -> rewards [R]
+    float32, traceable. The responses go to the host (a callback), `score(out, rows)` decodes and
+    scores them there (Rewards, with its deadline), and the rewards come back; the program waits
+    for the host meanwhile. n: responses per answer."""
+
+    def on_host(tokens, mask, answers):
+        sample = SampleOutput(None, None, np.asarray(tokens), np.asarray(mask), None, None)
+        return score(sample, np.repeat(np.asarray(answers), n).tolist())
+
+    def reward(out: SampleOutput, answers):
+        shape = jax.ShapeDtypeStruct((out.tokens.shape[0],), np.float32)
+        return jax.pure_callback(on_host, shape, out.tokens, out.mask, answers)
+
+    return reward
+
+
 class Rewards:
     """rewards(out, rows) -> float32 [R]. `compiled`: the task's traceable reward, or None.
     `in_program` is what the fused step calls inside its program: the compiled reward, or a host
@@ -30,19 +47,7 @@ class Rewards:
     @property
     def in_program(self):
         """(SampleOutput, answers [B] int32) -> rewards [R] float32, traceable."""
-        return self.compiled or self._callback
-
-    def _callback(self, out: SampleOutput, answers):
-        """A host reward inside a compiled program: the responses go to the host (a callback), are
-        decoded and scored here, with the deadline, and the rewards come back. The program waits
-        for the host meanwhile."""
-
-        def on_host(tokens, mask, answers):
-            sample = SampleOutput(None, None, np.asarray(tokens), np.asarray(mask), None, None)
-            return self(sample, np.repeat(np.asarray(answers), self.n).tolist())
-
-        shape = jax.ShapeDtypeStruct((out.tokens.shape[0],), np.float32)
-        return jax.pure_callback(on_host, shape, out.tokens, out.mask, answers)
+        return self.compiled or host_callback(self, self.n)
 
     def __call__(self, out: SampleOutput, rows: list[int]) -> np.ndarray:
         """Decode each response and score it with the task's reward, in parallel threads. With

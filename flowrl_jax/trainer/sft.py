@@ -178,6 +178,17 @@ def update(cfg, optimizer, micro_batches: int, chunk: int, state, tokens, mask, 
     return step_lib.TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
 
+def jit_update(model_cfg, optimizer, micro_batches: int, mesh, sharding, chunk: int = 256):
+    """`update` compiled, the state donated: (state, tokens, mask, loss_mask) -> (state, metrics)."""
+    rows = mesh_lib.batch_sharding(mesh, ndim=1)
+    return jax.jit(
+        functools.partial(update, model_cfg, optimizer, micro_batches, chunk),
+        in_shardings=(sharding, rows, rows, rows),
+        out_shardings=(sharding, mesh_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
 @dataclasses.dataclass
 class Result:
     model: object  # the policy as SFT left it (a Model)
@@ -282,13 +293,7 @@ def _train(config, mesh, model, tokenizer, data, state, result: Result, setup: _
     sharding, optimizer, rate, checkpoints = setup
     cfg = config.sft
     limit = demonstrations.max_len(config)
-    rows = mesh_lib.batch_sharding(mesh, ndim=1)
-    step_fn = jax.jit(
-        functools.partial(update, model.cfg, optimizer, cfg.micro_batches, 256),
-        in_shardings=(sharding, rows, rows, rows),
-        out_shardings=(sharding, mesh_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
+    step_fn = jit_update(model.cfg, optimizer, cfg.micro_batches, mesh, sharding)
     on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(mesh, np.ndim(x)))
     peak, _ = metrics_lib.mesh_peak_flops(mesh, config.train.peak_flops)
     metrics_log = metrics_lib.MetricsLog(

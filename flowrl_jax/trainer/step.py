@@ -385,6 +385,17 @@ def state_shardings(mesh: Mesh, abstract_state: TrainState, family: str) -> Trai
     return TrainState(replicated, params, opt_state, replicated)
 
 
+def jit_score(spec: StepSpec, block: int):
+    """`score_rollout` compiled for one prompt bucket: (params, ref_params, tokens, mask) ->
+    (ref log-probs or None, old values or None); shardings follow the inputs."""
+    return jax.jit(functools.partial(score_rollout, spec, block=block))
+
+
+def jit_prepare(spec: StepSpec):
+    """`prepare` compiled: batch -> batch with the algorithm's advantages (and returns)."""
+    return jax.jit(functools.partial(prepare, spec))
+
+
 def jit_update(spec: StepSpec, optimizer, mesh: Mesh, state_sharding: TrainState):
     """`update` compiled with explicit shardings, the state donated:
     (state, tokens, mask, batch) -> (state, metrics). Call it under `jax.set_mesh(mesh)`."""
