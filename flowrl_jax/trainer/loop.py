@@ -62,6 +62,9 @@ def default_config() -> ConfigDict:
             # host round trips a step). Off: the fused step reports time/step only. "auto": on
             # the CPU only (host calls keep a program out of the compilation cache).
             "fused_phase_times": "auto",
+            # JAX's persistent compilation cache (trainer/compile_cache.py): "" = <workdir>/
+            # compile_cache (or $JAX_COMPILATION_CACHE_DIR), a directory the hosts share, or "off".
+            "compile_cache": "",
             # FLOP/s of one device for MFU; 0 = the data sheet's bf16 figure for TPUs and GPUs, a
             # measured fp32 matmul on the CPU
             "peak_flops": 0.0,

@@ -37,7 +37,7 @@ from flowrl_jax.evaluation import report as report_lib
 from flowrl_jax.models import from_config
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks import Task, prompt_limit
-from flowrl_jax.trainer import demonstrations, validate
+from flowrl_jax.trainer import compile_cache, demonstrations, validate
 from flowrl_jax.trainer import sft as sft_lib
 from flowrl_jax.trainer.checkpoint import Checkpoints
 from flowrl_jax.trainer.data import PromptSource, shard_count
@@ -115,13 +115,18 @@ def check(config: ConfigDict, mesh, task: Task | None = None) -> Checked:
 @contextlib.contextmanager
 def started(config: ConfigDict, mesh, task: Task | None = None) -> Iterator[Checked]:
     """The start of a run, as one step: `check` (which writes nothing), then the workdir's lock,
-    then the claim (refused if the workdir holds another model's or algorithm's run). Yields
-    check's result with the lock held; nothing is written into the workdir before that."""
+    then the claim (refused if the workdir holds another model's or algorithm's run), then the
+    compilation cache pointed at the run's. Yields check's result with the lock held; nothing is
+    written into the workdir before that. At the end, logs what the cache did."""
     checked = check(config, mesh, task)
     os.makedirs(config.workdir, exist_ok=True)
     with WorkdirLock(config.workdir):
         claim_workdir(config.workdir, signature(checked.model_cfg, config.algorithm.name))
-        yield checked
+        cache, before = compile_cache.enable(config), compile_cache.counts()
+        try:
+            yield checked
+        finally:
+            log.info("%s", compile_cache.summary(cache, before))
 
 
 def run(
