@@ -82,6 +82,43 @@ def parse_flags(argv: list[str]) -> list[str]:
         config_error(e, argv)
 
 
+def init_distributed(enabled: bool, coordinator_address="", num_processes=0, process_id=-1):
+    """jax.distributed.initialize, as every entry point does it (train's config.distributed, the
+    argparse CLIs' --distributed flags): on TPU pods it needs no arguments; on GPU clusters and CPU
+    processes, the coordinator (host:port), the process count and this process's id."""
+    if not enabled:
+        return
+    import jax
+
+    # CPU processes need a collectives backend to talk to each other (GPUs and TPUs have their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {}
+    if coordinator_address:
+        kwargs = dict(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    jax.distributed.initialize(**kwargs)
+
+
+def add_distributed_args(parser) -> None:
+    """An argparse CLI's flags for several hosts, as train's config.distributed keys."""
+    group = parser.add_argument_group("several hosts (as train's --config.distributed.*)")
+    group.add_argument(
+        "--distributed", action="store_true", help="call jax.distributed.initialize first"
+    )
+    group.add_argument("--coordinator_address", default="", help="host:port (GPU / CPU clusters)")
+    group.add_argument("--num_processes", type=int, default=0)
+    group.add_argument("--process_id", type=int, default=-1)
+
+
+def distributed_from_args(args) -> None:
+    init_distributed(
+        args.distributed, args.coordinator_address, args.num_processes, args.process_id
+    )
+
+
 def mesh_arg(parser, text: str):
     """An argparse CLI's --mesh (evaluate, export) as a Mesh over every device (None when not given); a bad one is a usage error."""
     if not text:

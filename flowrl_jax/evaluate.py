@@ -31,6 +31,8 @@ import logging
 import os
 import time
 
+import jax
+
 from flowrl_jax import cli, tasks
 from flowrl_jax.evaluation import sampled
 from flowrl_jax.rollout import sampler as sampler_lib
@@ -110,6 +112,7 @@ def parse_args(argv):
         default="",
         help="axis sizes, e.g. fsdp=4,tensor=2 (default: the run's mesh, or fsdp=-1)",
     )
+    cli.add_distributed_args(parser)
     args = parser.parse_args(argv)
     if args.step is not None and not args.workdir:
         parser.error("--step needs --workdir")
@@ -151,6 +154,7 @@ def main(argv=None) -> dict:
     parser, args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    cli.distributed_from_args(args)  # before the mesh: it spans every host's devices
     mesh = cli.mesh_arg(parser, args.mesh)  # a bad one fails before anything loads
     try:
         trained = restore.run_config(args.workdir) if args.workdir else None
@@ -179,6 +183,8 @@ def main(argv=None) -> dict:
     for i, (name, task) in enumerate(todo.items()):
         key = sampled.eval_key(args.seed, step, i)
         results[name] = sampled.evaluate_task(task, model, tokenizer, mesh, settings, key)
+    if jax.process_index() != 0:  # every host sampled its share; process 0 writes the reports
+        return results
     prefix = args.out or os.path.join(args.workdir or ".", "eval", time.strftime("%Y%m%d-%H%M%S"))
     json_path, md_path, problems_path = sampled.write_reports(
         results, prefix, settings, checkpoint | {"seed": args.seed}

@@ -1,13 +1,16 @@
 """Export a run's policy as a Hugging Face checkpoint directory that `transformers` loads.
 
     python -m flowrl_jax.export --workdir=runs/default [--step=N] [--out=DIR] [--dtype=bfloat16]
-        [--mesh=fsdp=4,tensor=2]
+        [--mesh=fsdp=4,tensor=2] [--distributed [--coordinator_address=H:P --num_processes=N
+        --process_id=I]]
 
 Reads the run's resolved config (`<workdir>/config.json`) and its newest readable checkpoint (or
 `--step`), and writes the policy with its tokenizer to `--out` (default `<workdir>/export/step_<N>`).
 The log-Z and value heads are never exported. Only the policy's parameters are read from the
 checkpoint (each checked against the fingerprint saved with it): not the optimiser's moments, so
-the host needs memory for the weights alone.
+the host needs memory for the weights alone. On several hosts every host runs the same command with
+--distributed (as train's --config.distributed.*): each restores its devices' slices, all gather,
+process 0 writes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import argparse
 import json
 import logging
 import os
+
+import jax
 
 from flowrl_jax import cli
 from flowrl_jax.models import save_hf
@@ -79,16 +84,20 @@ def main(argv=None) -> None:
         default="",
         help="axis sizes to restore on, e.g. fsdp=4,tensor=2 (default: fsdp=-1)",
     )
+    cli.add_distributed_args(parser)
     args = parser.parse_args(argv)
     if args.dtype is not None:
         try:
             dtype_name(args.dtype)
         except ValueError as e:
             parser.error(f"--dtype: {e}")
+    cli.distributed_from_args(args)  # before the mesh: it spans every host's devices
     mesh = cli.mesh_arg(parser, args.mesh)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    print(export(args.workdir, args.step, args.out, args.dtype, args.sft, mesh))
+    out = export(args.workdir, args.step, args.out, args.dtype, args.sft, mesh)
+    if jax.process_index() == 0:  # every host gathers the weights, process 0 writes and prints
+        print(out)
 
 
 if __name__ == "__main__":

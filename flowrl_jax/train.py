@@ -43,18 +43,9 @@ log = logging.getLogger("flowrl_jax")
 
 
 def init_distributed(config) -> None:
-    if not config.enabled:
-        return
-    # CPU processes need a collectives backend to talk to each other (GPUs and TPUs have their own).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = {}
-    if config.coordinator_address:
-        kwargs = dict(
-            coordinator_address=config.coordinator_address,
-            num_processes=config.num_processes,
-            process_id=config.process_id,
-        )
-    jax.distributed.initialize(**kwargs)
+    cli.init_distributed(
+        config.enabled, config.coordinator_address, config.num_processes, config.process_id
+    )
 
 
 def smoke(config, mesh, model, tokenizer, t_build: float) -> dict:
