@@ -159,3 +159,48 @@ def _tiny_state():
     optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
     params = Model.random(cfg, seed=1).params
     return step_lib.init_state(spec, params, optimizer, jax.random.key(5))
+
+
+# A reward that sends its own process SIGTERM once, while the host scores RL step 3 (8 responses a
+# step on the plain engine: 2 prompts x 4 samples), unless the marker file says it has fired.
+PREEMPTING_REWARD = """
+import os, signal
+CALLS = [0]
+def reward(prompt, response, row):
+    CALLS[0] += 1
+    if CALLS[0] == 2 * 8 + 1 and not os.path.exists({marker!r}):
+        open({marker!r}, "w").close()
+        os.kill(os.getpid(), signal.SIGTERM)
+    return (len(response) % 5) / 4
+"""
+
+
+def test_a_stop_during_a_step_saves_the_step_before_and_resumes_exactly(tmp_path):
+    """SIGTERM during step 3's reward phase: the step is given up before its update, step 2 (not a
+    checkpoint step) is saved at once, and the resumed run draws step 3's prompts again: the same
+    metrics and parameters as a run never stopped."""
+    marker = tmp_path / "fired"
+    module = tmp_path / "preempting.py"
+    module.write_text(PREEMPTING_REWARD.format(marker=str(marker)))
+    flags = [
+        "--config.train.steps=4",
+        "--config.checkpoint.every=0",  # the end only: step 2 is saved by the stop alone
+        "--config.train.fused=false",  # the phased loop, which sees a stop between phases
+        f"--config.task.reward={module}:reward",
+    ]
+    plain, broken = str(tmp_path / "plain"), str(tmp_path / "broken")
+    out = finish(jobs.start(broken, *flags))
+    assert marker.exists()
+    assert "stopped during RL step 3 of 4 (SIGTERM), before its update; checkpoint of step 2" in out
+    assert os.listdir(os.path.join(broken, "checkpoints")) == ["2"]
+    assert [r["step"] for r in metrics(broken)] == [1, 2]
+    out = finish(jobs.start(broken, *flags))
+    assert "resuming after RL step 2 of 4" in out
+    finish(jobs.start(plain, *flags))  # the marker exists: never stopped
+    assert metrics(plain) == metrics(broken)
+    with ocp.CheckpointManager(os.path.join(plain, "checkpoints")) as a:
+        pa = a.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    with ocp.CheckpointManager(os.path.join(broken, "checkpoints")) as b:
+        pb = b.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))

@@ -288,13 +288,20 @@ class Trainer:
         )
         return out, np.concatenate([r for _, r in groups])
 
-    def step(self, next_prompts: Callable[[], tuple[list[list[int]], list[int]]]) -> dict:
+    def step(
+        self,
+        next_prompts: Callable[[], tuple[list[list[int]], list[int]]],
+        between_phases: Callable[[], None] = lambda: None,
+    ) -> dict:
         """One RL step: sample (and refill), reward, score, prepare, update over mini-batches.
         next_prompts() gives the next `train.prompts_per_step` prompts as token-id lists and their
-        dataset rows. -> the step's metrics (algorithm diagnostics averaged over mini-batches)."""
+        dataset rows. between_phases() is called after the reward and after the scoring, before
+        the state changes (StopFlag.check: a stop gives the step up there). -> the step's metrics
+        (algorithm diagnostics averaged over mini-batches)."""
         t_start, compiled = metrics_lib.clock(), metrics_lib.compile_seconds()
         times = {"rollout": 0.0, "reward": 0.0}
         out, rewards = self.rollout(next_prompts, times)
+        between_phases()
         tokens, mask, batch = step_lib.rollout_batch(out, rewards, self.sp.n)
         score, prepare, update = self._compiled(out.prompt_tokens.shape[1])
         on_mesh = lambda x: mesh_lib.to_device(x, mesh_lib.batch_sharding(self.mesh, np.ndim(x)))
@@ -306,6 +313,7 @@ class Trainer:
         batch = batch._replace(ref_logp=ref, old_values=old_values)
         batch = jax.tree.map(mesh_lib.to_host, prepare(jax.tree.map(on_mesh, batch)))
         times["logprobs"] = metrics_lib.clock() - t0
+        between_phases()
         t0 = metrics_lib.clock()
         metrics = []
         for _ in range(self.config.train.epochs):

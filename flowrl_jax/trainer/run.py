@@ -44,7 +44,7 @@ from flowrl_jax.trainer.data import PromptSource, shard_count
 from flowrl_jax.trainer.loop import Trainer, check_sizes
 from flowrl_jax.trainer.metrics import MetricsLog, plot
 from flowrl_jax.trainer.step import TrainState
-from flowrl_jax.trainer.stop import StopFlag
+from flowrl_jax.trainer.stop import Preempted, StopFlag
 from flowrl_jax.trainer.workdir import WorkdirLock, claim_workdir, record_config, signature
 
 __all__ = ["RunResult", "check", "run", "started", "train"]
@@ -199,7 +199,29 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo, demo
     stop = StopFlag()
     try:
         for rl_step in range(first + 1, total + 1):
-            metrics = (trainer.fused_step if trainer.fused else trainer.step)(next_prompts)
+            before = prompts.state()
+            try:
+                if trainer.fused:  # one program: a stop is seen after it
+                    metrics = trainer.fused_step(next_prompts)
+                else:
+                    metrics = trainer.step(next_prompts, stop.check)
+            except Preempted as e:
+                # Before its update: the state is step rl_step - 1's. Saved now (unless it is
+                # already), with the data position before this step's prompts, so the resumed run
+                # draws them again and repeats the uninterrupted one.
+                result.preempted = e.args[0]
+                if rl_step - 1 not in checkpoints.steps():
+                    record = {"data": before, "config": config.to_json_best_effort()}
+                    checkpoints.save(rl_step - 1, trainer.state, record)
+                log.warning(
+                    "stopped during RL step %d of %d (%s), before its update; checkpoint of "
+                    "step %d saved",
+                    rl_step,
+                    total,
+                    result.preempted,
+                    rl_step - 1,
+                )
+                break
             every = config.eval.every
             if every and (rl_step % every == 0 or rl_step == total):
                 policy = trainer.state.params["policy"]

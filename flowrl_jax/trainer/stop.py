@@ -1,5 +1,8 @@
-"""Stopping a job cleanly: SIGTERM (preemption) or Ctrl-C asks for a checkpoint at the end of the
-step, agreed on by every process."""
+"""Stopping a job cleanly: SIGTERM (preemption), SIGHUP (the terminal or ssh session of a job
+started in the foreground went away) or Ctrl-C asks for a checkpoint, agreed on by every process.
+The RL loop asks between the phases of a step too (`Preempted`): a step stopped before its update
+is given up, and the run saves the step before it, so the checkpoint is written within a
+preemption's notice rather than after a whole step."""
 
 from __future__ import annotations
 
@@ -13,24 +16,33 @@ import numpy as np
 log = logging.getLogger("flowrl_jax")
 
 
-class StopFlag:
-    """Set by SIGTERM (preemption) or SIGINT (Ctrl-C); every process agrees on it at the end of a
-    step. A second Ctrl-C stops at once (KeyboardInterrupt), without the checkpoint."""
+class Preempted(Exception):
+    """A stop asked for during a step, before the step changed the train state: the step is given
+    up (its prompts are drawn again on resume). args[0]: the signal's name."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+class StopFlag:
+    """Set by SIGTERM (preemption), SIGHUP (unless ignored, as under nohup) or SIGINT (Ctrl-C);
+    every process agrees on it where `requested` is called. A second Ctrl-C stops at once
+    (KeyboardInterrupt), without the checkpoint."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self):
         self.local = None  # the name of the signal that asked to stop
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            for s in self.SIGNALS:
+                if s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN:
+                    continue  # nohup: the job was asked to outlive its terminal
+                self._previous[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
         if self.local == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt
         log.warning(
-            "%s: saving a checkpoint after this step, then stopping%s",
+            "%s: saving a checkpoint, then stopping%s",
             name,
             " (Ctrl-C again stops at once, without it)" if name == "SIGINT" else "",
         )
@@ -49,3 +61,9 @@ class StopFlag:
     def restore(self) -> None:
         for s, previous in self._previous.items():
             signal.signal(s, previous)
+
+    def check(self) -> None:
+        """Between the phases of a step: raise Preempted if any process was asked to stop."""
+        name = self.requested()
+        if name:
+            raise Preempted(name)
