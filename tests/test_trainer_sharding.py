@@ -204,3 +204,68 @@ def test_two_hosts_through_the_launcher_train_the_default_config_as_written(tmp_
     for out in outputs:  # one shard: each process encoded all 100 prompts
         assert "kept 100 of 100 prompts" in out, out[-2000:]
     assert_metrics_close(metrics(tmp_path / "one"), metrics(workdir))
+
+
+def test_hosts_that_see_different_checkpoints_all_stop_with_one_error(tmp_path):
+    """A two-process run restarted where one host cannot read the newest checkpoint (its copy of
+    the step lost its arrays), or sees no checkpoint at all (a workdir on each host's own disk):
+    every process stops with the same error naming the step and the processes, instead of
+    restoring different steps and hanging in the first collective."""
+    import shutil
+
+    port, shared = free_port(), tmp_path / "shared"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env |= {"PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+    def argv(workdirs, steps, port):
+        return lambda rank: [
+            sys.executable,
+            "-m",
+            "flowrl_jax.train",
+            "--config=flowrl_jax/config.py:base",
+            f"--workdir={workdirs[rank]}",
+            f"--config.train.steps={steps}",
+            "--config.checkpoint.every=0",
+            "--config.mesh.fsdp=4",
+            "--config.distributed.enabled=True",
+            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+            "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={rank}",
+        ]
+
+    two_processes(argv([shared, shared], 2, port), lambda rank: env)
+    hosts = [tmp_path / "host0", tmp_path / "host1"]
+    for host in hosts:
+        shutil.copytree(shared, host)
+    shutil.rmtree(hosts[1] / "checkpoints" / "2" / "state")  # host 1 cannot read step 2
+
+    def restart() -> list[str]:
+        port = free_port()
+        procs = [
+            subprocess.Popen(
+                argv(hosts, 4, port)(rank),
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for rank in range(2)
+        ]
+        try:
+            outputs = [p.communicate(timeout=300)[0] for p in procs]  # a hang fails here
+        finally:
+            for p in procs:
+                p.kill()
+        assert all(p.returncode != 0 for p in procs), outputs
+        return outputs
+
+    for rank, out in enumerate(restart()):
+        assert (
+            f"HostsDisagree: the processes see different files in checkpoint {hosts[rank]}/"
+            "checkpoints/2 (process 0: " in out
+        ), out[-3000:]
+    shutil.rmtree(hosts[1] / "checkpoints" / "2")  # host 1 sees no checkpoint at all
+    for out in restart():
+        assert "HostsDisagree: the processes see different checkpoints in" in out, out[-3000:]
+        assert "process 0: 1 step(s), newest 2; process 1: 0 step(s), newest none" in out

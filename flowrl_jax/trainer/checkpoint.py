@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -168,27 +169,37 @@ class Checkpoints:
             )
         else:
             read_state = None
-        steps = reversed(self.steps()) if step is None else [step]
-        if step is not None and step not in self.steps():
-            raise FileNotFoundError(
-                f"no checkpoint of step {step} in {self.directory}: {self.steps()}"
-            )
+        listed = self.steps()
+        _same_steps_everywhere(self.directory, listed)
+        steps = reversed(listed) if step is None else [step]
+        if step is not None and step not in listed:
+            raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}: {listed}")
         for step in steps:  # noqa: B020 -- the argument is consumed above
             path = os.path.join(self.directory, str(step))
             try:
-                if read_state is None:
-                    got = self.manager.restore(
-                        step,
-                        args=ocp.args.Composite(
-                            state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
-                        ),
-                    )
-                    arrays, record = got["state"], got["record"]
-                else:
-                    record = self.manager.restore(
-                        step, args=ocp.args.Composite(record=ocp.args.JsonRestore())
-                    )["record"]
-                    arrays = read_state(path)
+                # Every process must see the same files before Orbax reads (its restore ends in a
+                # barrier that a process failing early would never reach), and all must have read
+                # before the fingerprint (a computation over every host's slices) runs.
+                _same_files_everywhere(path)
+                try:
+                    if read_state is None:
+                        got = self.manager.restore(
+                            step,
+                            args=ocp.args.Composite(
+                                state=ocp.args.StandardRestore(target),
+                                record=ocp.args.JsonRestore(),
+                            ),
+                        )
+                        arrays, record = got["state"], got["record"]
+                    else:
+                        record = self.manager.restore(
+                            step, args=ocp.args.Composite(record=ocp.args.JsonRestore())
+                        )["record"]
+                        arrays = read_state(path)
+                except Exception as e:  # noqa: BLE001 -- agreed on below, then re-raised
+                    _read_everywhere(path, e)
+                    raise
+                _read_everywhere(path, None)
                 expected = np.asarray(record["fingerprint"], np.float32)
                 if expected.shape != (len(leaves), 2):
                     raise ValueError(
@@ -201,6 +212,8 @@ class Checkpoints:
                         ~np.isclose(actual, expected, rtol=1e-5, atol=1e-6).all(-1)
                     )
                     raise ValueError(f"arrays {bad.tolist()} differ from the fingerprint saved")
+            except HostsDisagree:
+                raise
             except Exception as e:  # noqa: BLE001 -- any failure means: do not load this step
                 log.warning(
                     "checkpoint %s is unreadable or corrupt, skipped: %s: %s",
@@ -237,3 +250,68 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class HostsDisagree(RuntimeError):
+    """The processes of a run see different checkpoints, or some read a step that others cannot:
+    restoring different steps would hang the first collective, so every process stops."""
+
+
+def _gathered(row: list[int]) -> np.ndarray:
+    """[process_count, len(row)]: every process's row."""
+    if jax.process_count() == 1:
+        return np.asarray([row])
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.asarray(row, np.int64))).reshape(
+        jax.process_count(), len(row)
+    )
+
+
+def _same_steps_everywhere(directory: str, steps: list[int]) -> None:
+    """Every process lists the same steps, or all stop (a workdir on each host's own disk)."""
+    rows = _gathered([len(steps), max(steps, default=-1), sum(steps)])
+    if (rows != rows[0]).any():
+        seen = "; ".join(
+            f"process {p}: {n} step(s), newest {m if m >= 0 else 'none'}"
+            for p, (n, m, _) in enumerate(rows.tolist())
+        )
+        raise HostsDisagree(
+            f"the processes see different checkpoints in {directory} ({seen}): the workdir must "
+            "be storage every host shares (e.g. gs://...), not each host's own disk"
+        )
+
+
+def _same_files_everywhere(path: str) -> None:
+    """Every process sees the same files (names and sizes) in a checkpoint step, or all stop."""
+    listing = sorted(
+        (os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f)))
+        for d, _, files in os.walk(path)
+        for f in files
+    )
+    digest = zlib.crc32(repr(listing).encode())
+    rows = _gathered([len(listing), sum(size for _, size in listing), digest])
+    if (rows != rows[0]).any():
+        seen = "; ".join(
+            f"process {p}: {n} files, {b} bytes" for p, (n, b, _) in enumerate(rows.tolist())
+        )
+        raise HostsDisagree(
+            f"the processes see different files in checkpoint {path} ({seen}): stopping every "
+            "process rather than restore different steps; the workdir must be storage every host "
+            "shares"
+        )
+
+
+def _read_everywhere(path: str, error: Exception | None) -> None:
+    """After each process tried to read `path` (error: this one's failure, or None): return when
+    all read it or all failed (then the caller skips the step everywhere), raise HostsDisagree
+    when only some did."""
+    failed = _gathered([int(error is not None)])[:, 0]
+    if failed.all() or not failed.any():
+        return
+    mine = f"; here: {type(error).__name__}: {str(error).splitlines()[0][:300]}" if error else ""
+    raise HostsDisagree(
+        f"checkpoint {path} was read by processes {np.flatnonzero(~failed.astype(bool)).tolist()} "
+        f"but not by {np.flatnonzero(failed).tolist()}{mine}: stopping every process rather than "
+        "restore different steps"
+    )
