@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import jax
 import jobs
@@ -18,6 +19,7 @@ from flowrl_jax.models import from_config
 from flowrl_jax.tasks import digits
 from flowrl_jax.trainer import workdir as workdir_lib
 from flowrl_jax.trainer.run import StopFlag, run
+from flowrl_jax.trainer.stop import Preempted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
@@ -142,6 +144,26 @@ def test_a_second_ctrl_c_stops_at_once_and_the_handler_found_comes_back(found):
         assert signal.getsignal(signal.SIGINT) is before
     finally:
         signal.signal(signal.SIGINT, outer)
+
+
+@pytest.mark.parametrize("found", ["default", "ignored"])
+def test_sighup_stops_with_a_checkpoint_unless_nohup_ignores_it(found):
+    """The ssh session of a foreground job going away (SIGHUP) asks for a checkpoint like SIGTERM;
+    a job under nohup (SIGHUP ignored) keeps running, as nohup asked."""
+    before = {"default": signal.SIG_DFL, "ignored": signal.SIG_IGN}[found]
+    outer = signal.signal(signal.SIGHUP, before)
+    try:
+        flag = StopFlag()
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)  # with SIG_DFL left in place this would end pytest
+            assert flag.requested() == ("SIGHUP" if found == "default" else None)
+            with pytest.raises(Preempted, match="SIGHUP") if found == "default" else nullcontext():
+                flag.check()
+        finally:
+            flag.restore()
+        assert signal.getsignal(signal.SIGHUP) is before
+    finally:
+        signal.signal(signal.SIGHUP, outer)
 
 
 def test_the_lock_is_reentrant_and_refuses_a_live_holder_elsewhere(tmp_path, monkeypatch):
