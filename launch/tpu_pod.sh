@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Cloud TPU pod slice: create the TPU VM, install on every worker, run the trainer on every worker.
 #
-#   launch/tpu_pod.sh ACTION TPU_NAME ZONE [train overrides...]   ACTION: create|install|run|delete
+#   launch/tpu_pod.sh ACTION TPU_NAME ZONE [train overrides...]
+#   ACTION: create|install|run|status|logs|stop|delete
 #
 #   ACCELERATOR_TYPE=v5p-64 launch/tpu_pod.sh create my-pod us-east5-a
 #   launch/tpu_pod.sh install my-pod us-east5-a   # this checkout's HEAD -> ~/flowrl-jax on workers
 #   launch/tpu_pod.sh run my-pod us-east5-a --config=configs/qwen2_5_7b_math.py \
 #       --config.model.checkpoint=/mnt/ckpt/Qwen2.5-7B --config.workdir=/mnt/shared/runs/7b
+#   launch/tpu_pod.sh status my-pod us-east5-a    # each worker: running or not, last log line
+#   launch/tpu_pod.sh logs my-pod us-east5-a      # worker 0's log (WORKER=N, LINES, FOLLOW=1)
+#   launch/tpu_pod.sh stop my-pod us-east5-a      # SIGTERM everywhere: a checkpoint, then exit
 #   launch/tpu_pod.sh delete my-pod us-east5-a
 #
+# `run` starts the job detached on every worker (launch/tpu_worker.sh: it outlives the ssh session,
+# logs to ~/flowrl-jax/logs/, and first frees the TPU from a previous run's leftover processes);
+# FOREGROUND=1 runs it attached instead (the session dropping then sends SIGHUP: a checkpoint).
 # Environment: ACCELERATOR_TYPE (create, required), RUNTIME_VERSION (create; by default the base
 # image of the TPU generation), SPOT=1 (create a Spot VM), PROJECT (gcloud --project),
 # PYTHON_VERSION (install; default 3.11, jax 0.10 needs >= 3.11 and the images ship 3.10),
-# DETACH=1 (run in the background on each worker, log in ~/flowrl-jax/train.log),
 # DRY_RUN=1 (print the commands instead of running them).
 # One process per host; on TPU jax.distributed.initialize() finds the coordinator by itself. The
 # checkpoint and the workdir must be on paths every worker can read and write.
@@ -73,21 +79,31 @@ case $action in
     run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" --worker=all --command "${remote:4}"
     ;;
   run)
-    train=".venv/bin/python -m flowrl_jax.train"
-    [ $# -eq 0 ] || train+=$(printf ' %q' "$@") # quoted once more for the worker's shell
+    args=""
+    [ $# -eq 0 ] || args=$(printf ' %q' "$@") # quoted once more for the worker's shell
     # After the user's arguments: ml_collections refuses a --config.* override before --config=FILE.
-    train+=" --config.distributed.enabled=True"
-    if [ "${DETACH:-0}" = 1 ]; then
-      train="nohup $train > train.log 2>&1 < /dev/null &"
+    args+=" --config.distributed.enabled=True"
+    if [ "${FOREGROUND:-0}" = 1 ]; then
+      remote="cd $remote_dir && .venv/bin/python -m flowrl_jax.train$args"
+    else
+      remote="cd $remote_dir && bash launch/tpu_worker.sh start$args"
     fi
-    remote="cd $remote_dir && $train"
     run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" --worker=all --command "$remote"
+    ;;
+  status | stop)
+    run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" --worker=all \
+      --command "cd $remote_dir && bash launch/tpu_worker.sh $action"
+    ;;
+  logs)
+    env_vars="LINES=${LINES:-100} FOLLOW=${FOLLOW:-0}"
+    run "${gcloud_tpu[@]}" ssh "$tpu" "${where[@]}" "--worker=${WORKER:-0}" \
+      --command "cd $remote_dir && $env_vars bash launch/tpu_worker.sh logs"
     ;;
   delete)
     run "${gcloud_tpu[@]}" delete "$tpu" "${where[@]}" --quiet
     ;;
   *)
-    echo "unknown action '$action': expected create, install, run or delete" >&2
+    echo "unknown action '$action': expected create, install, run, status, logs, stop or delete" >&2
     usage
     ;;
 esac

@@ -6,8 +6,10 @@ import glob
 import importlib.util
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from absl import flags
@@ -215,7 +217,7 @@ def shell_env(tmp_path):
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("SLURM_") and k not in launcher_vars | {"DRY_RUN", "DETACH"}
+        if not k.startswith("SLURM_") and k not in launcher_vars | {"DRY_RUN", "FOREGROUND", "WORKER"}
     }
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     yield env
@@ -243,6 +245,7 @@ def commands(out):
 DRY_RUNS = {
     "multi_gpu.sh": ["--config.seed=3"],
     "tpu_pod.sh": ["run", "my-pod", "us-east5-a", "--config.seed=3"],
+    "tpu_worker.sh": ["start", "--config.seed=3"],
 }
 
 
@@ -431,20 +434,83 @@ def test_tpu_pod_run_passes_overrides_through_two_shells(shell_env):
     cd, train = remote(argv)
     assert cd == "cd ~/flowrl-jax"
     worker_argv = shlex.split(train)  # what the worker's shell makes of it
-    assert worker_argv[0] == ".venv/bin/python"
-    args = train_args(worker_argv)
+    assert worker_argv[:3] == ["bash", "launch/tpu_worker.sh", "start"]  # detached
+    # What the worker script then runs, with those arguments.
+    (job,) = commands(bash("tpu_worker.sh", worker_argv[2:], shell_env))
+    assert job[:2] == ["nohup", ".venv/bin/python"]
+    args = train_args(job)
     assert args == [*given, "--config.distributed.enabled=True"]
     config = parse_train(args)  # as the worker's trainer parses them, in this order
     assert config.distributed.enabled and config.workdir == "/mnt/my runs/it's"
 
-    (argv,) = commands(bash("tpu_pod.sh", ["run", "p", "z"], shell_env, DETACH="1"))
+    (argv,) = commands(bash("tpu_pod.sh", ["run", "p", "z", *given], shell_env, FOREGROUND="1"))
     cd, train = remote(argv)
-    assert train.startswith("nohup ") and train.endswith("> train.log 2>&1 < /dev/null &")
+    assert train_args(shlex.split(train)) == args and train.startswith(".venv/bin/python -m ")
+
+
+def test_tpu_pod_status_logs_and_stop_reach_the_workers(shell_env):
+    for action, worker in [("status", "all"), ("stop", "all"), ("logs", "3")]:
+        (argv,) = commands(bash("tpu_pod.sh", [action, "p", "z"], shell_env, WORKER="3"))
+        assert f"--worker={worker}" in argv
+        command = argv[argv.index("--command") + 1]
+        assert command.startswith("cd ~/flowrl-jax && ")
+        assert command.endswith(f"bash launch/tpu_worker.sh {action}")
+
+
+def test_the_worker_job_outlives_its_shell_and_stops_with_a_checkpoint(tmp_path):
+    """launch/tpu_worker.sh as a worker runs it (here, on this machine): `start` returns at once
+    and the job runs on with its log, through the SIGHUP of its ssh session ending; `status` sees
+    it; `stop` sends SIGTERM and waits: the job saves a checkpoint and exits."""
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        PYTHONPATH=ROOT,
+        FLOWRL_JAX_LOGS=str(tmp_path / "logs"),
+    )
+    workdir = tmp_path / "run"
+
+    def worker(*args, timeout=120):
+        done = subprocess.run(
+            ["bash", "launch/tpu_worker.sh", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    started = worker(
+        "start",
+        "--config=flowrl_jax/config.py:base",
+        f"--workdir={workdir}",
+        "--config.train.steps=100000",
+        "--config.checkpoint.every=0",
+    )
+    pid = int((tmp_path / "logs" / "train.pid").read_text())
+    assert f"started pid {pid}" in started
+    log = tmp_path / "logs" / "train.log"
+    deadline = time.time() + 600
+    while "step 2/100000" not in log.read_text():
+        assert time.time() < deadline and "running (pid" in worker("status"), log.read_text()
+        time.sleep(1)
+    os.kill(pid, signal.SIGHUP)  # the ssh session that started it ends: the job runs on
+    time.sleep(2)
+    assert f"running (pid {pid})" in worker("status")
+    assert "SIGHUP" not in log.read_text()
+    stopped = worker("stop", timeout=600)
+    assert "SIGTERM sent" in stopped
+    text = log.read_text()
+    assert "stopped by SIGTERM after step" in text, text[-2000:]
+    step = int(text.split("stopped by SIGTERM after step ")[1].split(";")[0])
+    assert os.listdir(workdir / "checkpoints") == [str(step)]
+    assert "not running" in worker("status")
 
 
 def test_tpu_pod_refuses_an_unknown_action(shell_env):
-    out = bash("tpu_pod.sh", ["start", "p", "z"], shell_env)
-    assert out.returncode == 2 and "unknown action 'start'" in out.stderr
+    out = bash("tpu_pod.sh", ["begin", "p", "z"], shell_env)
+    assert out.returncode == 2 and "unknown action 'begin'" in out.stderr
 
 
 # ------------------------------------------------------------------------------ launch/sweep.py
