@@ -30,6 +30,7 @@ def read(path):
         return json.load(f)
 
 
+@pytest.mark.slow  # minutes: CI runs the comparison end to end in the test after it
 def test_reduced_comparison(tmp_path):
     doc = tmp_path / "docs" / "RESULTS.md"
     out = compare_cli(f"--workdir={tmp_path}", f"--results_doc={doc}", *REDUCED)

@@ -41,6 +41,6 @@ def test_a_restarted_run_reads_its_programs_from_the_cache(tmp_path):
 
 
 def test_off_writes_no_cache(tmp_path):
-    log = train(tmp_path, "--config.train.compile_cache=off")
+    log = train(tmp_path, "--config.train.compile_cache=off", "--config.train.steps=0")
     assert "compilation cache: off (train.compile_cache=off)" in log
     assert not os.path.exists(tmp_path / "compile_cache")

@@ -457,6 +457,7 @@ def test_tpu_pod_status_logs_and_stop_reach_the_workers(shell_env):
         assert command.endswith(f"bash launch/tpu_worker.sh {action}")
 
 
+@pytest.mark.slow  # a training job from start to stop; CI checks the commands by dry run
 def test_the_worker_job_outlives_its_shell_and_stops_with_a_checkpoint(tmp_path):
     """launch/tpu_worker.sh as a worker runs it (here, on this machine): `start` returns at once
     and the job runs on with its log, through the SIGHUP of its ssh session ending; `status` sees

@@ -20,6 +20,7 @@ def run(args, **kw):
     )
 
 
+@pytest.mark.slow  # minutes; the checks themselves have their own tests (decoder, sampler, export)
 def test_the_plain_engine_config_runs_with_its_foundation_checks(tmp_path):
     """`python -m flowrl_jax.train --config=flowrl_jax/config.py:base` end to end on 8 CPU devices
     (fsdp=4, tensor=2) with the foundation checks, the algorithm switched by its one config key."""
@@ -56,6 +57,7 @@ def test_unknown_config_key_is_an_error(tmp_path):
     assert "no such key 'modle'; did you mean 'model'?" in out.stderr
 
 
+@pytest.mark.slow  # minutes; loading (test_hf_io) and training (test_trainer_loop) run in CI
 def test_main_job_on_a_local_hf_checkpoint(tmp_path):
     """configs/hf_checkpoint.py with a checkpoint written by transformers (+ its tokenizer)."""
     pytest.importorskip("torch")

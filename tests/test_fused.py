@@ -98,6 +98,7 @@ def test_one_program_for_five_steps(tmp_path):
     assert program._cache_size() == 1
 
 
+@pytest.mark.slow  # minutes; CI runs test_fused_equals_phased and the sharded phased loop
 def test_fused_on_eight_devices_equals_one(tmp_path):
     def run(mesh, workdir):
         config = base_config()

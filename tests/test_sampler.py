@@ -148,6 +148,7 @@ def test_sampling_logprobs_equal_a_full_recomputation():
         np.testing.assert_allclose(out.logprobs[valid], ref[:, P:][valid], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # minutes on 2 cores; the default segments run in every sampler test
 def test_cache_segments_do_not_change_the_samples():
     """Decode phases only change which cache slots are read (the unfilled ones are masked anyway):
     one segment, four and more segments than steps give the same samples for a seed."""

@@ -179,7 +179,8 @@ def test_a_function_that_hangs_stops_at_the_reward_timeout(tmp_path, monkeypatch
     assert time.perf_counter() - t0 < 10
 
 
-@pytest.mark.parametrize("fused", ["true", "false"])
+# The fused step (the callback path) runs in CI in test_fused; here it is the slow variant.
+@pytest.mark.parametrize("fused", [pytest.param("true", marks=pytest.mark.slow), "false"])
 def test_training_logs_each_function_and_their_weighted_sum(tmp_path, fused):
     config = base_config()
     config.workdir = str(tmp_path / "run")
