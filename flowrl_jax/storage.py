@@ -10,8 +10,9 @@ storage lacks is done the way it allows:
   (ifGenerationMatch=0), refused when one exists;
 - no directories: `makedirs` does nothing there.
 
-Not yet used by the trainer (issue #32: workdirs on object storage); tests/test_storage.py runs each
-operation on a local directory and on a real GCS server (fake-gcs-server) on 127.0.0.1.
+The trainer does not write through it yet (issue #32: workdirs on object storage), so `run.check`
+refuses a gs:// workdir in one line. tests/test_storage.py runs each operation on a local directory
+and on a real GCS server (fake-gcs-server) on 127.0.0.1.
 """
 
 from __future__ import annotations

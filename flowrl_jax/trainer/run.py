@@ -31,7 +31,7 @@ from typing import NamedTuple
 import jax
 from ml_collections import ConfigDict
 
-from flowrl_jax import tasks
+from flowrl_jax import storage, tasks
 from flowrl_jax.evaluation import job_report, sampled
 from flowrl_jax.evaluation import report as report_lib
 from flowrl_jax.models import from_config
@@ -95,6 +95,13 @@ def check(config: ConfigDict, mesh, task: Task | None = None) -> Checked:
     model's config and tokenizer, the stop tokens. It writes nothing. `started` calls it, first
     of a run's start."""
     validate.check(config)  # every key's allowed values first: one line naming a bad one
+    if storage.is_remote(config.workdir):
+        # Refused rather than turned into a local folder named "gs:" on each host, which is what
+        # the POSIX calls below would make of it.
+        raise ValueError(
+            f"workdir={config.workdir!r}: workdirs on object storage are not supported yet "
+            "(issue #32); give a path every host shares (e.g. an NFS or Filestore mount)"
+        )
     check_sizes(config, mesh)
     prompt_limit(config)
     if task is None:
