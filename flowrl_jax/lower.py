@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import sys
 import time
 
@@ -101,12 +100,6 @@ def compiled_reward(config: ConfigDict, tokenizer):
     return task.make_jit_reward(tokenizer)
 
 
-def _placed(tree, shardings):
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-    )
-
-
 def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[Program]:
     """The programs a run of `config` compiles on `platform` ("tpu", "gpu", "cpu"), built by the
     trainer's own builders, with abstract arguments at the run's largest shapes. reward: the
@@ -118,8 +111,7 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
         return jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
 
     # The rollout: the prompts fill the sampler's batch bucket; the largest prompt bucket.
-    unit = mesh_lib.batch_size_divisor(mesh)
-    B = unit * 2 ** max(0, math.ceil(math.log2(max(t.prompts_per_step / unit, 1))))
+    B = sampler_lib.batch_bucket(t.prompts_per_step, mesh)
     P, N = max(r.prompt_buckets), r.max_new_tokens
     sp = sampler_lib.SamplingParams(
         max_new_tokens=N,
@@ -131,7 +123,7 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
         pad_id=0,
     )
     shapes = param_shapes(cfg)
-    policy = _placed(shapes, partition.shardings(partition.rules_for(cfg.family), shapes, mesh))
+    policy = step_lib.placed(shapes, partition.shardings(partition.rules_for(cfg.family), shapes, mesh))
     prompts = jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=mesh_lib.batch_sharding(mesh))
     live = batch_array((B,), jnp.bool_)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=mesh_lib.replicated(mesh))
@@ -162,7 +154,7 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
         lambda p, k: step_lib.init_state(spec, p, optimizer, k), param_shapes(cfg), key
     )
     sharding = step_lib.state_shardings(mesh, abstract, cfg.family)
-    state = _placed(abstract, sharding)
+    state = step_lib.placed(abstract, sharding)
     alg = algorithms.get(name)
     ref = policy if alg.needs_ref(config.algorithm[name]) else None
     R = B * r.n
@@ -190,8 +182,8 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
     update = step_lib.jit_update(spec, optimizer, mesh, sharding)
     out.append(Program("update", update, (state, mini_tokens, mini_tokens, mini)))
 
-    batch_bucket = lambda k: unit * 2 ** max(0, math.ceil(math.log2(max(k / unit, 1))))
-    fuse, why = loop.choose_fused(config, reward is not None, batch_bucket, platform)
+    bucket = lambda k: sampler_lib.batch_bucket(k, mesh)
+    fuse, why = loop.choose_fused(config, reward is not None, bucket, platform)
     if fuse:
         fspec = fused.FusedSpec(
             spec,

@@ -50,3 +50,29 @@ def module_cli(module, *args, timeout=900):
         text=True,
         timeout=timeout,
     )
+
+
+def ranks(argv, env, timeout=600, count=2) -> list[tuple[int, str]]:
+    """Processes `argv(rank)` with `env(rank)`, ranks 0..count-1 started at once (stdout and stderr
+    in one pipe), all waited for; one still running at `timeout` is killed, so a hang shows as a
+    failed exit status. -> (exit status, output) per rank."""
+    procs = [
+        subprocess.Popen(
+            argv(rank),
+            cwd=ROOT,
+            env=env(rank),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(count)
+    ]
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            outputs.append(p.communicate()[0] + f"\n[killed after {timeout} s]")
+    return [(p.returncode, out) for p, out in zip(procs, outputs)]

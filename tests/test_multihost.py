@@ -3,9 +3,9 @@ export across hosts give what one process gives."""
 
 import os
 import socket
-import subprocess
 import sys
 
+import jobs
 import numpy as np
 import pytest
 
@@ -28,27 +28,20 @@ def test_two_processes_load_run_and_export(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = ROOT
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "tests/multihost_worker.py",
-                str(port),
-                str(rank),
-                checkpoint,
-                str(tmp_path),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+    results = jobs.ranks(
+        lambda rank: [
+            sys.executable,
+            "tests/multihost_worker.py",
+            str(port),
+            str(rank),
+            checkpoint,
+            str(tmp_path),
+        ],
+        lambda rank: env,
+        timeout=240,
+    )
+    for code, out in results:
+        assert code == 0, out[-3000:]
     tokens, mask = testing.left_padded_batch(7, batch=8, length=12, vocab=512)
     ref = np.asarray(load_hf(checkpoint)(tokens, mask))
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), ref, atol=1e-5, rtol=0)
@@ -66,29 +59,22 @@ def two_processes(args: list[str], timeout=400) -> list[str]:
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": ROOT,
     }
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                *args,
-                "--distributed",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={rank}",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
-    return outputs
+    results = jobs.ranks(
+        lambda rank: [
+            sys.executable,
+            "-m",
+            *args,
+            "--distributed",
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={rank}",
+        ],
+        lambda rank: env,
+        timeout=timeout,
+    )
+    for code, out in results:
+        assert code == 0, out[-3000:]
+    return [out for _, out in results]
 
 
 @pytest.mark.slow  # 4 processes start, each compiling its sampler: minutes on 2 cores

@@ -5,10 +5,10 @@ collectives, one data shard each) against one process with 4 devices (both shard
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import jax
+import jobs
 import numpy as np
 import pytest
 
@@ -114,21 +114,10 @@ def free_port() -> int:
 
 def two_processes(argv, env) -> list[str]:
     """Run ranks 0 and 1 (argv(rank), env(rank)) to the end; -> their outputs. Both must succeed."""
-    procs = [
-        subprocess.Popen(
-            argv(rank),
-            cwd=ROOT,
-            env=env(rank),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
-    return outputs
+    results = jobs.ranks(argv, env)
+    for code, out in results:
+        assert code == 0, out[-3000:]
+    return [out for _, out in results]
 
 
 def test_two_processes_equal_one(tmp_path):
@@ -241,24 +230,10 @@ def test_hosts_that_see_different_checkpoints_all_stop_with_one_error(tmp_path):
 
     def restart() -> list[str]:
         port = free_port()
-        procs = [
-            subprocess.Popen(
-                argv(hosts, 4, port)(rank),
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for rank in range(2)
-        ]
-        try:
-            outputs = [p.communicate(timeout=300)[0] for p in procs]  # a hang fails here
-        finally:
-            for p in procs:
-                p.kill()
-        assert all(p.returncode != 0 for p in procs), outputs
-        return outputs
+        results = jobs.ranks(argv(hosts, 4, port), lambda rank: env, timeout=300)
+        assert all(code != 0 for code, _ in results), results  # a hang is killed: a failure too
+        assert not any("[killed after" in out for _, out in results), results
+        return [out for _, out in results]
 
     for rank, out in enumerate(restart()):
         assert (

@@ -320,6 +320,16 @@ def _bucket(value: int, buckets, what: str) -> int:
     return buckets[i]
 
 
+def batch_bucket(batch: int, mesh=None) -> int:
+    """Rows a batch of `batch` prompts is padded to: the mesh's data-parallel size times the next
+    power of two (any mesh with a shape, an AbstractMesh too)."""
+    unit = 1 if mesh is None else mesh_lib.batch_size_divisor(mesh)
+    size = unit
+    while size < batch:
+        size *= 2
+    return size
+
+
 # `generate` compiled: (cfg, sp, params, tokens, mask, live, rng, cache_segments) -> SampleOutput,
 # the decoder config, the sampling parameters and the cache segments static.
 jit_generate = jax.jit(generate, static_argnums=(0, 1, 7))
@@ -353,11 +363,7 @@ class Sampler:
         return len(self._programs)
 
     def batch_bucket(self, batch: int) -> int:
-        unit = 1 if self.mesh is None else mesh_lib.batch_size_divisor(self.mesh)
-        size = unit
-        while size < batch:
-            size *= 2
-        return size
+        return batch_bucket(batch, self.mesh)
 
     def pad(self, prompts: list[list[int]], min_batch: int = 0):
         """Token-id lists -> left-padded tokens, mask [Bb, Pb] and live [Bb] at the bucket shape

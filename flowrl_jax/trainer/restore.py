@@ -35,9 +35,7 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
 
     shapes = jax.eval_shape(init, jax.random.key(0))
     shardings = step_lib.state_shardings(mesh, shapes, model_cfg.family)
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
-    )
+    return step_lib.placed(shapes, shardings)
 
 
 def run_config(workdir: str) -> ConfigDict:

@@ -206,11 +206,11 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo, demo
     stop = StopFlag()
     try:
         for rl_step in range(first + 1, total + 1):
-            before = prompts.state()
             try:
                 if trainer.fused:  # one program: a stop is seen after it
                     metrics = trainer.fused_step(next_prompts)
                 else:
+                    before = prompts.state()  # what a stop inside the step saves
                     metrics = trainer.step(next_prompts, stop.check)
             except Preempted as e:
                 # Before its update: the state is step rl_step - 1's. Saved now (unless it is

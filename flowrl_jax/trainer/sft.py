@@ -268,10 +268,7 @@ def abstract_state(optimizer, policy, mesh, family: str):
     policy parameters (arrays or shapes) `policy`."""
     abstract = jax.eval_shape(_init(optimizer), policy, jax.random.key(0))
     sharding = step_lib.state_shardings(mesh, abstract, family)
-    like = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sharding
-    )
-    return like, sharding
+    return step_lib.placed(abstract, sharding), sharding
 
 
 def _policy(model, state):

@@ -385,6 +385,14 @@ def state_shardings(mesh: Mesh, abstract_state: TrainState, family: str) -> Trai
     return TrainState(replicated, params, opt_state, replicated)
 
 
+def placed(tree, shardings):
+    """ShapeDtypeStructs of `tree`'s arrays (or shapes) carrying `shardings`: abstract arguments
+    that lower and restore exactly where the trainer puts the real ones."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
 def jit_score(spec: StepSpec, block: int):
     """`score_rollout` compiled for one prompt bucket: (params, ref_params, tokens, mask) ->
     (ref log-probs or None, old values or None); shardings follow the inputs."""
