@@ -5,6 +5,7 @@ of a traceback (FLOWRL_JAX_TRACEBACK=1 shows the traceback). The argparse ones (
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -16,6 +17,19 @@ from ml_collections import config_flags
 from flowrl_jax import mesh as mesh_lib
 
 WORKDIR = flags.DEFINE_string("workdir", None, "run directory (overrides config.workdir)")
+
+
+def setup_logging() -> None:
+    """INFO lines of ours; libraries that log every file they touch at INFO only warn."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for name in (
+        "absl",  # Orbax: every file it writes
+        "jax._src.xla_bridge",  # "no TPU" on every start
+        "jax._src.compilation_cache",  # each reset of the cache
+        "gcsfs",  # each object read (gs:// workdirs)
+        "fsspec",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def prog() -> str:

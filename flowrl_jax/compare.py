@@ -194,8 +194,7 @@ def compare(base: ConfigDict, out: str, seeds: list[int], names: list[str]):
 
 def main(argv) -> None:
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    cli.setup_logging()
     try:
         base = _CONFIG.value
         seeds = [int(s) for s in parse_list(_SEEDS.value, "seeds")]

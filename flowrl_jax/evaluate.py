@@ -33,7 +33,7 @@ import time
 
 import jax
 
-from flowrl_jax import cli, tasks
+from flowrl_jax import cli, storage, tasks
 from flowrl_jax.evaluation import sampled
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.trainer import restore
@@ -53,7 +53,7 @@ def load_model(args, mesh):
     return (
         model,
         tokenizer,
-        {"workdir": os.path.abspath(args.workdir), "rl_step": record["rl_step"]},
+        {"workdir": storage.absolute(args.workdir), "rl_step": record["rl_step"]},
     )
 
 
@@ -152,8 +152,7 @@ def settings_for(args, trained) -> tuple[sampled.EvalSettings, bool]:
 
 def main(argv=None) -> dict:
     parser, args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    cli.setup_logging()
     cli.distributed_from_args(args)  # before the mesh: it spans every host's devices
     mesh = cli.mesh_arg(parser, args.mesh)  # a bad one fails before anything loads
     try:
@@ -189,8 +188,7 @@ def main(argv=None) -> dict:
     json_path, md_path, problems_path = sampled.write_reports(
         results, prefix, settings, checkpoint | {"seed": args.seed}
     )
-    with open(md_path) as f:
-        print(f.read())
+    print(storage.read_text(md_path))
     print(f"wrote {json_path}, {md_path}, {problems_path}")
     return results
 

@@ -19,10 +19,11 @@ import argparse
 import json
 import logging
 import os
+import tempfile
 
 import jax
 
-from flowrl_jax import cli
+from flowrl_jax import cli, storage
 from flowrl_jax.models import save_hf
 from flowrl_jax.models.hf_io import dtype_name
 from flowrl_jax.rollout.sampler import stop_token_ids
@@ -48,21 +49,34 @@ def export(
     config = record["run_config"]
     name = f"{'sft_' if sft_phase else ''}step_{record['rl_step']}"
     out = out or os.path.join(workdir, "export", name)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     base = None
     source = config.model.checkpoint
     if source and os.path.isfile(os.path.join(source, "generation_config.json")):
         with open(os.path.join(source, "generation_config.json")) as f:
             base = json.load(f)
-    save_hf(
-        model,
-        out,
-        tokenizer=tokenizer,
-        dtype=dtype,
-        overwrite=True,
-        stop_token_ids=stop_token_ids(tokenizer, config.rollout.get("stop_tokens", "")),
-        base_generation_config=base,
-    )
+
+    def save(where):
+        save_hf(
+            model,
+            where,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            overwrite=True,
+            stop_token_ids=stop_token_ids(tokenizer, config.rollout.get("stop_tokens", "")),
+            base_generation_config=base,
+        )
+
+    if not storage.is_remote(out):
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        save(out)
+    else:
+        # Written on process 0's local disk first (the HF writer writes files), then uploaded file
+        # by file over what was there (object storage has no rename to swap a directory in).
+        with tempfile.TemporaryDirectory(prefix="flowrl-export-") as staging:
+            save(os.path.join(staging, name))
+            if jax.process_index() == 0:
+                storage.rmtree(out)
+                storage.upload(os.path.join(staging, name), out)
     phase = "SFT" if sft_phase else "RL"
     log.info("exported the policy of %s step %d to %s", phase, record["rl_step"], out)
     return out
@@ -93,8 +107,7 @@ def main(argv=None) -> None:
             parser.error(f"--dtype: {e}")
     cli.distributed_from_args(args)  # before the mesh: it spans every host's devices
     mesh = cli.mesh_arg(parser, args.mesh)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    cli.setup_logging()
     out = export(args.workdir, args.step, args.out, args.dtype, args.sft, mesh)
     if jax.process_index() == 0:  # every host gathers the weights, process 0 writes and prints
         print(out)

@@ -298,8 +298,7 @@ _JSON = flags.DEFINE_string("json", "", "also write the rows to this JSON file")
 
 def main(argv) -> None:
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    cli.setup_logging()
     try:
         config = _CONFIG.value
         platforms = [p.strip() for p in _PLATFORMS.value.split(",") if p.strip()]

@@ -10,15 +10,20 @@ storage lacks is done the way it allows:
   (ifGenerationMatch=0), refused when one exists;
 - no directories: `makedirs` does nothing there.
 
-The trainer does not write through it yet (issue #32: workdirs on object storage), so `run.check`
-refuses a gs:// workdir in one line. tests/test_storage.py runs each operation on a local directory
-and on a real GCS server (fake-gcs-server) on 127.0.0.1.
+- no rename: `move` copies a tree and deletes the source (a checkpoint set aside);
+- listings are cached by gcsfs: every listing and existence test here asks the server again, since
+  another host may have written since.
+
+Every file of a run goes through here (Orbax's arrays through its own tensorstore / epath path), so a
+workdir may be a local path or gs://. tests/test_storage.py runs each operation on a local
+directory and on a real GCS server (fake-gcs-server) on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 
 from etils import epath
@@ -35,6 +40,138 @@ def path(p) -> epath.Path:
     return epath.Path(p)
 
 
+def absolute(p) -> str:
+    """A local path made absolute (a job's children may start elsewhere); a URL as it is."""
+    return str(p) if is_remote(p) else os.path.abspath(p)
+
+
+def _fs(p):
+    """(fsspec filesystem, path without the scheme) of a remote path, listings fresh."""
+    import fsspec
+
+    scheme, _, rest = str(p).partition("://")
+    fs = fsspec.filesystem(scheme)
+    fs.invalidate_cache()
+    return fs, rest.rstrip("/")
+
+
+def exists(p) -> bool:
+    if not is_remote(p):
+        return os.path.exists(p)
+    fs, rest = _fs(p)
+    return fs.exists(rest)
+
+
+def isdir(p) -> bool:
+    """A local directory, or on object storage a prefix that has objects under it."""
+    if not is_remote(p):
+        return os.path.isdir(p)
+    fs, rest = _fs(p)
+    return fs.isdir(rest)
+
+
+def listdir(p) -> list[str]:
+    """The names directly under `p` ([] where there is nothing), sorted."""
+    if not is_remote(p):
+        return sorted(os.listdir(p)) if os.path.isdir(p) else []
+    fs, rest = _fs(p)
+    try:
+        return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(rest, detail=False)})
+    except FileNotFoundError:
+        return []
+
+
+def files(p) -> list[tuple[str, int]]:
+    """Every file under `p`: (path relative to it, size in bytes), sorted."""
+    if not is_remote(p):
+        return sorted(
+            (os.path.relpath(os.path.join(d, f), p), os.path.getsize(os.path.join(d, f)))
+            for d, _, names in os.walk(p)
+            for f in names
+        )
+    fs, rest = _fs(p)
+    found = fs.find(rest, detail=True)
+    return sorted(
+        (name[len(rest) + 1 :], int(info["size"]))
+        for name, info in found.items()
+        if info.get("type") != "directory"
+    )
+
+
+def read_text(p) -> str:
+    if not is_remote(p):
+        with open(p) as f:
+            return f.read()
+    fs, rest = _fs(p)
+    return fs.cat_file(rest).decode()
+
+
+def modified(p) -> float:
+    """When the file was last written (seconds since the epoch)."""
+    if not is_remote(p):
+        return os.path.getmtime(p)
+    fs, rest = _fs(p)
+    return fs.modified(rest).timestamp()
+
+
+def remove(p) -> None:
+    """Delete a file; one that is already gone is not an error."""
+    try:
+        if is_remote(p):
+            fs, rest = _fs(p)
+            fs.rm_file(rest)
+        else:
+            os.remove(p)
+    except FileNotFoundError:
+        pass
+
+
+def rmtree(p) -> None:
+    """Delete a tree (or a file); one that is not there is not an error."""
+    if not is_remote(p):
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        else:
+            remove(p)
+        return
+    fs, rest = _fs(p)
+    if fs.exists(rest):
+        fs.rm(rest, recursive=True)
+
+
+def move(source, target) -> None:
+    """Move a file or a tree. On object storage: copied, then the source deleted."""
+    if not is_remote(source):
+        shutil.move(source, target)
+        return
+    fs, src = _fs(source)
+    fs.copy(src, _fs(target)[1], recursive=True)
+    fs.rm(src, recursive=True)
+
+
+def upload(local, target) -> None:
+    """A local file, or every file of a local tree, written to the same name under `target`
+    (object storage or a local path), each whole."""
+    pairs = (
+        [(os.path.join(local, rel), os.path.join(target, rel)) for rel, _ in files(local)]
+        if os.path.isdir(local)
+        else [(local, target)]
+    )
+    for source, dest in pairs:
+        makedirs(os.path.dirname(dest))
+        with open(source, "rb") as f:
+            write_atomic(dest, f.read())
+
+
+def write_figure(fig, p, dpi: int) -> None:
+    """A matplotlib figure saved as PNG to `p`, whole (savefig itself writes local files only)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    write_atomic(p, buffer.getvalue())
+
+
 def makedirs(p) -> None:
     """A local directory and its parents; nothing on object storage (it has no directories)."""
     if not is_remote(p):
@@ -45,11 +182,13 @@ def write_atomic(p, data: str | bytes) -> None:
     """Write the whole file so that a reader sees the old content or the new one, never a part."""
     raw = data.encode() if isinstance(data, str) else data
     if is_remote(p):
-        path(p).write_bytes(raw)  # one object upload: visible whole or not at all
+        fs, rest = _fs(p)
+        fs.pipe_file(rest, raw)  # one object upload: visible whole or not at all
         return
     directory = os.path.dirname(os.path.abspath(p))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a run's files are meant to be read by others
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
         os.replace(tmp, p)
@@ -66,9 +205,8 @@ def append_text(p, text: str) -> None:
         with open(p, "a") as f:
             f.write(text)
         return
-    target = path(p)
-    old = target.read_text() if target.exists() else ""
-    target.write_text(old + text)
+    old = read_text(p) if exists(p) else ""
+    write_atomic(p, old + text)
 
 
 def create_exclusive(p, data: str | bytes) -> bool:
@@ -76,12 +214,10 @@ def create_exclusive(p, data: str | bytes) -> bool:
     it, False if one was there. Atomic against other processes and hosts."""
     raw = data.encode() if isinstance(data, str) else data
     if is_remote(p):
-        import fsspec
-
-        scheme, _, rest = str(p).partition("://")
+        fs, rest = _fs(p)
         try:
             # A simple (one-request) upload with ifGenerationMatch=0.
-            fsspec.filesystem(scheme).pipe_file(rest, raw, mode="create")
+            fs.pipe_file(rest, raw, mode="create")
         except FileExistsError:
             return False
         return True

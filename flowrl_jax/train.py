@@ -24,13 +24,14 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 import time
 
 import jax
 import numpy as np
 from absl import app
 
-from flowrl_jax import cli
+from flowrl_jax import cli, storage
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.evaluation import job_report
 from flowrl_jax.models import from_config, load_hf, save_hf
@@ -67,9 +68,9 @@ def smoke(config, mesh, model, tokenizer, t_build: float) -> dict:
     new = model.generate_greedy(batch["input_ids"], batch["attention_mask"], steps=steps)
     t_decode = time.perf_counter() - t0
     rollout = sample_and_recompute(config, model, tokenizer, prompt, mesh)
-    export = save_hf(
-        model, os.path.join(config.workdir, "smoke_export"), tokenizer=tokenizer, overwrite=True
-    )
+    # The HF writer writes local files: a workdir on object storage gets a local scratch copy.
+    where = config.workdir if not storage.is_remote(config.workdir) else tempfile.mkdtemp()
+    export = save_hf(model, os.path.join(where, "smoke_export"), tokenizer=tokenizer, overwrite=True)
     reloaded = load_hf(export, mesh=mesh, dtype=model.cfg.dtype)
     ref = np.asarray(model(batch["input_ids"], batch["attention_mask"]))
     got = np.asarray(reloaded(batch["input_ids"], batch["attention_mask"]))
@@ -116,9 +117,7 @@ def sample_and_recompute(config, model, tokenizer, prompt: str, mesh) -> dict:
 
 def main(argv) -> None:
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" on every start
+    cli.setup_logging()
     try:
         config = _CONFIG.value  # a --config=FILE is loaded (and overridden) here
         config.workdir = cli.WORKDIR.value or config.workdir  # a load that failed raises here

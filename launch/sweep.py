@@ -12,7 +12,8 @@ config.workdir is `<workdir>/<key=value,...>`. Before anything runs, every run's
 parsed against the config file exactly as the trainer parses them (ml_collections config_flags), so
 an unknown key or a value of the wrong type fails here, once, instead of in every run.
 
-Local (default): the runs go one after another, each writing run.log in its workdir; a failed run is
+Local (default): the runs go one after another, each writing run.log in its workdir (on a gs://
+--workdir, uploaded when the run ends); a failed run is
 reported and the sweep goes on; the exit code is the number of failed runs. --dry_run prints what
 would run. --print prints one shell command per run and nothing else, for a scheduler:
     python launch/sweep.py ... --print > runs.txt  # then, in a SLURM array job of len(runs.txt):
@@ -28,6 +29,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -122,6 +124,25 @@ def check(argv: list[str]) -> None:
         raise GridError(f"{' '.join(config_args)}:\n  {type(e).__name__}: {e}") from e
 
 
+def run_logged(argv: list[str], log_path: str) -> int:
+    """Run `argv` with its output in `log_path`: a local file written as it runs, or on object
+    storage (a gs:// --workdir) a local file uploaded when the run ends. -> the exit code."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from flowrl_jax import storage
+
+    if not storage.is_remote(log_path):
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with open(log_path, "w") as log:
+            return subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT)
+    with tempfile.NamedTemporaryFile("w", prefix="flowrl-run-", suffix=".log") as log:
+        try:
+            return subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.flush()
+            storage.upload(log.name, log_path)
+
+
 def main(args=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/default.py")
@@ -145,9 +166,7 @@ def main(args=None) -> int:
         print(f"[{i}/{len(runs)}] {name}: {shlex.join(argv)}", flush=True)
         if known.dry_run:
             continue
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "run.log"), "w") as log:
-            code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT)
+        code = run_logged(argv, os.path.join(run_dir, "run.log"))
         if code:
             failed += 1
             print(f"  failed with exit code {code}; see {run_dir}/run.log", flush=True)

@@ -166,21 +166,69 @@ def test_sighup_stops_with_a_checkpoint_unless_nohup_ignores_it(found):
         signal.signal(signal.SIGHUP, outer)
 
 
-def test_the_lock_is_reentrant_and_refuses_a_live_holder_elsewhere(tmp_path, monkeypatch):
-    with workdir_lib.WorkdirLock(str(tmp_path)):
-        with workdir_lib.WorkdirLock(str(tmp_path)):  # the entry point, then the trainer
+@pytest.fixture(params=["local", "gs"])
+def lock_dir(request, tmp_path):
+    """A workdir on the local disk, and one on the local GCS server (tests/conftest.py)."""
+    if request.param == "local":
+        return str(tmp_path)
+    return request.getfixturevalue("gcs_bucket") + "/run"
+
+
+def test_the_lock_refuses_a_live_job_elsewhere_and_takes_a_gone_one_s(lock_dir, monkeypatch):
+    """Re-entrant within a process. Another host's job that still beats (rewrites its lock) is
+    refused within a heartbeat; one whose lock stops changing (a VM recreated after a preemption
+    finds its previous incarnation's) is taken over once the lock is STALE_AFTER old, not
+    refused; one older than that is taken at once. On a local disk and on gs://."""
+    import threading
+    import time
+
+    from flowrl_jax import storage
+
+    monkeypatch.setattr(workdir_lib, "HEARTBEAT", 0.2)
+    monkeypatch.setattr(workdir_lib, "STALE_AFTER", 2.0)
+    lock = f"{lock_dir}/lock"
+    with workdir_lib.WorkdirLock(lock_dir):
+        with workdir_lib.WorkdirLock(lock_dir):  # the entry point, then the trainer
             pass
-        assert (tmp_path / "lock").exists()  # still the outer holder's
-    assert not (tmp_path / "lock").exists()
-    other = {"host": "elsewhere", "pid": 1, "started": "now"}
-    (tmp_path / "lock").write_text(json.dumps(other))
-    with pytest.raises(workdir_lib.WorkdirBusy, match="pid 1 on host elsewhere, started now"):
-        workdir_lib.WorkdirLock(str(tmp_path)).acquire()
-    # Another host's lock is stale once its heartbeat is older than STALE_AFTER.
-    old = os.path.getmtime(tmp_path / "lock") - workdir_lib.STALE_AFTER - 1
-    os.utime(tmp_path / "lock", (old, old))
-    with workdir_lib.WorkdirLock(str(tmp_path)):
-        assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+        assert storage.exists(lock)  # still the outer holder's
+        time.sleep(0.5)
+        assert json.loads(storage.read_text(lock))["beat"] >= 1  # its own heartbeat
+    assert not storage.exists(lock)
+
+    other = {"host": "elsewhere", "pid": 1, "started": "now", "beat": 0}
+    storage.write_atomic(lock, json.dumps(other))
+    stop = threading.Event()
+
+    def beat():  # the other job, alive
+        n = 0
+        while not stop.wait(0.2):
+            n += 1
+            storage.write_atomic(lock, json.dumps(other | {"beat": n}))
+
+    beating = threading.Thread(target=beat)
+    beating.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(workdir_lib.WorkdirBusy, match="pid 1 on host elsewhere, started now"):
+            workdir_lib.WorkdirLock(lock_dir).acquire()
+        assert time.monotonic() - t0 < 1.5  # refused once it saw a beat, not after STALE_AFTER
+    finally:
+        stop.set()
+        beating.join()
+
+    storage.write_atomic(lock, json.dumps(other))  # gone: the lock no longer changes
+    t0 = time.monotonic()
+    with workdir_lib.WorkdirLock(lock_dir):
+        assert json.loads(storage.read_text(lock))["pid"] == os.getpid()
+    assert 1.0 < time.monotonic() - t0 < 10
+    if not storage.is_remote(lock):  # a lock long untouched is taken at once
+        storage.write_atomic(lock, json.dumps(other))
+        old = time.time() - 10
+        os.utime(lock, (old, old))
+        t0 = time.monotonic()
+        with workdir_lib.WorkdirLock(lock_dir):
+            pass
+        assert time.monotonic() - t0 < 1.0
 
 
 @pytest.mark.parametrize(

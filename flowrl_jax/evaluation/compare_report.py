@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from flowrl_jax import storage
 from flowrl_jax.evaluation import answers, metrics, report
 
 log = logging.getLogger("flowrl_jax")
@@ -133,7 +134,7 @@ def write(out: str, runs: dict, steps: int, k: int, machine: dict | None = None)
     results = {"k": k, "rl_steps": steps, "runs": per_run, "aggregate": aggregate}
     results["machine"] = machine
     report.write_json(results, os.path.join(out, "results.json"))
-    report._write_atomic(os.path.join(out, "results.md"), markdown(results))
+    storage.write_atomic(os.path.join(out, "results.md"), markdown(results))
     try:
         plots(out, results)
     except Exception as e:  # noqa: BLE001 -- a plot must not lose the results written above

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 
+from flowrl_jax import storage
 from flowrl_jax.evaluation import report
 
 log = logging.getLogger("flowrl_jax")
@@ -63,8 +64,7 @@ def write(
     }
     evaluations = {}
     for side, path in sources.items():
-        with open(os.path.join(workdir, path)) as f:
-            evaluations[side] = json.load(f)
+        evaluations[side] = json.loads(storage.read_text(os.path.join(workdir, path)))
     dataset = next(iter(evaluations["after"]))
     out = {side: _figures(evaluations[side][dataset], k) for side in ("before", "after")} | {
         "k": k,
@@ -77,7 +77,7 @@ def write(
         "sources": sources,
     }
     report.write_json(out, os.path.join(workdir, "report.json"))
-    report._write_atomic(os.path.join(workdir, "report.md"), markdown(out))
+    storage.write_atomic(os.path.join(workdir, "report.md"), markdown(out))
     plots(workdir)
     return out
 
@@ -126,12 +126,11 @@ def _plots(workdir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    text = storage.read_text(os.path.join(workdir, "metrics.jsonl"))
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     before = os.path.join(workdir, "eval", "before.json")
-    if os.path.exists(before):  # the evaluation before RL, drawn at step 0
-        with open(before) as f:
-            summaries = json.load(f)
+    if storage.exists(before):  # the evaluation before RL, drawn at step 0
+        summaries = json.loads(storage.read_text(before))
         rows.insert(
             0,
             {"step": 0} | {f"eval/{d}/{k}": v for d, s in summaries.items() for k, v in s.items()},
@@ -177,7 +176,7 @@ def _plots(workdir: str) -> list[str]:
             ax.legend(fontsize=7)
         fig.tight_layout()
         path = os.path.join(workdir, file)
-        fig.savefig(path, dpi=100)
+        storage.write_figure(fig, path, dpi=100)
         plt.close(fig)
         written.append(path)
     return written

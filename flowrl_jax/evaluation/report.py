@@ -6,8 +6,9 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
+
+from flowrl_jax import storage
 
 # Table columns after "dataset", in this order; pass@k is expanded to every k the results have.
 # mean@/maj@ are named after the sample count, so they are matched by prefix too.
@@ -74,41 +75,29 @@ def _json_safe(obj):
     return obj
 
 
-def _write_atomic(path: str, text: str) -> None:
-    # Temp file in the same directory, then os.replace: a reader never sees a half-written report,
-    # and a crash leaves the previous one intact.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be read by others
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_report(results: Mapping[str, Mapping], path_prefix: str) -> tuple[str, str]:
     """Write `results` ({dataset: metrics}, e.g. from `aggregate`) to `<prefix>.json` and `.md`.
 
     The JSON holds everything (NaN as null); the markdown has one row per dataset with the
     columns of `report_columns`. Returns the two paths.
     """
+    # Each file whole (storage.write_atomic): a reader never sees a half-written report, and a
+    # crash leaves the previous one intact. The prefix may be on object storage.
     directory = os.path.dirname(path_prefix)
     if directory:
-        os.makedirs(directory, exist_ok=True)
+        storage.makedirs(directory)
     json_path, md_path = path_prefix + ".json", path_prefix + ".md"
-    _write_atomic(json_path, json.dumps(_json_safe(results), indent=1) + "\n")
+    storage.write_atomic(json_path, json.dumps(_json_safe(results), indent=1) + "\n")
     rows = [{"dataset": name, **metrics} for name, metrics in results.items()]
-    _write_atomic(md_path, markdown_table(rows, report_columns(results)))
+    storage.write_atomic(md_path, markdown_table(rows, report_columns(results)))
     return json_path, md_path
 
 
 def write_json(obj, path: str) -> str:
     """Any result tree as JSON (NaN as null), atomically."""
     if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    _write_atomic(path, json.dumps(_json_safe(obj), indent=1) + "\n")
+        storage.makedirs(os.path.dirname(path))
+    storage.write_atomic(path, json.dumps(_json_safe(obj), indent=1) + "\n")
     return path
 
 

@@ -15,6 +15,7 @@ import platform
 import shutil
 import time
 
+from flowrl_jax import storage
 from flowrl_jax.evaluation import report
 
 READING = "## Reading"
@@ -111,5 +112,5 @@ def write(path: str, out: str, command: str, timing: Timing) -> str:
     for name in names:
         lines += [f"![{name}]({rel}/{name})", ""]
     lines.append(reading or f"{READING}\n\n(not written yet)")
-    report._write_atomic(path, "\n".join(lines).rstrip() + "\n")
+    storage.write_atomic(path, "\n".join(lines).rstrip() + "\n")
     return path

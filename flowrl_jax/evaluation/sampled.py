@@ -21,7 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import jax
 
 from flowrl_jax import rules as R
-from flowrl_jax import tasks
+from flowrl_jax import storage, tasks
 from flowrl_jax.evaluation import metrics, report
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks.prompts import encode_prompts
@@ -227,8 +227,7 @@ def write_reports(results: dict, prefix: str, settings: EvalSettings, checkpoint
             for k in ("k", "temperature", "top_p", "max_new_tokens", "system_prompt", "stop_tokens")
         ),
     ]
-    with open(md_path, "a") as f:
-        f.write("\n".join(lines) + "\n")
+    storage.append_text(md_path, "\n".join(lines) + "\n")
     problems = {
         "checkpoint": checkpoint,
         "settings": record,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import zlib
 
@@ -28,6 +27,7 @@ import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 from flowrl_jax import rules as R
+from flowrl_jax import storage
 from flowrl_jax.trainer.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,13 @@ class Checkpoints:
 
     def __init__(self, workdir: str, cfg: ConfigDict):
         self.cfg = cfg
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        if os.path.isdir(self.directory):
-            for name in sorted(os.listdir(self.directory)):
-                if not name.isdigit():  # what a killed save leaves; Orbax deletes it below
-                    log.warning(
-                        "checkpoint %s is incomplete (a save that did not finish); ignored",
-                        os.path.join(self.directory, name),
-                    )
+        self.directory = os.path.join(storage.absolute(workdir), "checkpoints")
+        for name in storage.listdir(self.directory):
+            if not name.isdigit():  # what a killed save leaves; Orbax deletes it below
+                log.warning(
+                    "checkpoint %s is incomplete (a save that did not finish); ignored",
+                    os.path.join(self.directory, name),
+                )
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep,
             enable_async_checkpointing=cfg.async_save,
@@ -233,11 +232,11 @@ class Checkpoints:
         """Move a damaged step out of Orbax's directory (process 0; the others wait for it)."""
         if jax.process_index() == 0:
             aside = os.path.join(os.path.dirname(self.directory), "checkpoints.damaged")
-            os.makedirs(aside, exist_ok=True)
+            storage.makedirs(aside)
             target = os.path.join(aside, str(step))
-            if os.path.exists(target):  # damaged before: keep both
+            if storage.exists(target):  # damaged before: keep both
                 target += time.strftime(".%Y%m%d-%H%M%S")
-            shutil.move(os.path.join(self.directory, str(step)), target)
+            storage.move(os.path.join(self.directory, str(step)), target)
             log.warning("moved the damaged checkpoint of step %d to %s", step, target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -284,11 +283,7 @@ def _same_steps_everywhere(directory: str, steps: list[int]) -> None:
 
 def _same_files_everywhere(path: str) -> None:
     """Every process sees the same files (names and sizes) in a checkpoint step, or all stop."""
-    listing = sorted(
-        (os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f)))
-        for d, _, files in os.walk(path)
-        for f in files
-    )
+    listing = storage.files(path)
     digest = zlib.crc32(repr(listing).encode())
     rows = _gathered([len(listing), sum(size for _, size in listing), digest])
     if (rows != rows[0]).any():

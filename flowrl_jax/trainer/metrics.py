@@ -9,11 +9,14 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 
 import jax
 import numpy as np
 
+from flowrl_jax import storage
 from flowrl_jax.models.families import DecoderConfig
 
 log = logging.getLogger("flowrl_jax")
@@ -116,26 +119,38 @@ class MetricsLog:
         self.start = time.perf_counter()
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "metrics.jsonl")
-        kept = []
-        if os.path.exists(path):  # a resumed run recomputes the steps after its checkpoint
-            with open(path) as f:
-                kept = [
-                    line for line in f if line.strip() and json.loads(line)["step"] <= first_step
-                ]
-        with open(path, "w") as f:
-            f.writelines(kept)
-        self.jsonl = open(path, "a")  # noqa: SIM115 -- closed in close()
+        storage.makedirs(workdir)
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.lines = []  # a resumed run recomputes the steps after its checkpoint
+        if storage.exists(self.path):
+            self.lines = [
+                line + "\n"
+                for line in storage.read_text(self.path).splitlines()
+                if line.strip() and json.loads(line)["step"] <= first_step
+            ]
+        storage.write_atomic(self.path, "".join(self.lines))
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        self.events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+        # Object storage has no append (TensorBoard's fsspec writer would start the object over
+        # at each flush): there the event file is written locally and uploaded whole after each
+        # step, as metrics.jsonl is rewritten whole.
+        self.remote = storage.is_remote(workdir)
+        self.tensorboard = os.path.join(workdir, "tensorboard")
+        self.staging = tempfile.mkdtemp(prefix="flowrl-tensorboard-") if self.remote else None
+        self.events = EventFileWriter(self.staging or self.tensorboard)
+        if not self.remote:
+            self.jsonl = open(self.path, "a")  # noqa: SIM115 -- closed in close()
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
+        line = json.dumps({"step": step, **metrics}) + "\n"
+        if self.remote:
+            self.lines.append(line)
+            storage.write_atomic(self.path, "".join(self.lines))
+        else:
+            self.jsonl.write(line)
+            self.jsonl.flush()
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         values = [
@@ -149,6 +164,8 @@ class MetricsLog:
             )
         )
         self.events.flush()
+        if self.remote:
+            storage.upload(self.staging, self.tensorboard)
         log.info(self.progress(step, metrics))
 
     def progress(self, step: int, m: dict) -> str:
@@ -166,9 +183,14 @@ class MetricsLog:
         )
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        self.events.close()
+        if self.remote:
+            storage.upload(self.staging, self.tensorboard)
+            shutil.rmtree(self.staging, ignore_errors=True)
+        else:
             self.jsonl.close()
-            self.events.close()
 
 
 def rl_line(m: dict) -> str:
@@ -195,10 +217,9 @@ def plot(workdir: str) -> str | None:
 
 def _plot(workdir: str) -> str | None:
     path = os.path.join(workdir, "metrics.jsonl")
-    if jax.process_index() != 0 or not os.path.exists(path):
+    if jax.process_index() != 0 or not storage.exists(path):
         return None
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
     keys = [k for k in PLOTTED if any(k in r for r in rows)]
     if not rows or not keys:
         return None
@@ -214,10 +235,10 @@ def _plot(workdir: str) -> str | None:
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("RL step", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.suptitle(os.path.basename(os.path.abspath(workdir)), fontsize=9)
+    fig.suptitle(os.path.basename(storage.absolute(workdir).rstrip("/")), fontsize=9)
     fig.tight_layout()
     out = os.path.join(workdir, "metrics.png")
-    fig.savefig(out, dpi=100)
+    storage.write_figure(fig, out, dpi=100)
     plt.close(fig)
     return out
 

@@ -11,6 +11,7 @@ import jax
 from ml_collections import ConfigDict
 
 from flowrl_jax import mesh as mesh_lib
+from flowrl_jax import storage
 from flowrl_jax.models import Model, from_config
 from flowrl_jax.models.decoder import init_params
 from flowrl_jax.models.families import read_hf_config
@@ -41,10 +42,9 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
 def run_config(workdir: str) -> ConfigDict:
     """The resolved config of a run's latest start (`<workdir>/config.json`)."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} not found: {workdir} is not a flowrl-jax run directory")
-    with open(path) as f:
-        return ConfigDict(json.load(f))
+    return ConfigDict(json.loads(storage.read_text(path)))
 
 
 def load_run_policy(workdir: str, step: int | None = None, mesh=None, sft_phase: bool = False):

@@ -95,13 +95,6 @@ def check(config: ConfigDict, mesh, task: Task | None = None) -> Checked:
     model's config and tokenizer, the stop tokens. It writes nothing. `started` calls it, first
     of a run's start."""
     validate.check(config)  # every key's allowed values first: one line naming a bad one
-    if storage.is_remote(config.workdir):
-        # Refused rather than turned into a local folder named "gs:" on each host, which is what
-        # the POSIX calls below would make of it.
-        raise ValueError(
-            f"workdir={config.workdir!r}: workdirs on object storage are not supported yet "
-            "(issue #32); give a path every host shares (e.g. an NFS or Filestore mount)"
-        )
     check_sizes(config, mesh)
     prompt_limit(config)
     if task is None:
@@ -126,7 +119,7 @@ def started(config: ConfigDict, mesh, task: Task | None = None) -> Iterator[Chec
     compilation cache pointed at the run's. Yields check's result with the lock held; nothing is
     written into the workdir before that. At the end, logs what the cache did."""
     checked = check(config, mesh, task)
-    os.makedirs(config.workdir, exist_ok=True)
+    storage.makedirs(config.workdir)
     with WorkdirLock(config.workdir):
         claim_workdir(config.workdir, signature(checked.model_cfg, config.algorithm.name))
         cache, before = compile_cache.enable(config), compile_cache.counts()
@@ -265,8 +258,7 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo, demo
 
 def _has_checkpoint(workdir: str) -> bool:
     """Whether RL has saved a step in `workdir` (then the warm-up is loaded, not trained)."""
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+    return any(n.isdigit() for n in storage.listdir(os.path.join(workdir, "checkpoints")))
 
 
 def train(config: ConfigDict, mesh, model=None, tokenizer=None, task=None) -> RunResult:

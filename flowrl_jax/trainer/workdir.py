@@ -9,9 +9,10 @@ and a lock while a job runs in it.
 Two jobs on one workdir (a double submission, a requeue while the old job lives) would delete each
 other's in-flight checkpoints, so a second job is refused with a message naming the holder. A lock
 whose job is gone (SIGKILL, a lost host) is stale and taken over with a warning: on the holder's own
-host that is a pid that no longer runs (or runs another program), elsewhere a heartbeat older than
-`STALE_AFTER` seconds (the holder touches the file every `HEARTBEAT` seconds). On several hosts the
-lock is the coordinator's (process 0); the others learn the outcome from it.
+host that is a pid that no longer runs (or runs another program), elsewhere a lock its holder has
+not rewritten for `STALE_AFTER` seconds (it rewrites it every `HEARTBEAT` seconds). On several hosts
+the lock is the coordinator's (process 0); the others learn the outcome from it. The workdir may be
+local or on object storage (gs://): every file here goes through flowrl_jax.storage.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import time
 
 import jax
 
+from flowrl_jax import storage
 from flowrl_jax.models.families import DecoderConfig
 
 log = logging.getLogger("flowrl_jax")
 
-HEARTBEAT = 30.0
-STALE_AFTER = 600.0
+HEARTBEAT = 15.0
+STALE_AFTER = 60.0
 
 # Fields that change what is computed but not what the parameters are: a run may resume with others.
 _RUNTIME_FIELDS = {
@@ -58,9 +60,8 @@ def signature(model_cfg: DecoderConfig, algorithm: str) -> dict:
 def claim_workdir(workdir: str, sig: dict) -> None:
     """Refuse a workdir that holds a run of another model or algorithm; mark a new one as ours."""
     path = os.path.join(workdir, "run.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            theirs = json.load(f)
+    if storage.exists(path):
+        theirs = json.loads(storage.read_text(path))
         if theirs != sig:
             diff = _diff(flat(theirs), flat(sig))
             raise ValueError(
@@ -79,9 +80,9 @@ def record_config(workdir: str, config_json: str, resumed_after: int) -> list[st
     path = os.path.join(workdir, "config.json")
     new = json.loads(config_json)
     changes = []
-    if resumed_after and os.path.exists(path):
-        with open(path) as f:
-            changes = _diff(flat(json.load(f)), flat(new), "{key}: {old!r} -> {new!r}")
+    if resumed_after and storage.exists(path):
+        old = json.loads(storage.read_text(path))
+        changes = _diff(flat(old), flat(new), "{key}: {old!r} -> {new!r}")
         for line in changes:
             log.warning("config changed since the last start: %s", line)
     _write_json(os.path.join(workdir, f"config.{resumed_after}.json"), new)
@@ -105,10 +106,8 @@ def _diff(old: dict, new: dict, form: str = "{key}: {old!r} there, {new!r} here"
 
 
 def _write_json(path: str, data) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
+    storage.makedirs(os.path.dirname(path) or ".")
+    storage.write_atomic(path, json.dumps(data, indent=1))
 
 
 def _process_start(pid: int) -> str | None:
@@ -128,12 +127,20 @@ def _process_start(pid: int) -> str | None:
 
 class WorkdirLock:
     """`<workdir>/lock` for as long as a job runs. Re-entrant within a process: the entry point
-    takes it before building the model, the trainer again around the run."""
+    takes it before building the model, the trainer again around the run.
+
+    The lock is a file created only if absent (an object upload with the precondition "none of
+    this name" on gs://) holding its job's host, pid and start, and a heartbeat counter its holder
+    rewrites every `HEARTBEAT` seconds. A lock of another host is stale once it has not been
+    rewritten for `STALE_AFTER` seconds: a job that finds a lock rewritten more recently watches it
+    (up to that long) and is refused as soon as it changes. So a VM recreated after a preemption
+    (another hostname) waits out its previous incarnation's last heartbeat, at most `STALE_AFTER`
+    seconds, instead of exiting; a second live job is refused within a heartbeat."""
 
     _held: dict[str, list] = {}  # path -> [depth, heartbeat stop event]
 
     def __init__(self, workdir: str):
-        self.path = os.path.abspath(os.path.join(workdir, "lock"))
+        self.path = os.path.join(storage.absolute(workdir), "lock")
 
     def __enter__(self):
         self.acquire()
@@ -170,8 +177,7 @@ class WorkdirLock:
         del self._held[self.path]
         held[1].set()
         if jax.process_index() == 0 and self._mine(self._read()):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
+            storage.remove(self.path)
 
     def _me(self) -> dict:
         pid = os.getpid()
@@ -180,6 +186,7 @@ class WorkdirLock:
             "pid": pid,
             "process_start": _process_start(pid),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "beat": 0,
         }
 
     def _mine(self, holder: dict | None) -> bool:
@@ -188,8 +195,7 @@ class WorkdirLock:
 
     def _read(self) -> dict | None:
         try:
-            with open(self.path) as f:
-                return json.load(f)
+            return json.loads(storage.read_text(self.path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -197,36 +203,32 @@ class WorkdirLock:
 
     def _take(self) -> str:
         """Take the lock (process 0). -> '' or the reason it is refused."""
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        storage.makedirs(os.path.dirname(self.path))
         me = json.dumps(self._me(), indent=1)
         for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                holder = self._read()
-                if holder is None:
-                    continue  # released meanwhile
-                if self._mine(holder):  # this process's own, left by an earlier start in it
-                    return ""
-                why = self._stale(holder)
-                if why is None:
-                    return (
-                        f"workdir {os.path.dirname(self.path)} is in use by another job: pid "
-                        f"{holder['pid']} on host {holder['host']}, started {holder['started']} "
-                        f"(lock file {self.path}). Wait for it or stop it, or pass another "
-                        "--workdir; if that job is gone, delete the lock file"
-                    )
+            if storage.create_exclusive(self.path, me):
+                return ""
+            holder = self._read()
+            if holder is None:
+                continue  # released meanwhile
+            if self._mine(holder):  # this process's own, left by an earlier start in it
+                return ""
+            why = self._stale(holder)
+            if why is None:
+                return (
+                    f"workdir {os.path.dirname(self.path)} is in use by another job: pid "
+                    f"{holder['pid']} on host {holder['host']}, started {holder['started']} "
+                    f"(lock file {self.path}). Wait for it or stop it, or pass another "
+                    "--workdir; if that job is gone, delete the lock file"
+                )
+            if why:  # '' = released while watched
                 log.warning("taking over the stale lock %s: %s", self.path, why)
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            return ""
+                storage.remove(self.path)
         return f"could not take the lock {self.path}: other jobs keep creating it"
 
     def _stale(self, holder: dict) -> str | None:
-        """Why `holder`'s lock is stale, or None while its job may still run."""
+        """Why `holder`'s lock is stale ('' if it was released meanwhile), or None while its job
+        may still run."""
         if not {"host", "pid", "started"} <= set(holder):
             return "the lock file is unreadable"
         if holder["host"] == socket.gethostname():
@@ -237,14 +239,39 @@ class WorkdirLock:
                 return f"pid {holder['pid']} is another process now"
             return None
         try:
-            age = time.time() - os.path.getmtime(self.path)
+            age = time.time() - storage.modified(self.path)
         except FileNotFoundError:
-            return "it was just released"
+            return ""
         if age > STALE_AFTER:
-            return f"host {holder['host']}'s job has not touched it for {age:.0f} s"
-        return None
+            return f"host {holder['host']}'s job has not rewritten it for {age:.0f} s"
+        # Rewritten recently: watch it. A live holder rewrites it within a heartbeat.
+        wait = STALE_AFTER - age
+        log.warning(
+            "workdir lock %s: pid %s on host %s, heartbeat %.0f s ago; watching it for up to "
+            "%.0f s (a live job rewrites it every %.0f s, a gone one's goes stale)",
+            self.path,
+            holder["pid"],
+            holder["host"],
+            age,
+            wait,
+            HEARTBEAT,
+        )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(min(HEARTBEAT / 4, max(deadline - time.monotonic(), 0)))
+            now = self._read()
+            if now is None:
+                return ""
+            if now != holder:
+                return None
+        return f"host {holder['host']}'s job has not rewritten it for {STALE_AFTER:.0f} s"
 
     def _beat(self, stop: threading.Event) -> None:
+        beats = 0
         while not stop.wait(HEARTBEAT):
+            holder = self._read()
+            if not self._mine(holder):
+                continue  # taken over (this job was thought gone): not ours to rewrite
+            beats += 1
             with contextlib.suppress(OSError):
-                os.utime(self.path)
+                storage.write_atomic(self.path, json.dumps(holder | {"beat": beats}, indent=1))
