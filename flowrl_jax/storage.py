@@ -50,9 +50,21 @@ def _fs(p):
     import fsspec
 
     scheme, _, rest = str(p).partition("://")
-    fs = fsspec.filesystem(scheme)
-    fs.invalidate_cache()
-    return fs, rest.rstrip("/")
+    forget_listings(p)
+    return fsspec.filesystem(scheme), rest.rstrip("/")
+
+
+def forget_listings(p) -> None:
+    """Drop the listings every fsspec filesystem of `p`'s scheme has cached (ours, and the one
+    etils.epath made for Orbax): another host, or a move here, may have changed them. Nothing on a
+    local path."""
+    if not is_remote(p):
+        return
+    import fsspec
+
+    cls = fsspec.get_filesystem_class(str(p).partition("://")[0])
+    for fs in list(getattr(cls, "_cache", {}).values()):
+        fs.invalidate_cache()
 
 
 def exists(p) -> bool:

@@ -1,5 +1,5 @@
-"""Exact resume: a run killed with SIGKILL mid-training and started again on the same workdir, then
-stopped with SIGTERM and started again, ends with the same parameters and the same per-step metrics
+"""Exact resume: a run killed with SIGKILL mid-training and started again on the same workdir (on
+gs://), then stopped with SIGTERM and started again, ends with the same parameters and the same per-step metrics
 as an uninterrupted run of the same seed, bit for bit (CPU, fp32). Corrupt and partial checkpoints
 are skipped, and a workdir refuses a run of another model."""
 
@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from flowrl_jax import storage
 from flowrl_jax.config import base_config
 from flowrl_jax.export import main as export_main
 from flowrl_jax.models import load_hf
@@ -40,8 +41,8 @@ def finish(proc) -> str:
 
 
 def metrics(workdir) -> list[dict]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
+    text = storage.read_text(os.path.join(workdir, "metrics.jsonl"))
+    rows = [json.loads(line) for line in text.splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
 
 
@@ -52,8 +53,10 @@ def final_arrays(workdir):
     return got["state"]
 
 
-def test_killed_and_preempted_run_resumes_exactly(tmp_path):
-    plain, broken = str(tmp_path / "plain"), str(tmp_path / "broken")
+def test_killed_and_preempted_run_resumes_exactly(tmp_path, gcs_bucket):
+    """The broken run's workdir is on gs:// (the local GCS server), the plain one's on the local
+    disk: the same run on either."""
+    plain, broken = str(tmp_path / "plain"), f"{gcs_bucket}/broken"
     finish(start(plain))
 
     # SIGKILL during step 5. Step 4's save waited for step 2's to finish, so a complete checkpoint
@@ -62,7 +65,8 @@ def test_killed_and_preempted_run_resumes_exactly(tmp_path):
     run_until(job, f"step 5/{STEPS}")
     job.send_signal(signal.SIGKILL)
     job.wait()
-    complete = [int(d) for d in os.listdir(os.path.join(broken, "checkpoints")) if d.isdigit()]
+    with ocp.CheckpointManager(f"{broken}/checkpoints") as manager:  # finished saves only
+        complete = manager.all_steps()
     assert max(complete) in (2, 4), complete
 
     job = start(broken)  # resumes; SIGTERM as soon as it has run a step
@@ -74,7 +78,7 @@ def test_killed_and_preempted_run_resumes_exactly(tmp_path):
     assert "stopped by SIGTERM after step" in out, out[-2000:]
     stopped = int(out.split("stopped by SIGTERM after step ")[1].split(";")[0])
     assert resumed < stopped < STEPS
-    assert str(stopped) in os.listdir(os.path.join(broken, "checkpoints"))
+    assert str(stopped) in storage.listdir(f"{broken}/checkpoints")
 
     out = finish(start(broken))  # runs the rest
     assert f"resuming after RL step {stopped}" in out
@@ -87,8 +91,8 @@ def test_killed_and_preempted_run_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
     # The export of the last checkpoint holds exactly the trained policy (no heads).
-    export_main(["--workdir", broken])  # python -m flowrl_jax.export --workdir=...
-    exported = load_hf(os.path.join(broken, "export", f"step_{STEPS}"))
+    export_main(["--workdir", broken, "--out", str(tmp_path / "export")])
+    exported = load_hf(str(tmp_path / "export"))
     for (path, x), y in zip(
         jax.tree_util.tree_leaves_with_path(pb["params"]["policy"]),
         jax.tree.leaves(exported.params),
@@ -175,6 +179,7 @@ def reward(prompt, response, row):
 """
 
 
+@pytest.mark.slow  # CI runs the two-process version on gs:// (tests/test_gcs_workdir.py)
 def test_a_stop_during_a_step_saves_the_step_before_and_resumes_exactly(tmp_path):
     """SIGTERM during step 3's reward phase: the step is given up before its update, step 2 (not a
     checkpoint step) is saved at once, and the resumed run draws step 3's prompts again: the same

@@ -53,18 +53,3 @@ def test_exactly_one_of_many_racing_creators_wins(root):
     assert len(winners) == 1 and len(results) == 8
     assert storage.path(p).read_text() == f"holder {winners[0]}"
     assert not storage.create_exclusive(p, "late")
-
-
-def test_a_workdir_on_object_storage_is_refused_until_the_trainer_writes_there(tmp_path):
-    """Not a local folder named "gs:" on each host (what the trainer's POSIX calls made of it)."""
-    import jax
-
-    from flowrl_jax import mesh as mesh_lib
-    from flowrl_jax.config import base_config
-    from flowrl_jax.trainer import run
-
-    config = base_config()
-    config.workdir = "gs://bucket/run"
-    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
-    with pytest.raises(ValueError, match="workdirs on object storage are not supported yet"):
-        run.check(config, mesh)

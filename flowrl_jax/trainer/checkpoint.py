@@ -116,7 +116,8 @@ class Checkpoints:
         )
 
     def steps(self) -> list[int]:
-        self.manager.reload()  # other processes or runs may have written since
+        storage.forget_listings(self.directory)  # other processes or runs may have written since
+        self.manager.reload()
         return sorted(self.manager.all_steps())
 
     def restore_latest(
@@ -242,6 +243,7 @@ class Checkpoints:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        storage.forget_listings(self.directory)
         self.manager.reload()
 
     def wait(self) -> None:
