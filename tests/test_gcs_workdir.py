@@ -248,8 +248,9 @@ def test_two_processes_on_gs_stopped_mid_step_resume_exactly(gcs_bucket, tmp_pat
     broken, plain = f"{gcs_bucket}/broken", f"{gcs_bucket}/plain"
     stopped = start(broken, preempt=True)
     assert all(code == 0 for code, _ in stopped), stopped
-    assert "stopped during RL step 3 of 4 (SIGTERM), before its update; checkpoint of step 2" in (
-        stopped[0][1]
+    assert (
+        "stopped during RL step 3 of 4 (SIGTERM), before its update; checkpoint of step 2"
+        in (stopped[0][1])
     )
     assert storage.listdir(f"{broken}/checkpoints") == ["2"]
     assert [r["step"] for r in metrics(broken)] == [1, 2]
