@@ -7,7 +7,7 @@
 #   ACCELERATOR_TYPE=v5p-64 launch/tpu_pod.sh create my-pod us-east5-a
 #   launch/tpu_pod.sh install my-pod us-east5-a   # this checkout's HEAD -> ~/flowrl-jax on workers
 #   launch/tpu_pod.sh run my-pod us-east5-a --config=configs/qwen2_5_7b_math.py \
-#       --config.model.checkpoint=/mnt/ckpt/Qwen2.5-7B --config.workdir=/mnt/shared/runs/7b
+#       --config.model.checkpoint=/mnt/ckpt/Qwen2.5-7B --config.workdir=gs://my-bucket/runs/7b
 #   launch/tpu_pod.sh status my-pod us-east5-a    # each worker: running or not, last log line
 #   launch/tpu_pod.sh logs my-pod us-east5-a      # worker 0's log (WORKER=N, LINES, FOLLOW=1)
 #   launch/tpu_pod.sh stop my-pod us-east5-a      # SIGTERM everywhere: a checkpoint, then exit
@@ -21,7 +21,7 @@
 # PYTHON_VERSION (install; default 3.11, jax 0.10 needs >= 3.11 and the images ship 3.10),
 # DRY_RUN=1 (print the commands instead of running them).
 # One process per host; on TPU jax.distributed.initialize() finds the coordinator by itself. The
-# checkpoint and the workdir must be on paths every worker can read and write.
+# HF checkpoint must be on a local path of every worker; the workdir on storage they share (gs://).
 set -euo pipefail
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 2; }

@@ -11,6 +11,10 @@ saved every `checkpoint.every` steps, at the end and on SIGTERM or Ctrl-C (SIGIN
     <workdir>/metrics.png    the main curves, drawn at the end of each start
     <workdir>/eval/          evaluations (before.*, step_<N>.*); report.* (evaluation/job_report.py)
 
+The workdir may be a local path or on object storage (gs://bucket/path): every file goes through
+flowrl_jax.storage, and process 0 writes all of them but the checkpoints' array shards (each process
+its own devices').
+
 A run killed during SFT resumes SFT; one killed during RL resumes RL and loads the finished warm-up
 (RL's reference policy) instead of redoing it.
 
