@@ -2,7 +2,14 @@
 started in the foreground went away) or Ctrl-C asks for a checkpoint, agreed on by every process.
 The RL loop asks between the phases of a step too (`Preempted`): a step stopped before its update
 is given up, and the run saves the step before it, so the checkpoint is written within a
-preemption's notice rather than after a whole step."""
+preemption's notice rather than after a whole step.
+
+Every check is a collective (an all-gather of each process's flag), so all processes stop at the
+same check and save the same step, whichever of them got the signal. This is what JAX's own
+preemption sync point (`multihost_utils.reached_preemption_sync_point`) provides, at step
+granularity; it is not used because its notice comes from a C-level SIGTERM handler installed by
+`jax.distributed.initialize`, which the Python handler here (needed for SIGINT and SIGHUP, and for
+one process) replaces."""
 
 from __future__ import annotations
 
