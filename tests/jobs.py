@@ -4,8 +4,19 @@ signal or race real jobs)."""
 import os
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One persistent compilation cache for every job a test worker starts (JAX_COMPILATION_CACHE_DIR,
+# which a run uses when train.compile_cache is not set): the jobs of the suite compile the same
+# small programs again and again, and a restarted job is meant to read them back anyway. The
+# cache's own behaviour is tested apart, with each run's own cache (tests/test_compile_cache.py).
+CACHE = tempfile.mkdtemp(prefix="flowrl-tests-compile-cache-")
+
+
+def child_env(env: dict) -> dict:
+    """`env` with the suite's compilation cache, unless it names one."""
+    return {"JAX_COMPILATION_CACHE_DIR": CACHE} | env
 
 
 def start(workdir, *extra):
@@ -18,7 +29,7 @@ def start(workdir, *extra):
         f"--workdir={workdir}",
         *extra,
     ]
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    env = child_env(dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1"))
     return subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -45,7 +56,7 @@ def module_cli(module, *args, timeout=900):
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
+        env=child_env(dict(os.environ, PYTHONPATH=ROOT)),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -60,7 +71,7 @@ def ranks(argv, env, timeout=600, count=2) -> list[tuple[int, str]]:
         subprocess.Popen(
             argv(rank),
             cwd=ROOT,
-            env=env(rank),
+            env=child_env(env(rank)),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -106,6 +106,7 @@ def test_the_default_job_on_gs_writes_its_whole_workdir_there(gs_job):
     ):
         assert expected in names, sorted(names)
     assert "lock" not in names  # released at the end
+    assert any(n.startswith("compile_cache/") for n in names)  # JAX's cache, read on a restart
     assert json.loads(storage.read_text(f"{workdir}/report.json")) == json.loads(
         json.dumps(result.report)
     )
