@@ -1,22 +1,20 @@
 """A run's files on a local disk or on object storage (`gs://bucket/...`), through one layer.
 
-Paths are `etils.epath` paths, as Orbax's own (gs:// goes through fsspec's gcsfs). What object
-storage lacks is done the way it allows:
+Remote paths go through fsspec's gcsfs (as etils.epath, Orbax's path layer, does). Every file of a
+run goes through here (Orbax's arrays through its own tensorstore / epath path), so a workdir may be
+a local path or gs://. What object storage lacks is done the way it allows:
 - no rename: a whole-file write is atomic on its own there (one object upload), and a local one is
-  written beside and renamed;
+  written beside and renamed; `move` copies a tree and deletes the source (a checkpoint set aside);
 - no append (`open('a')` on gcsfs silently starts the object over): `append_text` rewrites the whole
   object;
 - no O_EXCL: `create_exclusive` is an upload with the precondition "no object of this name"
   (ifGenerationMatch=0), refused when one exists;
-- no directories: `makedirs` does nothing there.
+- no directories: `makedirs` does nothing there;
+- listings are cached by gcsfs: every call here drops them first, since another host may have
+  written since.
 
-- no rename: `move` copies a tree and deletes the source (a checkpoint set aside);
-- listings are cached by gcsfs: every listing and existence test here asks the server again, since
-  another host may have written since.
-
-Every file of a run goes through here (Orbax's arrays through its own tensorstore / epath path), so a
-workdir may be a local path or gs://. tests/test_storage.py runs each operation on a local
-directory and on a real GCS server (fake-gcs-server) on 127.0.0.1.
+tests/test_storage.py runs each operation on a local directory and on a real GCS server
+(fake-gcs-server) on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -72,14 +70,6 @@ def exists(p) -> bool:
         return os.path.exists(p)
     fs, rest = _fs(p)
     return fs.exists(rest)
-
-
-def isdir(p) -> bool:
-    """A local directory, or on object storage a prefix that has objects under it."""
-    if not is_remote(p):
-        return os.path.isdir(p)
-    fs, rest = _fs(p)
-    return fs.isdir(rest)
 
 
 def listdir(p) -> list[str]:
@@ -162,17 +152,20 @@ def move(source, target) -> None:
 
 
 def upload(local, target) -> None:
-    """A local file, or every file of a local tree, written to the same name under `target`
-    (object storage or a local path), each whole."""
+    """A local file, or every file of a local tree, copied to the same name under `target` (on
+    object storage each object appears whole; a local target is a plain copy)."""
     pairs = (
         [(os.path.join(local, rel), os.path.join(target, rel)) for rel, _ in files(local)]
         if os.path.isdir(local)
         else [(local, target)]
     )
     for source, dest in pairs:
-        makedirs(os.path.dirname(dest))
-        with open(source, "rb") as f:
-            write_atomic(dest, f.read())
+        if is_remote(dest):
+            fs, rest = _fs(dest)
+            fs.put_file(source, rest)  # streamed (a checkpoint shard is GBs), visible once whole
+        else:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copyfile(source, dest)
 
 
 def write_figure(fig, p, dpi: int) -> None:

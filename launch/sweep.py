@@ -32,6 +32,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # the config files, and the runs' storage layer, import flowrl_jax
+    sys.path.insert(0, ROOT)
 KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -105,8 +107,6 @@ def commands(config: str, workdir: str, runs: list[dict[str, str]], extra: list[
 
 def check(argv: list[str]) -> None:
     """Parse a run's --config arguments as the trainer's config flag does, or exit naming them."""
-    if ROOT not in sys.path:  # the config files import flowrl_jax
-        sys.path.insert(0, ROOT)
     from absl import flags
     from ml_collections import config_flags
 
@@ -127,8 +127,6 @@ def check(argv: list[str]) -> None:
 def run_logged(argv: list[str], log_path: str) -> int:
     """Run `argv` with its output in `log_path`: a local file written as it runs, or on object
     storage (a gs:// --workdir) a local file uploaded when the run ends. -> the exit code."""
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     from flowrl_jax import storage
 
     if not storage.is_remote(log_path):

@@ -2,6 +2,7 @@
 signal or race real jobs)."""
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,20 +20,48 @@ def child_env(env: dict) -> dict:
     return {"JAX_COMPILATION_CACHE_DIR": CACHE} | env
 
 
+def train_argv(workdir, *extra) -> list[str]:
+    """`python -m flowrl_jax.train` on the plain engine config (two digits steps, no warm-up)."""
+    argv = [sys.executable, "-m", "flowrl_jax.train", "--config=flowrl_jax/config.py:base"]
+    return [*argv, f"--workdir={workdir}", *extra]
+
+
 def start(workdir, *extra):
     """The plain engine config's trainer on `workdir`; stdout and stderr in one pipe."""
-    argv = [
-        sys.executable,
-        "-m",
-        "flowrl_jax.train",
-        "--config=flowrl_jax/config.py:base",  # the plain engine: two digits steps, no warm-up
-        f"--workdir={workdir}",
-        *extra,
-    ]
     env = child_env(dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1"))
     return subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        train_argv(workdir, *extra),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def host_env(devices: int) -> dict:
+    """The environment of one process of a multi-process test: `devices` CPU devices of its own."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return env | {
+        "PYTHONPATH": ROOT,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }
+
+
+def distributed(port: int, rank: int, count: int = 2) -> list[str]:
+    """The trainer's config flags that make it process `rank` of `count` on 127.0.0.1:`port`."""
+    return [
+        "--config.distributed.enabled=True",
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        f"--config.distributed.num_processes={count}",
+        f"--config.distributed.process_id={rank}",
+    ]
 
 
 def read_until(proc, text: str) -> str:

@@ -7,7 +7,6 @@ tests/test_workdir.py takes the lock there."""
 
 import json
 import os
-import sys
 
 import jax
 import jobs
@@ -215,34 +214,25 @@ def test_two_processes_on_gs_stopped_mid_step_resume_exactly(gcs_bucket, tmp_pat
     RL step 3: both give the step up at the same phase, step 2 is saved (not a checkpoint step),
     and both exit. Restarted, they resume after step 2 and end with the metrics and the arrays of
     a two-process run never stopped, bit for bit."""
-    from test_trainer_sharding import free_port
-
     module = tmp_path / "preempting.py"
     module.write_text(PREEMPTING_REWARD)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env |= {"PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
     def start(workdir, preempt=False):
-        port = free_port()
+        port = jobs.free_port()
         return jobs.ranks(
-            lambda rank: [
-                sys.executable,
-                "-m",
-                "flowrl_jax.train",
-                "--config=flowrl_jax/config.py:base",
-                f"--workdir={workdir}",
+            lambda rank: jobs.train_argv(
+                workdir,
                 "--config.train.steps=4",
                 "--config.checkpoint.every=0",  # the end only: step 2 is saved by the stop alone
                 "--config.train.fused=false",  # the phased loop, which sees a stop between phases
                 f"--config.task.reward={module}:reward",
                 "--config.mesh.fsdp=4",
                 "--config.task.data_shards=-1",
-                "--config.distributed.enabled=True",
-                f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                "--config.distributed.num_processes=2",
-                f"--config.distributed.process_id={rank}",
-            ],
-            lambda rank: env | ({"PREEMPT_AT_CALL": "9"} if preempt and rank == 1 else {}),
+                *jobs.distributed(port, rank),
+            ),
+            lambda rank: (
+                jobs.host_env(2) | ({"PREEMPT_AT_CALL": "9"} if preempt and rank == 1 else {})
+            ),
             timeout=600,
         )
 

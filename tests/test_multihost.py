@@ -2,7 +2,6 @@
 export across hosts give what one process gives."""
 
 import os
-import socket
 import sys
 
 import jobs
@@ -16,16 +15,10 @@ pytest.importorskip("torch")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_load_run_and_export(tmp_path):
     checkpoint = str(tmp_path / "ckpt")
     testing.make_torch_checkpoint("qwen2", checkpoint, seed=4)
-    port = free_port()
+    port = jobs.free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = ROOT
     results = jobs.ranks(
@@ -52,7 +45,7 @@ def test_two_processes_load_run_and_export(tmp_path):
 def two_processes(args: list[str], timeout=400) -> list[str]:
     """`python -m <args>` as two processes of 4 CPU devices each, one 8-device mesh over gloo, with
     the entry point's --distributed flags. -> their outputs."""
-    port = free_port()
+    port = jobs.free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env |= {
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",

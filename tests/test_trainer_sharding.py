@@ -4,7 +4,6 @@ collectives, one data shard each) against one process with 4 devices (both shard
 
 import json
 import os
-import socket
 import sys
 
 import jax
@@ -106,12 +105,6 @@ def check_logs(workdir, history):
     assert os.path.getsize(os.path.join(workdir, "metrics.png")) > 10_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def two_processes(argv, env) -> list[str]:
     """Run ranks 0 and 1 (argv(rank), env(rank)) to the end; -> their outputs. Both must succeed."""
     results = jobs.ranks(argv, env)
@@ -127,27 +120,18 @@ def test_two_processes_equal_one(tmp_path):
     steps, shape = 2, {"fsdp": 2, "tensor": 2}
     mesh = mesh_lib.make_mesh(shape, jax.devices()[:4])
     reference = train_on(mesh, tmp_path / "one", steps, data_shards=2)
-    port, workdir = free_port(), tmp_path / "two"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env |= {"PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    port, workdir = jobs.free_port(), tmp_path / "two"
     outputs = two_processes(
-        lambda rank: [
-            sys.executable,
-            "-m",
-            "flowrl_jax.train",
-            "--config=flowrl_jax/config.py:base",
-            f"--workdir={workdir}",
+        lambda rank: jobs.train_argv(
+            workdir,
             f"--config.train.steps={steps}",
             "--config.checkpoint.every=0",
             "--config.mesh.fsdp=2",
             "--config.mesh.tensor=2",
-            "--config.distributed.enabled=True",
-            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-            "--config.distributed.num_processes=2",
             "--config.task.data_shards=-1",
-            f"--config.distributed.process_id={rank}",
-        ],
-        lambda rank: env,
+            *jobs.distributed(port, rank),
+        ),
+        lambda rank: jobs.host_env(2),
     )
     assert "RL steps 1-2" in outputs[0] and "RL steps 1-2" not in outputs[1]  # process 0 prints
     for out in outputs:  # each process encoded its own half of the 100 prompts
@@ -169,12 +153,9 @@ def test_two_hosts_through_the_launcher_train_the_default_config_as_written(tmp_
     steps = 2
     mesh = mesh_lib.make_mesh({"fsdp": 2, "tensor": 2}, jax.devices()[:4])
     train_on(mesh, tmp_path / "one", steps)
-    port, workdir = free_port(), tmp_path / "two"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env |= {
-        "PYTHONPATH": ROOT,
+    port, workdir = jobs.free_port(), tmp_path / "two"
+    env = jobs.host_env(2) | {
         "PYTHON": sys.executable,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
         "NUM_HOSTS": "2",
         "COORDINATOR": f"127.0.0.1:{port}",
     }
@@ -204,24 +185,15 @@ def test_hosts_that_see_different_checkpoints_all_stop_with_one_error(tmp_path):
     import shutil
 
     shared = tmp_path / "shared"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env |= {"PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
     def argv(workdirs, steps, port):
-        return lambda rank: [
-            sys.executable,
-            "-m",
-            "flowrl_jax.train",
-            "--config=flowrl_jax/config.py:base",
-            f"--workdir={workdirs[rank]}",
+        return lambda rank: jobs.train_argv(
+            workdirs[rank],
             f"--config.train.steps={steps}",
             "--config.checkpoint.every=0",
             "--config.mesh.fsdp=4",
-            "--config.distributed.enabled=True",
-            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-            "--config.distributed.num_processes=2",
-            f"--config.distributed.process_id={rank}",
-        ]
+            *jobs.distributed(port, rank),
+        )
 
     # The checkpoint of step 2, saved here on the 4 devices the two processes have between them
     # (a restore reshards it to their 2 + 2).
@@ -232,8 +204,8 @@ def test_hosts_that_see_different_checkpoints_all_stop_with_one_error(tmp_path):
     shutil.rmtree(hosts[1] / "checkpoints" / "2" / "state")  # host 1 cannot read step 2
 
     def restart() -> list[str]:
-        port = free_port()
-        results = jobs.ranks(argv(hosts, 4, port), lambda rank: env, timeout=300)
+        port = jobs.free_port()
+        results = jobs.ranks(argv(hosts, 4, port), lambda rank: jobs.host_env(2), timeout=300)
         assert all(code != 0 for code, _ in results), results  # a hang is killed: a failure too
         assert not any("[killed after" in out for _, out in results), results
         return [out for _, out in results]

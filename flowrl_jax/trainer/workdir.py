@@ -267,11 +267,10 @@ class WorkdirLock:
         return f"host {holder['host']}'s job has not rewritten it for {STALE_AFTER:.0f} s"
 
     def _beat(self, stop: threading.Event) -> None:
-        beats = 0
         while not stop.wait(HEARTBEAT):
             holder = self._read()
             if not self._mine(holder):
                 continue  # taken over (this job was thought gone): not ours to rewrite
-            beats += 1
+            beat = holder | {"beat": holder.get("beat", 0) + 1}
             with contextlib.suppress(OSError):
-                storage.write_atomic(self.path, json.dumps(holder | {"beat": beats}, indent=1))
+                storage.write_atomic(self.path, json.dumps(beat, indent=1))
