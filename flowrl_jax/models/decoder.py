@@ -53,6 +53,16 @@ class Segments(NamedTuple):
     index: jax.Array  # int32: the write slot within the last segment
 
 
+class RowCache(NamedTuple):
+    """One layer's KV buffer in which every row writes at a slot of its own (the slot sampler:
+    each row is a different request at a different point of its response). Attention reads the
+    whole buffer; the kv_mask alone says which slots a row sees."""
+
+    k: jax.Array  # [B, K, Dh, S]
+    v: jax.Array  # [B, K, S, Dh]
+    index: jax.Array  # [B] int32: each row's write slot
+
+
 class Linear(nn.Module):
     """y = x @ kernel (+ bias), kernel [in, out]; accumulates in fp32, returns `out_dtype`."""
 
@@ -136,7 +146,7 @@ class Attention(nn.Module):
     def __call__(self, x, mask, cos, sin, cache, layer, cache_index):
         """x [B, T, D]; mask [B, T, S] bool; cache None, or the whole stack's (k [L, B, K, Dh, S],
         v [L, B, K, S, Dh]), of which this is layer `layer` (the scanned forward), or this layer's
-        own `Segments` (the sampler's unrolled decode)."""
+        own `Segments` (the sampler's unrolled decode) or `RowCache` (the slot sampler's)."""
         cfg = self.cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         B, T, _ = x.shape
@@ -161,6 +171,9 @@ class Attention(nn.Module):
             last = _write_kv(cache.k[-1], cache.v[-1], k, v, cache.index)
             cache = Segments(cache.k[:-1] + last[:1], cache.v[:-1] + last[1:], cache.index)
             ks, vs = cache.k, cache.v
+        elif isinstance(cache, RowCache):
+            cache = RowCache(*_write_rows(cache.k, cache.v, k, v, cache.index), cache.index)
+            ks, vs = (cache.k,), (cache.v,)
         else:
             # Write this chunk into slots [cache_index, cache_index + T) of this layer and attend over
             # the layer's buffer. The stack is a loop carry updated in place: scanning it as per-layer
@@ -198,6 +211,14 @@ def _write_kv(k_buf, v_buf, k, v, slot, layer=None):
         jax.lax.dynamic_update_slice(k_buf, k, (*lead, 0, 0, 0, slot)),
         jax.lax.dynamic_update_slice(v_buf, v, (*lead, 0, 0, slot, 0)),
     )
+
+
+def _write_rows(k_buf, v_buf, k, v, slots):
+    """`_write_kv` with a write slot per row: slots [B] int32 (a scatter, in place in a loop)."""
+    k, v = k.astype(k_buf.dtype), v.astype(v_buf.dtype)
+    put_k = lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, 0, s))
+    put_v = lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, s, 0))
+    return jax.vmap(put_k)(k_buf, k, slots), jax.vmap(put_v)(v_buf, v, slots)
 
 
 def _attention(q, ks, vs, mask, dt, k_minor):

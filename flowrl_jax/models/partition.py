@@ -55,6 +55,26 @@ HEAD_RULES: Rules = (
 )
 
 
+def _tensor_only(spec: P) -> P:
+    """spec with every mesh axis but "tensor" removed."""
+
+    def keep(axes):
+        names = axes if isinstance(axes, tuple) else (axes,)
+        kept = tuple(a for a in names if a == "tensor")
+        return kept[0] if len(kept) == 1 else None
+
+    return P(*(None if axes is None else keep(axes) for axes in spec))
+
+
+def decode_rules(family: str) -> Rules:
+    """The layout sampling reads the weights in: the family's rules with the data-parallel axes
+    dropped, so each weight is split over "tensor" only and whole on every other device. Decode
+    reads every weight at every step; a weight split over fsdp would be gathered again each time
+    (and the partitioner may keep several gathered copies live): one gathered copy in the
+    compute dtype is what sampling pays instead."""
+    return tuple((pattern, _tensor_only(spec)) for pattern, spec in rules_for(family))
+
+
 def rules_for(family: str) -> Rules:
     if family not in FAMILY_RULES:
         raise KeyError(f"no partition rules for family {family!r}; known: {sorted(FAMILY_RULES)}")

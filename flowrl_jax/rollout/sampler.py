@@ -12,10 +12,8 @@ its index and its own history, not on the mesh or on the other rows.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import logging
 import time
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,97 +23,24 @@ from jax.sharding import Mesh
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax import rules as R
 from flowrl_jax.models.decoder import (
-    Decoder,
     Segments,
     decode_unrolled,
-    init_cache,
     positions_from_mask,
     split_layers,
 )
 from flowrl_jax.models.families import DecoderConfig
+from flowrl_jax.rollout.sampling import (  # noqa: F401  (the sampler's names, as before)
+    STOP_EOS,
+    STOP_LENGTH,
+    SampleOutput,
+    SamplingParams,
+    decode_weights,
+    filter_logits,
+    prefill,
+    sample_token,
+)
 
 log = logging.getLogger(__name__)
-
-STOP_EOS = 0  # the row emitted one of its stop tokens (kept as the last response token)
-STOP_LENGTH = 1  # the row reached max_new_tokens
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    """Static per program: changing one compiles a new program (logged)."""
-
-    max_new_tokens: int
-    n: int = 1  # samples per prompt (the GRPO / FlowRL group size G)
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0  # nucleus mass, in (0, 1]; 1 = off
-    top_k: int = 0  # 0 = off
-    stop_tokens: tuple[int, ...] = ()  # EOS and any other stop ids
-    pad_id: int = 0  # written after a row stops (masked out)
-
-    def __post_init__(self):
-        if self.n < 1:
-            raise ValueError(f"sampling n={self.n}: the number of samples per prompt must be >= 1")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"sampling max_new_tokens={self.max_new_tokens} must be >= 1")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"sampling top_p={self.top_p} must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError(f"sampling top_k={self.top_k} must be >= 0 (0 = off)")
-        if self.temperature < 0:
-            raise ValueError(f"sampling temperature={self.temperature} must be >= 0 (0 = greedy)")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-
-class SampleOutput(NamedTuple):
-    prompt_tokens: jax.Array  # [R, P] left-padded, R = B * n
-    prompt_mask: jax.Array  # [R, P]
-    tokens: jax.Array  # [R, N] response, right-padded with pad_id after the stop
-    mask: jax.Array  # [R, N] 1 on response tokens (the stop token included)
-    logprobs: jax.Array  # [R, N] float32 log p(token) under logits / temperature; 0 where mask = 0
-    stop_reason: jax.Array  # [R] STOP_EOS or STOP_LENGTH
-
-    def sequences(self):
-        """(tokens, mask) [R, P + N]: each prompt joined to its response, the layout every
-        teacher-forced pass reads. numpy in, numpy out (the phased loop); traced in, traced out."""
-        xp = np if isinstance(self.tokens, np.ndarray) else jnp
-        return (
-            xp.concatenate([self.prompt_tokens, self.tokens], axis=1),
-            xp.concatenate([self.prompt_mask, self.mask], axis=1),
-        )
-
-
-def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
-    """Set logits outside the top-k / nucleus set to -inf. logits [R, V] float32."""
-    if top_k == 0 and top_p >= 1.0:
-        return logits
-    V = logits.shape[-1]
-    k = V if top_k == 0 else min(top_k, V)
-    values, index = jax.lax.top_k(logits, k)  # [R, k], sorted descending
-    keep = jnp.ones(values.shape, bool)
-    if top_p < 1.0:
-        probs = jax.nn.softmax(values, axis=-1)
-        # Keep a token while the mass before it is < top_p: the smallest prefix reaching top_p.
-        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
-    kept = jnp.where(keep, values, -jnp.inf)
-    rows = jnp.arange(logits.shape[0])[:, None]
-    return jnp.full_like(logits, -jnp.inf).at[rows, index].set(kept)
-
-
-def sample_token(logits, keys, sp: SamplingParams):
-    """logits [R, V] float32, keys [R] -> (tokens [R], log p [R] under logits / temperature)."""
-    if sp.greedy:
-        token = jnp.argmax(logits, axis=-1)
-        scaled = logits
-    else:
-        scaled = logits / sp.temperature
-        filtered = filter_logits(scaled, sp.top_k, sp.top_p)
-        token = jax.vmap(jax.random.categorical)(keys, filtered)
-    logp = jax.nn.log_softmax(scaled, axis=-1)
-    return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], -1)[:, 0]
-
 
 def segment_sizes(max_new_tokens: int, segments: int) -> list[int]:
     """Split the response slots into `segments` nearly equal decode phases (at least 1 slot each)."""
@@ -140,15 +65,13 @@ def generate(
     mask = jnp.repeat(mask, n, axis=0).astype(jnp.int32)
     live = jnp.repeat(live, n, axis=0)
     R, P = tokens.shape
-    decoder = Decoder(cfg)
+    params = decode_weights(cfg, params)
     stops = jnp.asarray(sp.stop_tokens or (-1,), jnp.int32)
-    row_keys = jax.random.split(rng, R)
+    row_keys = jax.random.split(rng, R)  # split(rng, R)[r] does not depend on R
 
     kv_mask = jnp.concatenate([mask.astype(bool), jnp.zeros((R, N), bool)], axis=1)  # [R, P + N]
     positions = positions_from_mask(mask)
-    out = decoder.apply(
-        {"params": params}, tokens, positions, mask.astype(bool), init_cache(cfg, R, P), 0
-    )
+    out, first_logits = prefill(cfg, params, tokens, mask)
     layer_params = split_layers(params)
 
     def emit(state, logits):
@@ -183,7 +106,7 @@ def generate(
         mask=jnp.zeros((R, N), jnp.int32),
         logprobs=jnp.zeros((R, N), jnp.float32),
     )
-    state = emit(state, out.logits[:, -1])
+    state = emit(state, first_logits)
 
     # The token emitted at step t is fed at step t + 1 into response slot t (cache slot P + t), so
     # the last token needs no slot: phases cover feeding steps 1 .. N-1 (slots 0 .. N-2).

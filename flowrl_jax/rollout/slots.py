@@ -1,0 +1,270 @@
+"""The slot sampler: a fixed number of decode slots that take their requests from a queue.
+
+A rollout batch is R = B x n requests (prompt i, sample j at row i*n + j, as in `generate`). The
+program holds the KV cache of `slots` rows, each as long as the prompt bucket plus the response
+limit, whatever R is. Free slots take the next waiting requests and prefill them in place
+(`prefill_rows` slots at a time); then each step decodes one token in every busy slot. A slot whose
+request stops (a stop token or the length limit) is free again at once: with `refill` it takes the
+next request while the others go on; without, a group's slots are filled together, as a static
+batch, once all of them are free. Decode steps then follow the tokens sampled, not the longest
+response times the batch.
+
+Groups: the slots and the queue are split into `groups` equal parts, the data-parallel shards of
+the mesh. A group's slots take its own requests only, so no cache row, prompt or output moves
+between devices; every per-group array carries the group on its leading axis.
+
+A request draws from `split(rng, R)[request]` folded with its response step, as `generate` draws
+for its row, so every request samples the same tokens here as there, for any slot count, with or
+without refilling (tests/test_slots.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from flowrl_jax.models.decoder import (
+    RowCache,
+    constrain_batch,
+    decode_unrolled,
+    split_layers,
+)
+from flowrl_jax.models.families import DecoderConfig
+from flowrl_jax.rollout.sampling import (
+    STOP_EOS,
+    STOP_LENGTH,
+    SampleOutput,
+    SamplingParams,
+    decode_weights,
+    prefill,
+    sample_token,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotPlan:
+    """Static per program: the slots of one sampling program."""
+
+    slots: int  # decode rows in all, a multiple of `groups`
+    groups: int = 1  # independent slot groups (the mesh's data-parallel shards)
+    refill: bool = True  # a free slot takes the next request at once (False: whole-group waves)
+    prefill_rows: int = 1  # slots per group one refill prefills (with refill)
+
+    def __post_init__(self):
+        if self.groups < 1 or self.slots < self.groups or self.slots % self.groups:
+            raise ValueError(
+                f"rollout.slots={self.slots} must be a positive multiple of the mesh's "
+                f"data-parallel size {self.groups} (each device group holds its own slots)"
+            )
+        if self.prefill_rows < 1:
+            raise ValueError(f"rollout.prefill_rows={self.prefill_rows} must be >= 1")
+
+    @property
+    def per_group(self) -> int:
+        return self.slots // self.groups
+
+    def width(self) -> int:
+        """Rows per group of one refill's prefill."""
+        return min(self.prefill_rows, self.per_group) if self.refill else self.per_group
+
+
+def slot_bytes(cfg: DecoderConfig, length: int) -> int:
+    """Bytes of one slot's KV cache: keys and values of every layer, `length` positions, in the
+    compute dtype."""
+    itemsize = jnp.dtype(cfg.dtype).itemsize
+    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * length * itemsize
+
+
+def slots_for_budget(cfg: DecoderConfig, budget_gb: float, length: int, groups: int) -> int:
+    """The slot count a KV-cache budget of `budget_gb` per device group holds at `length`
+    positions a slot (prompt bucket + response limit), in all over `groups` groups."""
+    per_slot = slot_bytes(cfg, length)
+    per_group = int(budget_gb * 1e9 // per_slot)
+    if per_group < 1:
+        raise ValueError(
+            f"rollout.kv_cache_gb={budget_gb} cannot hold one request: a slot of {length} "
+            f"positions (prompt bucket + rollout.max_new_tokens) needs {per_slot / 1e9:.3f} GB of "
+            f"KV cache in {cfg.dtype}"
+        )
+    return per_group * groups
+
+
+def _pin(tree):
+    """Every array's leading axis (groups, or slots grouped) on the data-parallel mesh axes."""
+    return jax.tree.map(constrain_batch, tree)
+
+
+def generate_slots(
+    cfg: DecoderConfig, sp: SamplingParams, plan: SlotPlan, params, tokens, mask, live, rng
+) -> SampleOutput:
+    """`generate` with a fixed number of slots (see the module docstring). tokens, mask [B, P]
+    left-padded prompts; live [B] bool (False: a padding row, never sampled). Returns the
+    SampleOutput of R = B * n rows in request order, as `generate` does."""
+    n, N = sp.n, sp.max_new_tokens
+    G = plan.groups
+    tokens = jnp.repeat(tokens, n, axis=0)  # [R, P]
+    mask = jnp.repeat(mask, n, axis=0).astype(jnp.int32)
+    live = jnp.repeat(live, n, axis=0)
+    R, P = tokens.shape
+    if R % G:
+        raise ValueError(f"{R} requests do not split over {G} slot groups")
+    Rg = R // G
+    S = min(plan.per_group, Rg)  # slots per group: never more than its requests
+    width = min(plan.width(), S)
+    W = P + N
+    params = decode_weights(cfg, params)
+    layer_params = split_layers(params)
+    L, K, Dh, dt = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype)
+    stops = jnp.asarray(sp.stop_tokens or (-1,), jnp.int32)
+
+    by_group = lambda x: x.reshape(G, Rg, *x.shape[1:])
+    queue_tokens, queue_mask = by_group(tokens), by_group(mask)  # [G, Rg, P]
+    keys = by_group(jax.random.split(rng, R))  # [G, Rg]: split(rng, R)[r] does not depend on R
+    # The queue: each group's live requests in order (the padding rows never enter a slot).
+    order = jnp.argsort(~by_group(live), axis=1, stable=True)  # [G, Rg]
+    waiting = by_group(live).sum(1).astype(jnp.int32)  # [G] requests not yet in a slot
+
+    per_group = jax.vmap  # every function below acts on one group's arrays
+
+    def record(state, req, t, token, logp, active):
+        """Write each active row's token at (its request, step t) and the stops. req, t, token,
+        logp, active [G, m]; inactive rows write nothing (an out-of-range row is dropped)."""
+        hit = active & jnp.isin(token, stops)
+        at = jnp.where(active, req, Rg)
+        put = per_group(lambda x, i, j, y: x.at[i, j].set(y, mode="drop"))
+        return dict(
+            state,
+            tokens=put(state["tokens"], at, t, token),
+            mask=put(state["mask"], at, t, jnp.ones_like(token)),
+            logprobs=put(state["logprobs"], at, t, logp),
+            stop_reason=per_group(lambda x, i, y: x.at[i].set(y, mode="drop"))(
+                state["stop_reason"], jnp.where(hit, req, Rg), jnp.full_like(req, STOP_EOS)
+            ),
+        ), hit | (t + 1 >= N)
+
+    def draw(logits, req, t):
+        """Sample each row's token at response step t from its request's key. [G, m] in."""
+        key = jax.vmap(jax.random.fold_in)(
+            jnp.take_along_axis(keys, jnp.clip(req, 0, Rg - 1), 1).reshape(-1), t.reshape(-1)
+        )
+        token, logp = sample_token(logits, key, sp)
+        return token.reshape(req.shape), logp.reshape(req.shape)
+
+    def open_groups(state):
+        """[G] bool: the groups that take requests now: free slots and waiting requests (without
+        refilling, only once every slot of the group is free)."""
+        free = ~state["busy"]
+        ready = jnp.any(free, 1) if plan.refill else jnp.all(free, 1)
+        return ready & (state["queued"] < waiting)
+
+    def refill(state):
+        """Give up to `width` free slots per open group the next waiting requests: prefill their
+        prompts into those slots' cache rows and sample each one's first token."""
+        free = ~state["busy"] & open_groups(state)[:, None]  # [G, S]
+        # The first `width` free slots of each group, in slot order; rows past a group's free
+        # slots or its waiting requests are not taken (valid False) and write nothing.
+        slot = jnp.argsort(~free, axis=1, stable=True)[:, :width]  # [G, width]
+        rank = jnp.arange(width)[None, :]
+        valid = jnp.take_along_axis(free, slot, 1) & (state["queued"][:, None] + rank < waiting[:, None])
+        req = jnp.take_along_axis(order, jnp.minimum(state["queued"][:, None] + rank, Rg - 1), 1)
+        take = lambda x: jnp.take_along_axis(x, req[:, :, None], 1).reshape(G * width, P)
+        prompt, prompt_mask = take(queue_tokens), take(queue_mask)
+        out, logits = prefill(cfg, params, prompt, prompt_mask)
+        token, logp = draw(logits, req, jnp.zeros_like(req))
+        state, finished = record(state, req, jnp.zeros_like(req), token, logp, valid)
+
+        dest = jnp.where(valid, slot, S)  # invalid rows: out of range, dropped
+        put = per_group(lambda x, i, y: x.at[i].set(y, mode="drop"))
+        grouped = lambda x: x.reshape(G, width, *x.shape[1:])
+
+        def write(buf, new, axis):
+            """Prefilled rows into the slots' buffers [G*S, ...] at positions [0, P) of a slot's
+            `axis` (keys [K, Dh, W]: 2, values [K, W, Dh]: 1)."""
+            buf = buf.reshape(G, S, *buf.shape[1:])
+            new = grouped(new)
+            index = (slice(None),) * axis + (slice(0, P),)
+            buf = per_group(lambda b, i, y: b.at[(i, *index)].set(y, mode="drop"))(buf, dest, new)
+            return buf.reshape(G * S, *buf.shape[2:])
+
+        kv_row = jnp.concatenate([prompt_mask.astype(bool), jnp.zeros((G * width, N), bool)], 1)
+        state = dict(
+            state,
+            k=[write(b, out.cache["k"][i], 2) for i, b in enumerate(state["k"])],
+            v=[write(b, out.cache["v"][i], 1) for i, b in enumerate(state["v"])],
+            kv_mask=put(state["kv_mask"], dest, grouped(kv_row)),
+            req=put(state["req"], dest, req),
+            t=put(state["t"], dest, jnp.ones_like(req)),
+            busy=put(state["busy"], dest, ~finished),
+            token=put(state["token"], dest, token),
+            position=put(state["position"], dest, grouped(prompt_mask.sum(1))),
+            queued=state["queued"] + valid.sum(1).astype(jnp.int32),
+        )
+        return _pin(state)
+
+    def refill_all(state):
+        return jax.lax.while_loop(lambda s: jnp.any(open_groups(s)), refill, state)
+
+    def decode(state):
+        """One token in every busy slot: feed its last token (response slot t - 1), sample the
+        next (step t)."""
+        busy, t = state["busy"], state["t"]
+        flat = lambda x: x.reshape(G * S, *x.shape[2:])
+        write = P + t - 1  # [G, S]: the cache position of the token fed
+        fed = jax.nn.one_hot(write, W, dtype=jnp.bool_) & busy[:, :, None]
+        kv_mask = state["kv_mask"] | fed
+        caches = [RowCache(k, v, flat(write)) for k, v in zip(state["k"], state["v"])]
+        out = decode_unrolled(
+            cfg,
+            params,
+            layer_params,
+            caches,
+            flat(state["token"])[:, None],
+            flat(state["position"])[:, None],
+            flat(kv_mask),
+            W - 1,  # every slot is causally visible; the kv_mask says which hold this request
+        )
+        token, logp = draw(out.logits[:, 0], state["req"], t)
+        state, finished = record(state, state["req"], t, token, logp, busy)
+        state = dict(
+            state,
+            k=[c.k for c in out.cache],
+            v=[c.v for c in out.cache],
+            kv_mask=kv_mask,
+            busy=busy & ~finished,
+            t=t + 1,
+            token=token,
+            position=state["position"] + 1,
+        )
+        return refill_all(_pin(state))
+
+    zeros = lambda shape, dtype=jnp.int32: jnp.zeros(shape, dtype)
+    state = _pin(
+        dict(
+            k=[zeros((G * S, K, Dh, W), dt) for _ in range(L)],
+            v=[zeros((G * S, K, W, Dh), dt) for _ in range(L)],
+            kv_mask=zeros((G, S, W), jnp.bool_),
+            req=zeros((G, S)),
+            t=zeros((G, S)),
+            busy=zeros((G, S), jnp.bool_),
+            token=zeros((G, S)),
+            position=zeros((G, S)),
+            queued=zeros((G,)),
+            tokens=jnp.full((G, Rg, N), sp.pad_id, jnp.int32),
+            mask=zeros((G, Rg, N)),
+            logprobs=zeros((G, Rg, N), jnp.float32),
+            stop_reason=jnp.full((G, Rg), STOP_LENGTH, jnp.int32),
+        )
+    )
+    state = refill_all(state)
+    state = jax.lax.while_loop(lambda s: jnp.any(s["busy"]), decode, state)
+    flat = lambda x: x.reshape(R, *x.shape[2:])
+    return SampleOutput(
+        tokens,
+        mask,
+        flat(state["tokens"]),
+        flat(state["mask"]),
+        flat(state["logprobs"]),
+        flat(state["stop_reason"]),
+    )
