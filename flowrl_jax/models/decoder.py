@@ -58,7 +58,7 @@ class RowCache(NamedTuple):
     each row is a different request at a different point of its response). Attention reads the
     whole buffer; the kv_mask alone says which slots a row sees."""
 
-    k: jax.Array  # [B, K, Dh, S]
+    k: jax.Array  # [B, K, Dh, S], in the compute dtype or as its bits (`to_bits`)
     v: jax.Array  # [B, K, S, Dh]
     index: jax.Array  # [B] int32: each row's write slot
 
@@ -180,7 +180,8 @@ class Attention(nn.Module):
             # inputs/outputs instead makes XLA copy the whole cache every decode step.
             cache = _write_kv(*cache, k, v, cache_index, layer)
             ks, vs = ((jax.lax.dynamic_index_in_dim(buf, layer, keepdims=False),) for buf in cache)
-        ks, vs = tuple(x.astype(dt) for x in ks), tuple(x.astype(dt) for x in vs)
+        ks = tuple(from_bits(x, dt).astype(dt) for x in ks)
+        vs = tuple(from_bits(x, dt).astype(dt) for x in vs)
         # GQA without copying kv: query head h = k·R + r belongs to kv head k (HF's repeat_kv order).
         # Queries go to [B, K, T*R, Dh] so both dots are canonical batched matmuls over (b, k):
         # XLA's CPU backend runs other dimension orders several times slower.
@@ -214,11 +215,36 @@ def _write_kv(k_buf, v_buf, k, v, slot, layer=None):
 
 
 def _write_rows(k_buf, v_buf, k, v, slots):
-    """`_write_kv` with a write slot per row: slots [B] int32 (a scatter, in place in a loop)."""
-    k, v = k.astype(k_buf.dtype), v.astype(v_buf.dtype)
+    """`_write_kv` with a write slot per row: slots [B] int32 (a scatter, in place in a loop).
+    Buffers may hold bits (`to_bits`): the new keys and values are written as bits then."""
+    k, v = to_bits(k.astype(dtype_of(k_buf, k))), to_bits(v.astype(dtype_of(v_buf, v)))
+    if k_buf.dtype != k.dtype:  # float buffers of a wider type than 16 bits
+        k, v = k.astype(k_buf.dtype), v.astype(v_buf.dtype)
     put_k = lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, 0, s))
     put_v = lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, s, 0))
     return jax.vmap(put_k)(k_buf, k, slots), jax.vmap(put_v)(v_buf, v, slots)
+
+
+def to_bits(x):
+    """A 16-bit float array viewed as uint16 (others unchanged). The slot sampler keeps its KV
+    cache as bits: writing rows into it is a scatter, and XLA's CPU backend computes a bf16 scatter
+    in float32 over a converted copy of the whole buffer, so a loop can no longer update it in
+    place (on a TPU or GPU the view costs nothing either way)."""
+    if x.dtype.itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating):
+        return jax.lax.bitcast_convert_type(x, jnp.uint16)
+    return x
+
+
+def from_bits(x, dtype):
+    """The inverse of `to_bits`: uint16 bits viewed as the 16-bit float `dtype`."""
+    if x.dtype == jnp.uint16:
+        return jax.lax.bitcast_convert_type(x, dtype)
+    return x
+
+
+def dtype_of(buf, x):
+    """The float type a buffer holds: `x`'s for a bits buffer, else the buffer's own."""
+    return x.dtype if buf.dtype == jnp.uint16 else buf.dtype
 
 
 def _attention(q, ks, vs, mask, dt, k_minor):

@@ -12,7 +12,13 @@ import numpy as np
 
 from flowrl_jax.mesh import AXES
 from flowrl_jax.models import partition
-from flowrl_jax.models.decoder import Decoder, init_cache, positions_from_mask
+from flowrl_jax.models.decoder import (
+    Decoder,
+    from_bits,
+    init_cache,
+    positions_from_mask,
+    to_bits,
+)
 from flowrl_jax.models.families import DecoderConfig
 
 STOP_EOS = 0  # the row emitted one of its stop tokens (kept as the last response token)
@@ -109,8 +115,15 @@ def decode_weights(cfg: DecoderConfig, params):
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(AXES) <= set(mesh.axis_names):
         return params
-    specs = partition.match(partition.decode_rules(cfg.family), params, mesh)
-    return jax.lax.with_sharding_constraint(params, specs)
+    # Cast where the weights lie (the training layout), then gather the compute-dtype copy as
+    # bits: XLA's CPU backend would gather bf16 in float32 (twice the memory, and the plans of
+    # tests/test_memory_plans.py are the CPU compiler's); on a TPU or GPU the view is free.
+    train = partition.match(partition.rules_for(cfg.family), params, mesh)
+    bits = jax.tree.map(to_bits, jax.lax.with_sharding_constraint(params, train))
+    bits = jax.lax.optimization_barrier(bits)
+    decode = partition.match(partition.decode_rules(cfg.family), params, mesh)
+    bits = jax.lax.with_sharding_constraint(bits, decode)
+    return jax.tree.map(lambda b, p: from_bits(b, p.dtype), bits, params)
 
 
 def prefill(cfg: DecoderConfig, params, tokens, mask):

@@ -30,6 +30,7 @@ from flowrl_jax.models.decoder import (
     constrain_batch,
     decode_unrolled,
     split_layers,
+    to_bits,
 )
 from flowrl_jax.models.families import DecoderConfig
 from flowrl_jax.rollout.sampling import (
@@ -185,7 +186,8 @@ def generate_slots(
             buf = buf.reshape(G, S, *buf.shape[1:])
             new = grouped(new)
             index = (slice(None),) * axis + (slice(0, P),)
-            buf = per_group(lambda b, i, y: b.at[(i, *index)].set(y, mode="drop"))(buf, dest, new)
+            put_rows = per_group(lambda b, i, y: b.at[(i, *index)].set(y, mode="drop"))
+            buf = put_rows(buf, dest, to_bits(new))
             return buf.reshape(G * S, *buf.shape[2:])
 
         kv_row = jnp.concatenate([prompt_mask.astype(bool), jnp.zeros((G * width, N), bool)], 1)
@@ -242,8 +244,9 @@ def generate_slots(
     zeros = lambda shape, dtype=jnp.int32: jnp.zeros(shape, dtype)
     state = _pin(
         dict(
-            k=[zeros((G * S, K, Dh, W), dt) for _ in range(L)],
-            v=[zeros((G * S, K, W, Dh), dt) for _ in range(L)],
+            # The cache as bits (decoder.to_bits): rows are written by scatters.
+            k=[to_bits(zeros((G * S, K, Dh, W), dt)) for _ in range(L)],
+            v=[to_bits(zeros((G * S, K, W, Dh), dt)) for _ in range(L)],
             kv_mask=zeros((G, S, W), jnp.bool_),
             req=zeros((G, S)),
             t=zeros((G, S)),
