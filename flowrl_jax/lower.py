@@ -123,15 +123,18 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
         pad_id=0,
     )
     shapes = param_shapes(cfg)
-    policy = step_lib.placed(shapes, partition.shardings(partition.rules_for(cfg.family), shapes, mesh))
+    policy = step_lib.placed(
+        shapes, partition.shardings(partition.rules_for(cfg.family), shapes, mesh)
+    )
     prompts = jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=mesh_lib.batch_sharding(mesh))
     live = batch_array((B,), jnp.bool_)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=mesh_lib.replicated(mesh))
+    plan = sampler_lib.slot_settings(r).plan(cfg, P + N, mesh_lib.batch_size_divisor(mesh))
     out = [
         Program(
             "sampler",
-            sampler_lib.jit_generate,
-            (cfg, sp, policy, prompts, prompts, live, key, r.cache_segments),
+            sampler_lib.jit_sample,
+            (cfg, sp, r.cache_segments, plan, policy, prompts, prompts, live, key),
         )
     ]
 
@@ -189,6 +192,7 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
             spec,
             sp,
             r.cache_segments,
+            plan,
             minibatch,
             t.epochs,
             reward or rewards_lib.host_callback(_not_called, r.n),

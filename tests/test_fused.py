@@ -24,8 +24,9 @@ def host_digits():
     return Task(task.name, task.prompts, task.reward)
 
 
-def make_trainer(tmp_path, algorithm, mesh, task=None):
+def make_trainer(tmp_path, algorithm, mesh, task=None, slots=0):
     config = base_config()
+    config.rollout.slots = slots  # 0: the static batch
     config.workdir = str(tmp_path)
     config.algorithm.name = algorithm
     config.train.prompts_per_step = 2

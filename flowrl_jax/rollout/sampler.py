@@ -12,6 +12,7 @@ its index and its own history, not on the mesh or on the other rows.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import time
 
@@ -29,6 +30,7 @@ from flowrl_jax.models.decoder import (
     split_layers,
 )
 from flowrl_jax.models.families import DecoderConfig
+from flowrl_jax.rollout import slots as slots_lib
 from flowrl_jax.rollout.sampling import (  # noqa: F401  (the sampler's names, as before)
     STOP_EOS,
     STOP_LENGTH,
@@ -41,6 +43,7 @@ from flowrl_jax.rollout.sampling import (  # noqa: F401  (the sampler's names, a
 )
 
 log = logging.getLogger(__name__)
+
 
 def segment_sizes(max_new_tokens: int, segments: int) -> list[int]:
     """Split the response slots into `segments` nearly equal decode phases (at least 1 slot each)."""
@@ -192,6 +195,13 @@ def default_config():
             # one token each, e.g. "<|im_end|>,<|endoftext|>". Training, evaluation and the
             # export's generation_config.json all stop on them.
             "stop_tokens": "",
+            # The slot sampler (rollout/slots.py): decode slots in all, over the mesh's
+            # data-parallel groups, each taking the next request as its own stops. 0 = derived
+            # from kv_cache_gb; both 0 = the static batch (every request a row of one program).
+            "slots": 0,
+            "kv_cache_gb": 0.0,  # KV cache per device group (GB) for the slots; 0 = off
+            "refill": True,  # a free slot takes the next request at once (False: waves)
+            "prefill_rows": 1,  # slots per device group one refill prefills together
         }
     )
 
@@ -204,6 +214,9 @@ RULES = {
     "top_k": R.COUNT,  # 0 = off
     "prompt_buckets": R.Each(R.POSITIVE_INT),
     "cache_segments": R.POSITIVE_INT,
+    "slots": R.COUNT,
+    "kv_cache_gb": R.NON_NEGATIVE,
+    "prefill_rows": R.POSITIVE_INT,
 }
 
 
@@ -253,9 +266,27 @@ def batch_bucket(batch: int, mesh=None) -> int:
     return size
 
 
-# `generate` compiled: (cfg, sp, params, tokens, mask, live, rng, cache_segments) -> SampleOutput,
-# the decoder config, the sampling parameters and the cache segments static.
-jit_generate = jax.jit(generate, static_argnums=(0, 1, 7))
+def sample(
+    cfg: DecoderConfig,
+    sp: SamplingParams,
+    cache_segments: int,
+    plan: slots_lib.SlotPlan | None,
+    params,
+    tokens,
+    mask,
+    live,
+    rng,
+) -> SampleOutput:
+    """Every sampling program: the slot sampler under a SlotPlan, else the static batch
+    (`generate` in `cache_segments` decode phases). Both return the same rows."""
+    if plan is None:
+        return generate(cfg, sp, params, tokens, mask, live, rng, cache_segments)
+    return slots_lib.generate_slots(cfg, sp, plan, params, tokens, mask, live, rng)
+
+
+# `sample` compiled: (cfg, sp, cache_segments, plan, params, tokens, mask, live, rng) ->
+# SampleOutput, the first four static.
+jit_sample = jax.jit(sample, static_argnums=(0, 1, 2, 3))
 
 
 class Sampler:
@@ -272,11 +303,12 @@ class Sampler:
         prompt_buckets=DEFAULT_PROMPT_BUCKETS,
         pad_id: int = 0,
         cache_segments: int = DEFAULT_CACHE_SEGMENTS,
+        slots: slots_lib.SlotSettings | None = None,
     ):
         if cache_segments < 1:
             raise ValueError(f"rollout.cache_segments={cache_segments} must be >= 1")
         self.cfg, self.mesh, self.pad_id = cfg, mesh, pad_id
-        self.cache_segments = cache_segments
+        self.cache_segments, self.slots = cache_segments, slots or slots_lib.SlotSettings()
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self._programs: dict = {}
         self.compile_seconds = 0.0
@@ -307,22 +339,30 @@ class Sampler:
         live = np.arange(B) < len(prompts)
         return tokens, mask, live
 
+    def plan(self, prompt_len: int, sp: SamplingParams) -> slots_lib.SlotPlan | None:
+        """The SlotPlan of this sampler's program at a prompt bucket (None: the static batch)."""
+        groups = 1 if self.mesh is None else mesh_lib.batch_size_divisor(self.mesh)
+        return self.slots.plan(self.cfg, prompt_len + sp.max_new_tokens, groups)
+
     def _program(self, sp: SamplingParams, params, tokens, mask, live, rng):
         key = (sp, tokens.shape)
         if key not in self._programs:
             t0 = time.perf_counter()
-            self._programs[key] = jit_generate.lower(
-                self.cfg, sp, params, tokens, mask, live, rng, self.cache_segments
-            ).compile()
+            plan = self.plan(tokens.shape[1], sp)
+            with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
+                self._programs[key] = jit_sample.lower(
+                    self.cfg, sp, self.cache_segments, plan, params, tokens, mask, live, rng
+                ).compile()
             seconds = time.perf_counter() - t0
             self.compile_seconds += seconds
             log.info(
-                "sampler: compiled program %d (batch %d, prompt %d, new %d, n %d) in %.1f s",
+                "sampler: compiled program %d (batch %d, prompt %d, new %d, n %d, %s) in %.1f s",
                 len(self._programs),
                 tokens.shape[0],
                 tokens.shape[1],
                 sp.max_new_tokens,
                 sp.n,
+                "static batch" if plan is None else f"{plan.slots} slots",
                 seconds,
             )
         return self._programs[key]
@@ -354,8 +394,28 @@ def from_config(model_cfg: DecoderConfig, rollout, mesh, tokenizer, max_new_toke
         prompt_buckets=tuple(rollout.prompt_buckets),
         pad_id=tokenizer.pad_token_id,
         cache_segments=rollout.cache_segments,
+        slots=slot_settings(rollout),
     )
     return sampler, sampling_params(rollout, tokenizer, max_new_tokens)
+
+
+def check_slots(rollout, cfg: DecoderConfig, mesh) -> None:
+    """Refuse slot settings that cannot sample, before anything compiles: both keys set, a slot
+    count the mesh's data-parallel groups cannot share, a KV-cache budget below one request of
+    the smallest prompt bucket (a larger bucket is checked when its program is built)."""
+    settings = slot_settings(rollout)
+    groups = mesh_lib.batch_size_divisor(mesh)
+    settings.plan(cfg, min(rollout.prompt_buckets) + rollout.max_new_tokens, groups)
+
+
+def slot_settings(rollout) -> slots_lib.SlotSettings:
+    """config.rollout's slot keys."""
+    return slots_lib.SlotSettings(
+        slots=rollout.get("slots", 0),
+        kv_cache_gb=rollout.get("kv_cache_gb", 0.0),
+        refill=rollout.get("refill", True),
+        prefill_rows=rollout.get("prefill_rows", 1),
+    )
 
 
 def sampling_params(rollout, tokenizer, max_new_tokens=None) -> SamplingParams:

@@ -71,6 +71,41 @@ class SlotPlan:
         return min(self.prefill_rows, self.per_group) if self.refill else self.per_group
 
 
+@dataclasses.dataclass(frozen=True)
+class SlotSettings:
+    """config.rollout's slot keys: how a run's sampling programs get their SlotPlan."""
+
+    slots: int = 0  # decode slots in all; 0 = from kv_cache_gb, or (both 0) the static batch
+    kv_cache_gb: float = 0.0  # KV cache per device group (GB) the slots may take
+    refill: bool = True
+    prefill_rows: int = 1
+
+    def __post_init__(self):
+        if self.slots < 0 or self.kv_cache_gb < 0:
+            raise ValueError(
+                f"rollout.slots={self.slots} and rollout.kv_cache_gb={self.kv_cache_gb} must be "
+                ">= 0 (both 0: the static batch)"
+            )
+        if self.slots and self.kv_cache_gb:
+            raise ValueError(
+                f"rollout.slots={self.slots} and rollout.kv_cache_gb={self.kv_cache_gb}: set one "
+                "(the slot count, or the memory it is derived from), not both"
+            )
+
+    @property
+    def static(self) -> bool:
+        return not (self.slots or self.kv_cache_gb)
+
+    def plan(self, cfg: DecoderConfig, length: int, groups: int) -> SlotPlan | None:
+        """The SlotPlan of a program whose slots hold `length` positions (prompt bucket +
+        response limit), on `groups` device groups; None: the static batch. Errors (a slot count
+        the groups cannot share, a budget below one request) come before anything compiles."""
+        if self.static:
+            return None
+        slots = self.slots or slots_for_budget(cfg, self.kv_cache_gb, length, groups)
+        return SlotPlan(slots, groups, self.refill, self.prefill_rows)
+
+
 def slot_bytes(cfg: DecoderConfig, length: int) -> int:
     """Bytes of one slot's KV cache: keys and values of every layer, `length` positions, in the
     compute dtype."""
@@ -168,7 +203,9 @@ def generate_slots(
         # slots or its waiting requests are not taken (valid False) and write nothing.
         slot = jnp.argsort(~free, axis=1, stable=True)[:, :width]  # [G, width]
         rank = jnp.arange(width)[None, :]
-        valid = jnp.take_along_axis(free, slot, 1) & (state["queued"][:, None] + rank < waiting[:, None])
+        valid = jnp.take_along_axis(free, slot, 1) & (
+            state["queued"][:, None] + rank < waiting[:, None]
+        )
         req = jnp.take_along_axis(order, jnp.minimum(state["queued"][:, None] + rank, Rg - 1), 1)
         take = lambda x: jnp.take_along_axis(x, req[:, :, None], 1).reshape(G * width, P)
         prompt, prompt_mask = take(queue_tokens), take(queue_mask)

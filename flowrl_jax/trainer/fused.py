@@ -2,7 +2,7 @@
 log-probs, old values), prepare the algorithm's batch, then every optimiser step of the rollout
 batch (mini-batches x epochs) in a `lax.scan`, the state donated.
 
-It composes the functions the phased loop (trainer/loop.py) jits one by one: `rollout.generate`,
+It composes the functions the phased loop (trainer/loop.py) jits one by one: `rollout.sample`,
 `step.rollout_batch`, `step.score_rollout`, `step.prepare`, `step.update`, with the same keys
 (`step.phase_key`). With the same seed both give the same parameters and metrics
 (tests/test_fused.py).
@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.rollout.sampler import SamplingParams, generate
+from flowrl_jax.rollout.sampler import SamplingParams, sample
+from flowrl_jax.rollout.slots import SlotPlan
 from flowrl_jax.trainer import step as step_lib
 
 
@@ -40,6 +41,7 @@ class FusedSpec:
     step: step_lib.StepSpec  # prompt_len is the prompt bucket of this program
     sampling: SamplingParams
     cache_segments: int
+    slots: SlotPlan | None  # the slot sampler's plan at this prompt bucket; None: static batch
     minibatch: int  # sequences per optimiser step
     epochs: int
     reward: Callable  # (SampleOutput, answers [B] int32) -> rewards [R] float32, traceable
@@ -105,15 +107,16 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
     rng = step_lib.phase_key(state.rng, state.step, step_lib.SAMPLE)  # the loop's first attempt
     live = jnp.ones(prompts.shape[0], bool)
     prompts = _mark(fspec, "start", prompts, prompts)
-    out = generate(
+    out = sample(
         spec.model,
         sp,
+        fspec.cache_segments,
+        fspec.slots,
         state.params["policy"],
         prompts,
         prompt_mask,
         live,
         rng,
-        fspec.cache_segments,
     )
     out = out._replace(tokens=_mark(fspec, "rollout", out.tokens, out.tokens))
     rewards = fspec.reward(out, answers).astype(jnp.float32)

@@ -380,6 +380,7 @@ class Trainer:
             self._spec(prompt_len),
             self.sp,
             self.sampler.cache_segments,
+            self.sampler.plan(prompt_len, self.sp),
             self.minibatch,
             self.config.train.epochs,
             self.rewards.in_program,

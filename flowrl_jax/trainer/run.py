@@ -110,6 +110,7 @@ def check(config: ConfigDict, mesh, task: Task | None = None) -> Checked:
     sft_lib.check(config.sft, mesh)  # its sizes, before its demonstrations are read
     model_cfg, tokenizer = from_config.model_config(config.model)
     sampler_lib.stop_token_ids(tokenizer, config.rollout.stop_tokens)
+    sampler_lib.check_slots(config.rollout, model_cfg, mesh)
     demos = demonstrations_for(config, task, tokenizer)
     if demos is not None:
         sft_lib.check(config.sft, mesh, len(demos))
