@@ -40,6 +40,10 @@ def get_config():
     config.rollout.temperature = 1.0  # rollout temperature (paper)
     config.rollout.top_p = 1.0  # no nucleus truncation (paper)
     config.rollout.top_k = 0  # no top-k truncation (paper samples the full distribution)
+    # The slot sampler: each device keeps the KV cache of as many responses as 24 GB holds (40 of
+    # 2048 + 8192 positions in bf16) and gives a slot to the next prompt x sample as soon as a
+    # response ends. The 4,096 rows of a rollout batch at once would need 2.4 TB of cache.
+    config.rollout.kv_cache_gb = 24.0
 
     config.train.prompts_per_step = 512  # prompts per rollout batch (paper)
     # 32 prompts x 8 samples per optimiser step (paper): 512 / 32 = 16 steps per rollout batch, so
@@ -59,6 +63,8 @@ def get_config():
     config.task.name = "file"
     config.task.kind = "math"
     config.task.path = "/path/to/math_train.jsonl"  # must be overridden: your training data
+    # Prompts of up to 2048 tokens, as the authors' verl script (longer ones are left out, logged).
+    config.task.max_prompt_len = 2048
     config.task.system_prompt = "Solve the problem step by step. End with the final answer alone on the last line, as: Answer: <answer>"
     # Evaluation as the paper reports it (Math-Verify, 16 samples at 0.6 / 0.95): run
     # `python -m flowrl_jax.evaluate` on the checkpoints, or set eval.every / eval.data here.
@@ -75,4 +81,10 @@ def get_config():
     config.train.steps = 300
     config.checkpoint.every = 5
     config.checkpoint.keep = 3
+
+    # The hardware: 8 H100s (80 GB). `python -m flowrl_jax.plan --config=<this file>` compiles
+    # each phase for it and checks it fits with 6 GB to spare (tests/test_memory_plans.py).
+    config.plan.devices = 8
+    config.plan.device_memory_gb = 80.0
+    config.plan.model = "qwen2.5-7b"
     return config

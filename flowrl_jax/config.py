@@ -13,7 +13,7 @@ The config is locked after loading: an override of a key that does not exist
 
 from ml_collections import ConfigDict
 
-from flowrl_jax import algorithms, mesh, tasks
+from flowrl_jax import algorithms, hardware, mesh, tasks
 from flowrl_jax.algorithms import heads
 from flowrl_jax.evaluation import sampled
 from flowrl_jax.models import from_config
@@ -51,6 +51,8 @@ def base_config() -> ConfigDict:
     # The foundation checks before training (greedy decode, sampled vs recomputed log-probs, export
     # and reload): --config.smoke.enabled=True. new_tokens: greedy and sampled tokens per response.
     config.smoke = ConfigDict({"enabled": False, "new_tokens": 24})
+    # The hardware a recipe is written for, and its memory plan (python -m flowrl_jax.plan).
+    config.plan = hardware.default_config()
     return config
 
 

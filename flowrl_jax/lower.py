@@ -36,6 +36,7 @@ from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.models import known_config, param_shapes, partition
 from flowrl_jax.models.from_config import model_config, overrides
 from flowrl_jax.rollout import sampler as sampler_lib
+from flowrl_jax.tasks.prompts import prompt_limit
 from flowrl_jax.trainer import demonstrations, fused, loop, sft
 from flowrl_jax.trainer import rewards as rewards_lib
 from flowrl_jax.trainer import step as step_lib
@@ -110,9 +111,10 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
     def batch_array(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
 
-    # The rollout: the prompts fill the sampler's batch bucket; the largest prompt bucket.
+    # The rollout: the prompts fill the sampler's batch bucket; the bucket of the run's longest
+    # prompt (task.max_prompt_len, or the largest bucket).
     B = sampler_lib.batch_bucket(t.prompts_per_step, mesh)
-    P, N = max(r.prompt_buckets), r.max_new_tokens
+    P, N = sampler_lib.bucket_of(prompt_limit(config), r.prompt_buckets), r.max_new_tokens
     sp = sampler_lib.SamplingParams(
         max_new_tokens=N,
         n=r.n,
@@ -129,7 +131,7 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
     prompts = jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=mesh_lib.batch_sharding(mesh))
     live = batch_array((B,), jnp.bool_)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=mesh_lib.replicated(mesh))
-    plan = sampler_lib.slot_settings(r).plan(cfg, P + N, mesh_lib.batch_size_divisor(mesh))
+    plan = sampler_lib.plan_on(sampler_lib.slot_settings(r), cfg, P + N, mesh)
     out = [
         Program(
             "sampler",

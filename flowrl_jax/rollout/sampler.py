@@ -256,6 +256,11 @@ def _bucket(value: int, buckets, what: str) -> int:
     return buckets[i]
 
 
+def bucket_of(length: int, buckets) -> int:
+    """The prompt bucket a prompt of `length` tokens is padded to."""
+    return _bucket(length, tuple(sorted(buckets)), "prompt length")
+
+
 def batch_bucket(batch: int, mesh=None) -> int:
     """Rows a batch of `batch` prompts is padded to: the mesh's data-parallel size times the next
     power of two (any mesh with a shape, an AbstractMesh too)."""
@@ -341,8 +346,7 @@ class Sampler:
 
     def plan(self, prompt_len: int, sp: SamplingParams) -> slots_lib.SlotPlan | None:
         """The SlotPlan of this sampler's program at a prompt bucket (None: the static batch)."""
-        groups = 1 if self.mesh is None else mesh_lib.batch_size_divisor(self.mesh)
-        return self.slots.plan(self.cfg, prompt_len + sp.max_new_tokens, groups)
+        return plan_on(self.slots, self.cfg, prompt_len + sp.max_new_tokens, self.mesh)
 
     def _program(self, sp: SamplingParams, params, tokens, mask, live, rng):
         key = (sp, tokens.shape)
@@ -403,9 +407,16 @@ def check_slots(rollout, cfg: DecoderConfig, mesh) -> None:
     """Refuse slot settings that cannot sample, before anything compiles: both keys set, a slot
     count the mesh's data-parallel groups cannot share, a KV-cache budget below one request of
     the smallest prompt bucket (a larger bucket is checked when its program is built)."""
-    settings = slot_settings(rollout)
+    length = min(rollout.prompt_buckets) + rollout.max_new_tokens
+    plan_on(slot_settings(rollout), cfg, length, mesh)
+
+
+def plan_on(settings, cfg: DecoderConfig, length: int, mesh) -> slots_lib.SlotPlan | None:
+    """settings.plan for slots of `length` positions on `mesh` (None: one device)."""
+    if mesh is None:
+        return settings.plan(cfg, length, 1)
     groups = mesh_lib.batch_size_divisor(mesh)
-    settings.plan(cfg, min(rollout.prompt_buckets) + rollout.max_new_tokens, groups)
+    return settings.plan(cfg, length, groups, slots_lib.tensor_split(mesh, cfg.num_kv_heads))
 
 
 def slot_settings(rollout) -> slots_lib.SlotSettings:

@@ -24,7 +24,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from flowrl_jax.mesh import BATCH_AXES
 from flowrl_jax.models.decoder import (
     RowCache,
     constrain_batch,
@@ -96,13 +98,14 @@ class SlotSettings:
     def static(self) -> bool:
         return not (self.slots or self.kv_cache_gb)
 
-    def plan(self, cfg: DecoderConfig, length: int, groups: int) -> SlotPlan | None:
+    def plan(self, cfg: DecoderConfig, length: int, groups: int, split: int = 1) -> SlotPlan | None:
         """The SlotPlan of a program whose slots hold `length` positions (prompt bucket +
-        response limit), on `groups` device groups; None: the static batch. Errors (a slot count
+        response limit), on `groups` device groups that split each slot `split` ways; None: the
+        static batch. Errors (a slot count
         the groups cannot share, a budget below one request) come before anything compiles."""
         if self.static:
             return None
-        slots = self.slots or slots_for_budget(cfg, self.kv_cache_gb, length, groups)
+        slots = self.slots or slots_for_budget(cfg, self.kv_cache_gb, length, groups, split)
         return SlotPlan(slots, groups, self.refill, self.prefill_rows)
 
 
@@ -113,10 +116,13 @@ def slot_bytes(cfg: DecoderConfig, length: int) -> int:
     return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * length * itemsize
 
 
-def slots_for_budget(cfg: DecoderConfig, budget_gb: float, length: int, groups: int) -> int:
-    """The slot count a KV-cache budget of `budget_gb` per device group holds at `length`
-    positions a slot (prompt bucket + response limit), in all over `groups` groups."""
-    per_slot = slot_bytes(cfg, length)
+def slots_for_budget(
+    cfg: DecoderConfig, budget_gb: float, length: int, groups: int, split: int = 1
+) -> int:
+    """The slot count a KV-cache budget of `budget_gb` per device holds at `length` positions a
+    slot (prompt bucket + response limit), in all over `groups` groups whose devices hold
+    1 / `split` of each slot (`tensor_split`)."""
+    per_slot = slot_bytes(cfg, length) // split
     per_group = int(budget_gb * 1e9 // per_slot)
     if per_group < 1:
         raise ValueError(
@@ -127,9 +133,25 @@ def slots_for_budget(cfg: DecoderConfig, budget_gb: float, length: int, groups: 
     return per_group * groups
 
 
-def _pin(tree):
-    """Every array's leading axis (groups, or slots grouped) on the data-parallel mesh axes."""
-    return jax.tree.map(constrain_batch, tree)
+def _pin(state, kv_heads: int):
+    """Every array's leading axis (groups, or slots grouped) on the data-parallel mesh axes, and
+    the cache's KV heads over "tensor" where they divide (each device of a group keeps the heads
+    its share of the k / v projections computes)."""
+    state = jax.tree.map(constrain_batch, state)
+    split = tensor_split(jax.sharding.get_abstract_mesh(), kv_heads)
+    if split == 1:
+        return state
+    heads = lambda x: jax.lax.with_sharding_constraint(x, P(BATCH_AXES, "tensor"))
+    return dict(state, k=[heads(x) for x in state["k"]], v=[heads(x) for x in state["v"]])
+
+
+def tensor_split(mesh, kv_heads: int) -> int:
+    """How many ways a slot's cache is split: the mesh's tensor size where it divides the KV
+    heads, else 1."""
+    if mesh is None or mesh.empty or "tensor" not in mesh.axis_names:
+        return 1
+    size = mesh.shape["tensor"]
+    return size if kv_heads % size == 0 else 1
 
 
 def generate_slots(
@@ -240,7 +262,7 @@ def generate_slots(
             position=put(state["position"], dest, grouped(prompt_mask.sum(1))),
             queued=state["queued"] + valid.sum(1).astype(jnp.int32),
         )
-        return _pin(state)
+        return _pin(state, K)
 
     def refill_all(state):
         return jax.lax.while_loop(lambda s: jnp.any(open_groups(s)), refill, state)
@@ -276,7 +298,7 @@ def generate_slots(
             token=token,
             position=state["position"] + 1,
         )
-        return refill_all(_pin(state))
+        return refill_all(_pin(state, K))
 
     zeros = lambda shape, dtype=jnp.int32: jnp.zeros(shape, dtype)
     state = _pin(
@@ -295,7 +317,8 @@ def generate_slots(
             mask=zeros((G, Rg, N)),
             logprobs=zeros((G, Rg, N), jnp.float32),
             stop_reason=jnp.full((G, Rg), STOP_LENGTH, jnp.int32),
-        )
+        ),
+        K,
     )
     state = refill_all(state)
     state = jax.lax.while_loop(lambda s: jnp.any(s["busy"]), decode, state)

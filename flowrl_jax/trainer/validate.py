@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from flowrl_jax import algorithms, mesh, tasks
+from flowrl_jax import algorithms, hardware, mesh, tasks
 from flowrl_jax import rules as R
 from flowrl_jax.algorithms import heads
 from flowrl_jax.evaluation import sampled
@@ -35,6 +35,7 @@ def rules() -> dict:
         "task": tasks.RULES,
         "sft": sft.RULES,
         "eval": sampled.RULES,
+        "plan": hardware.RULES,
     }
 
 
