@@ -29,6 +29,10 @@ def get_config():
     config.rollout.n = 8
     config.rollout.max_new_tokens = 2048
     config.rollout.temperature = 1.0
+    # The slot sampler: 8 GB of KV cache per device (for the 8B model below, 19 responses of
+    # 1024 + 2048 positions), a slot taking the next prompt x sample as a response ends (the
+    # rollout batch at once would hold the cache of all 512 responses).
+    config.rollout.kv_cache_gb = 8.0
     config.train.steps = 300
     config.train.prompts_per_step = 64
     config.train.minibatch_size = 32 * 8  # 2 optimiser steps per rollout batch
@@ -48,4 +52,13 @@ def get_config():
     config.smoke.enabled = False
     config.checkpoint.every = 10
     config.checkpoint.keep = 3
+
+    # The hardware this file is sized for: 8 H100s (80 GB) and an 8B model (Llama 3.1 8B's
+    # shape). For your checkpoint, `python -m flowrl_jax.plan --config=configs/hf_checkpoint.py
+    # --config.model.checkpoint=... --config.plan.model=` plans its own shape.
+    config.plan.devices = 8
+    config.plan.device_memory_gb = 80.0
+    config.plan.model = "llama-3.1-8b"
+    # Prompts up to 1024 tokens (longer ones are left out, logged).
+    config.task.max_prompt_len = 1024
     return config

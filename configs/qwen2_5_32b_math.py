@@ -44,6 +44,13 @@ def get_config():
     # on the host's fast links. It cuts each device's share of the bf16 weights that decoding reads
     # every token to 16 GB, and of the KV cache to 2 of 8 heads. FSDP takes the remaining devices.
     config.mesh.tensor = 4
-    # Gradient accumulation as at 7B, 16 micro-batches of 16 sequences (not planned at 32B; the 7B
-    # plan fits 40.7 GB per device with 16 on fsdp=8).
+    # The hardware: 4 nodes of 8 H100s (80 GB); `python -m flowrl_jax.plan` checks every phase
+    # fits with 6 GB to spare (tests/test_memory_plans.py). Each device keeps 2 of the 8 KV heads
+    # of its group's slots; 4 GB of them per device is 5 slots of 2048 + 8192 positions per group
+    # of 4 devices, 40 in all: the CPU compiler's plan of the sampler (it holds float32 copies of
+    # the bf16 weights, 33 GB a device, that a GPU does not) leaves no room for more.
+    config.plan.devices = 32
+    config.rollout.kv_cache_gb = 4.0
+    config.plan.model = "qwen2.5-32b"
+    # Gradient accumulation as at 7B, 16 micro-batches of 16 sequences.
     return config

@@ -40,10 +40,12 @@ def get_config():
     config.rollout.temperature = 1.0  # rollout temperature (paper)
     config.rollout.top_p = 1.0  # no nucleus truncation (paper)
     config.rollout.top_k = 0  # no top-k truncation (paper samples the full distribution)
-    # The slot sampler: each device keeps the KV cache of as many responses as 24 GB holds (40 of
+    # The slot sampler: each device keeps the KV cache of as many responses as 10 GB holds (17 of
     # 2048 + 8192 positions in bf16) and gives a slot to the next prompt x sample as soon as a
-    # response ends. The 4,096 rows of a rollout batch at once would need 2.4 TB of cache.
-    config.rollout.kv_cache_gb = 24.0
+    # response ends. The 4,096 rows of a rollout batch at once would need 2.4 TB of cache. 10 GB is
+    # what the CPU compiler's plan of the sampler leaves (tests/test_memory_plans.py): that plan
+    # holds float32 copies of the bf16 weights, 30 GB a device, that a GPU does not.
+    config.rollout.kv_cache_gb = 10.0
 
     config.train.prompts_per_step = 512  # prompts per rollout batch (paper)
     # 32 prompts x 8 samples per optimiser step (paper): 512 / 32 = 16 steps per rollout batch, so

@@ -41,14 +41,16 @@ def get_config():
     config.rollout.max_new_tokens = 8192
     config.rollout.top_p = 1.0
     config.rollout.top_k = 0
+    # The slot sampler, as in the 7B math recipe: 10 GB of KV cache per device (17 responses of
+    # 2048 + 8192 positions), a slot taking the next prompt x sample as a response ends.
+    config.rollout.kv_cache_gb = 10.0
 
     config.train.prompts_per_step = 64  # prompts per rollout batch (paper, code)
     # Not in the spec for code: the math recipe's 32 prompts x 8 samples per optimiser step, which
     # gives 64 / 32 = 2 steps per rollout batch.
     config.train.minibatch_size = 32 * 8
     config.train.epochs = 1
-    # Gradient accumulation: 16 micro-batches of 16 sequences. tests/test_plan_7b.py compiles this
-    # update on fsdp=8 at 2048 + 8192 tokens: 40.7 GB per device (8 micro-batches: 59.9 GB).
+    # Gradient accumulation: 16 micro-batches of 16 sequences (the plan below: 8 would not fit).
     config.train.micro_batches = 16
 
     # The optimiser of the paper's math recipe (the spec gives no other for code).
@@ -61,6 +63,7 @@ def get_config():
     config.task.name = "file"
     config.task.kind = "code"
     config.task.path = "/path/to/code_train.jsonl"  # must be overridden: your training data
+    config.task.max_prompt_len = 2048  # our limit (longer problems are left out, logged)
     config.eval.k = 16  # the paper's pass@1 (mean of 16) and pass@16
     config.eval.pass_k = "1,16"
 
@@ -73,4 +76,10 @@ def get_config():
     config.train.steps = 300
     config.checkpoint.every = 5
     config.checkpoint.keep = 3
+
+    # The hardware: 8 H100s (80 GB). `python -m flowrl_jax.plan --config=<this file>` compiles
+    # each phase for it and checks it fits with 6 GB to spare (tests/test_memory_plans.py).
+    config.plan.devices = 8
+    config.plan.device_memory_gb = 80.0
+    config.plan.model = "qwen2.5-7b"  # the distilled model has Qwen2.5-7B's shape
     return config

@@ -59,6 +59,8 @@ class Phase:
     slots: str  # the sampler's slot count, "static" (the static batch) or "-"
     micro_batches: int | str
     seconds: float
+    arguments_gb: float = 0.0  # the program's arguments, per device
+    aliased_gb: float = 0.0  # of them, donated: its outputs reuse them
 
     @property
     def fits(self) -> bool:
@@ -86,8 +88,9 @@ def program_peak(compiled) -> int:
     )
 
 
-def plan(config: ConfigDict) -> list[Phase]:
-    """Compile every program of the run on this process's devices -> one Phase each."""
+def plan(config: ConfigDict, only=None) -> list[Phase]:
+    """Compile every program of the run (or those named in `only`) on this process's devices ->
+    one Phase each."""
     import jax
 
     from flowrl_jax import lower
@@ -119,6 +122,8 @@ def plan(config: ConfigDict) -> list[Phase]:
         limit = p.device_memory_gb - p.margin_gb
         phases = []
         for name, program in programs.items():
+            if only is not None and name not in only:
+                continue
             t0 = time.perf_counter()
             compiled = program.fn.lower(*program.args).compile()
             peak = program_peak(compiled)
@@ -139,6 +144,8 @@ def plan(config: ConfigDict) -> list[Phase]:
                     if name in ("logprobs", "update", "fused_rl_step")
                     else "-",
                     time.perf_counter() - t0,
+                    compiled.memory_analysis().argument_size_in_bytes / 1e9,
+                    compiled.memory_analysis().alias_size_in_bytes / 1e9,
                 )
             )
             log.info("%s", phases[-1])

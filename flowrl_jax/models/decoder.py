@@ -220,9 +220,28 @@ def _write_rows(k_buf, v_buf, k, v, slots):
     k, v = to_bits(k.astype(dtype_of(k_buf, k))), to_bits(v.astype(dtype_of(v_buf, v)))
     if k_buf.dtype != k.dtype:  # float buffers of a wider type than 16 bits
         k, v = k.astype(k_buf.dtype), v.astype(v_buf.dtype)
-    put_k = lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, 0, s))
-    put_v = lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, s, 0))
-    return jax.vmap(put_k)(k_buf, k, slots), jax.vmap(put_v)(v_buf, v, slots)
+    put_k = jax.vmap(lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, 0, s)))
+    put_v = jax.vmap(lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, s, 0)))
+    return on_own_rows(put_k, k_buf, k, slots), on_own_rows(put_v, v_buf, v, slots)
+
+
+def on_own_rows(write, buf, x, index):
+    """write(buf, x, index) -> buf, run by each device on its own rows and KV heads when a context
+    mesh is set: buf, x [B, K, ...] split by rows over the data-parallel axes and by heads over
+    "tensor" (where they divide), index [B, ...] by rows. The partitioner, left to place a
+    scatter into a buffer split two ways, gathers the heads of the whole buffer first."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return write(buf, x, index)
+    rows = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if buf.shape[0] % rows or x.shape[0] % rows or index.shape[0] % rows:
+        return write(buf, x, index)
+    tensor = mesh.shape.get("tensor", 1)
+    heads = "tensor" if tensor > 1 and buf.shape[1] % tensor == 0 else None
+    spec = P(BATCH_AXES, heads)
+    return jax.shard_map(write, mesh=mesh, in_specs=(spec, spec, P(BATCH_AXES)), out_specs=spec)(
+        buf, x, index
+    )
 
 
 def to_bits(x):

@@ -24,13 +24,14 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
+from jax.sharding import PartitionSpec as Spec
 
 from flowrl_jax.mesh import BATCH_AXES
 from flowrl_jax.models.decoder import (
     RowCache,
     constrain_batch,
     decode_unrolled,
+    on_own_rows,
     split_layers,
     to_bits,
 )
@@ -137,12 +138,15 @@ def _pin(state, kv_heads: int):
     """Every array's leading axis (groups, or slots grouped) on the data-parallel mesh axes, and
     the cache's KV heads over "tensor" where they divide (each device of a group keeps the heads
     its share of the k / v projections computes)."""
+    cache = {"k": state.pop("k"), "v": state.pop("v")}
     state = jax.tree.map(constrain_batch, state)
     split = tensor_split(jax.sharding.get_abstract_mesh(), kv_heads)
     if split == 1:
-        return state
-    heads = lambda x: jax.lax.with_sharding_constraint(x, P(BATCH_AXES, "tensor"))
-    return dict(state, k=[heads(x) for x in state["k"]], v=[heads(x) for x in state["v"]])
+        return state | jax.tree.map(constrain_batch, cache)
+    # Not constrain_batch first: its spec holds the heads whole, and the partitioner would
+    # gather them to honour it.
+    heads = lambda x: jax.lax.with_sharding_constraint(x, Spec(BATCH_AXES, "tensor"))
+    return state | jax.tree.map(heads, cache)
 
 
 def tensor_split(mesh, kv_heads: int) -> int:
@@ -242,12 +246,14 @@ def generate_slots(
         def write(buf, new, axis):
             """Prefilled rows into the slots' buffers [G*S, ...] at positions [0, P) of a slot's
             `axis` (keys [K, Dh, W]: 2, values [K, W, Dh]: 1)."""
-            buf = buf.reshape(G, S, *buf.shape[1:])
-            new = grouped(new)
             index = (slice(None),) * axis + (slice(0, P),)
-            put_rows = per_group(lambda b, i, y: b.at[(i, *index)].set(y, mode="drop"))
-            buf = put_rows(buf, dest, to_bits(new))
-            return buf.reshape(G * S, *buf.shape[2:])
+
+            def put(
+                b, y, at
+            ):  # one device group's slots [S, ...], rows [width, ...], at [1, width]
+                return b.at[(at.reshape(-1), *index)].set(y, mode="drop")
+
+            return on_own_rows(put, buf, to_bits(new), dest)
 
         kv_row = jnp.concatenate([prompt_mask.astype(bool), jnp.zeros((G * width, N), bool)], 1)
         state = dict(

@@ -1,0 +1,92 @@
+"""Every phase of every shipped recipe, compiled for the hardware its config names (config.plan)
+from abstract arrays, fits that hardware's memory with the stated margin (flowrl_jax/plan.py);
+and a plan can fail: the 7B sampler with more slots than fit, the 7B update with too few
+micro-batches. The 8-device recipes plan in this process (the suite's 8 CPU devices); the 32B
+recipe's 32 devices need a process of its own (`python -m flowrl_jax.plan`, as a user runs it).
+
+The plans are the CPU compiler's: see flowrl_jax/plan.py for how they differ from a GPU's."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flowrl_jax import plan as plan_lib
+from flowrl_jax.models.families import KNOWN_SHAPES
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def recipe(name: str, **overrides):
+    import importlib.util
+
+    path = os.path.join(ROOT, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        section, field = key.split("__")
+        config[section][field] = value
+    return config
+
+
+def by_name(phases):
+    return {p.program: p for p in phases}
+
+
+def planned(name):
+    config = recipe(name)
+    return config, by_name(plan_lib.plan(config))
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_7b_math", "r1_distill_qwen_7b_code", "hf_checkpoint"])
+def test_every_phase_of_an_eight_device_recipe_fits(name):
+    config, phases = planned(name)
+    print(plan_lib.table(list(phases.values()), config))
+    assert {"sampler", "update"} <= set(phases)
+    assert all(p.fits for p in phases.values()), plan_lib.table(list(phases.values()), config)
+    sampler, update = phases["sampler"], phases["update"]
+    assert sampler.slots.isdigit()  # the slot sampler, sized by the recipe's KV-cache budget
+    # The state really is split 8 ways and donated: fp32 weights and Adam's two moments, 12 bytes
+    # a parameter over 8 devices, are aliased (the update's output reuses them), and its
+    # arguments are that share plus the mini-batch, nothing replicated.
+    share = 12 * KNOWN_SHAPES[config.plan.model]["params"] / 8 / 1e9
+    assert share <= update.aliased_gb < share + 0.2, (share, update)
+    assert update.aliased_gb <= update.arguments_gb < update.aliased_gb + 0.5
+    if name == "qwen2_5_7b_math":
+        # The whole rollout batch, 512 prompts x 8 samples = 4,096 rows of 2048 + 8192 tokens,
+        # in 80 GB (the static batch planned 1,060 GB per device).
+        assert config.train.prompts_per_step * config.rollout.n == 4096
+        assert sampler.gb <= 80 - 6 and int(sampler.slots) < 4096, sampler
+
+
+def test_a_sampler_with_more_slots_than_fit_is_planned_not_to_fit():
+    """The negative control: the 7B recipe with a KV-cache budget of 24 GB (320 slots)."""
+    [over] = plan_lib.plan(recipe("qwen2_5_7b_math", rollout__kv_cache_gb=24.0), only={"sampler"})
+    assert not over.fits and int(over.slots) == 320, over
+
+
+def test_too_few_micro_batches_do_not_fit():
+    """8 sequences of 10240 tokens per device at once need more than an H100."""
+    [update] = plan_lib.plan(recipe("qwen2_5_7b_math", train__micro_batches=4), only={"update"})
+    assert not update.fits, update
+
+
+def test_the_32b_recipe_fits_32_devices():
+    """A process of its own with 32 CPU devices, started as a user starts it."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("XLA_FLAGS", None)  # the plan sets its own device count
+    out = subprocess.run(
+        [sys.executable, "-m", "flowrl_jax.plan", "--config=configs/qwen2_5_32b_math.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert "32 x 80 GB" in out.stdout and "all fit" in out.stdout
+    assert "| sampler |" in out.stdout and "| update |" in out.stdout
