@@ -10,6 +10,13 @@ weights per new token and attention over each token's prefix); our compile time 
 Beside each pair it also times a floor: the decode steps' weight matmuls alone, in XLA, which bounds
 the ratio any XLA sampler could reach on this machine.
 The last line reads `ratio_vs_transformers tiny=<x> small=<y>` (median of our tokens/s over theirs).
+
+    python -m benchmarks.sampler --long_tail [--pairs 5]
+
+The slot sampler (refilling) against our own static batch, same model and requests, interleaved: a
+table of response lengths drawn once (`length_table`: log-normal, median a quarter of the limit, a
+few at the limit), each request stopped at its length on both sides (`limits`), no stop token.
+Useful (unpadded) tokens per second; the last line reads `refill_vs_static tiny=<x> small=<y>`.
 """
 
 from __future__ import annotations
@@ -173,14 +180,79 @@ def generate_flops(hf: dict, batch: int, prompt: int, new: int) -> float:
     return prefill + steps
 
 
-def main() -> None:
-    import torch
-    import transformers
+# The long tail: requests (prompts x samples), prompt length, response limit, slots.
+LONG_TAIL = {"tiny": (16, 8, 32, 512, 32), "small": (8, 8, 64, 512, 16)}
 
+
+def length_table(requests: int, limit: int, seed: int = 0) -> np.ndarray:
+    """Target response lengths, drawn once: log-normal with its median at a quarter of the limit
+    (sigma 0.8: about 4% reach the limit), clipped to [1, limit]."""
+    rng = np.random.default_rng(seed)
+    drawn = np.exp(rng.normal(np.log(limit / 4), 0.8, requests))
+    return np.clip(np.round(drawn), 1, limit).astype(np.int32)
+
+
+def long_tail(name: str, pairs: int) -> float:
+    """Our static batch against the slot sampler (refilling) on one length table, every request
+    stopped at its table length (no stop token), interleaved. -> median ratio of useful tokens/s."""
+    from flowrl_jax.models import Model, config_from_hf
+    from flowrl_jax.rollout import Sampler, SamplingParams
+    from flowrl_jax.rollout.slots import SlotSettings
+
+    prompts_n, n, prompt_len, limit, slots = LONG_TAIL[name]
+    from flowrl_jax.models import tiny
+
+    cfg = config_from_hf(dict(tiny.BENCH_HF_CONFIGS[name]))
+    params = Model.random(cfg, 0).params
+    prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, (prompts_n, prompt_len)).tolist()
+    lengths = length_table(prompts_n * n, limit)
+    sp = SamplingParams(max_new_tokens=limit, n=n, temperature=1.0)
+    static = Sampler(cfg, prompt_buckets=(prompt_len,))
+    slotted = Sampler(cfg, prompt_buckets=(prompt_len,), slots=SlotSettings(slots=slots))
+    useful = int(lengths.sum())
+
+    def timed(sampler, seed):
+        t0 = time.perf_counter()
+        out = sampler(params, prompts, jax.random.key(seed), sp, limits=lengths)
+        assert (out.mask.sum(1) == lengths).all()  # every request stopped at its table length
+        return useful / (time.perf_counter() - t0)
+
+    timed(static, 0), timed(slotted, 0)  # compile and warm up
+    rows = [(timed(static, i + 1), timed(slotted, i + 1), matmul_peak()) for i in range(pairs)]
+    print(
+        f"\n{name}: {prompts_n} prompts x {n} samples, prompt {prompt_len}, limit {limit}, fp32; "
+        f"lengths median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
+        f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}, "
+        f"{(lengths == limit).sum()} at the limit; {useful} useful tokens; slots {slots}"
+    )
+    print(f"{'pair':>4} {'static tok/s':>13} {'slots tok/s':>12} {'ratio':>6} {'peak GFLOP/s':>13}")
+    for i, (a, b, peak) in enumerate(rows):
+        print(f"{i:>4} {a:>13,.0f} {b:>12,.0f} {b / a:>6.2f} {peak / 1e9:>13.1f}")
+    ratios = sorted(b / a for a, b, _ in rows)
+    print(
+        f"median ratio {statistics.median(ratios):.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f})"
+    )
+    return statistics.median(ratios)
+
+
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--sizes", default="tiny,small")
+    parser.add_argument(
+        "--long_tail",
+        action="store_true",
+        help="the slot sampler against our static batch on a long-tail length table",
+    )
     args = parser.parse_args()
+    if args.long_tail:
+        print(f"jax {jax.__version__}, backend {jax.default_backend()}")
+        ratios = {name: long_tail(name, args.pairs) for name in args.sizes.split(",")}
+        print("refill_vs_static " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
+        return
+    import torch
+    import transformers
+
     print(
         f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}, backend {jax.default_backend()}"

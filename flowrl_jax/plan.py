@@ -25,6 +25,7 @@ fit. tests/test_memory_plans.py runs it on every shipped recipe in CI.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -195,11 +196,18 @@ def main(argv) -> None:
     except (*cli.USER_ERRORS,) as e:
         cli.fail(cli.message(e))
     print(table(phases, config))
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
+            rows = [dataclasses.asdict(x) | {"fits": x.fits} for x in phases]
+            json.dump({"hardware": config.plan.to_dict(), "phases": rows}, f, indent=1)
     over = [x.program for x in phases if not x.fits]
     print(f"planned {len(phases)} phases; " + (f"do not fit: {over}" if over else "all fit"))
     sys.exit(1 if over else 0)
 
 
 if __name__ == "__main__":
+    from absl import flags
+
+    _OUT = flags.DEFINE_string("out", "", "also write the phases to this JSON file")
     _CONFIG = cli.define_config_flag(sys.argv)
     app.run(main, flags_parser=cli.parse_flags)

@@ -54,10 +54,26 @@ def prompt_source(tokenizer, task, k):
     return next_prompts
 
 
+def phased_and_fused(tmp_path, algorithm, mesh, task=None, slots=(0, 0)):
+    """Three RL steps each way, the same seed -> {form: (metrics per step, parameters)} for
+    "phased" and "fused"; slots: each form's rollout.slots (0: the static batch)."""
+    runs = {}
+    with jax.set_mesh(mesh):
+        for form, count in zip(("phased", "fused"), slots):
+            trainer, tokenizer = make_trainer(tmp_path / form, algorithm, mesh, task, count)
+            assert trainer.sampler.slots.slots == count
+            draw = prompt_source(tokenizer, trainer.task, 2)
+            step = trainer.fused_step if form == "fused" else trainer.step
+            history = [step(draw) for _ in range(3)]
+            runs[form] = (history, jax.tree.map(np.asarray, trainer.state.params))
+    return runs["phased"], runs["fused"]
+
+
 @pytest.mark.parametrize(
     "algorithm, reward",
-    [  # CI runs one of each reward path; the other two pairs are -m slow
-        ("flowrl", "compiled"),
+    [  # CI runs the host reward path here; the compiled one runs in CI as tests/test_slots.py's
+        # fused-with-slots-against-phased test. The rest are -m slow.
+        pytest.param("flowrl", "compiled", marks=pytest.mark.slow),
         ("grpo", "host"),
         pytest.param("flowrl", "host", marks=pytest.mark.slow),
         pytest.param("grpo", "compiled", marks=pytest.mark.slow),
@@ -65,16 +81,8 @@ def prompt_source(tokenizer, task, k):
 )
 def test_fused_equals_phased(tmp_path, algorithm, reward):
     mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
-    runs = {}
-    with jax.set_mesh(mesh):
-        for form in ("phased", "fused"):
-            task = host_digits() if reward == "host" else None
-            trainer, tokenizer = make_trainer(tmp_path / form, algorithm, mesh, task)
-            draw = prompt_source(tokenizer, trainer.task, 2)
-            step = trainer.fused_step if form == "fused" else trainer.step
-            history = [step(draw) for _ in range(3)]
-            runs[form] = (history, jax.tree.map(np.asarray, trainer.state.params))
-    (phased, p_params), (fused, f_params) = runs["phased"], runs["fused"]
+    task = host_digits() if reward == "host" else None
+    (phased, p_params), (fused, f_params) = phased_and_fused(tmp_path, algorithm, mesh, task)
     for a, b in zip(phased, fused):
         keys = {k for k in a if not k.startswith(SKIP)}
         assert keys <= set(b), keys - set(b)

@@ -176,6 +176,7 @@ def test_a_damaged_checkpoint_on_gs_is_set_aside(gcs_bucket, caplog):
     assert storage.listdir(f"{workdir}/checkpoints") == ["2"]
 
 
+@pytest.mark.slow  # the sweep's own logic is in CI locally (tests/test_configs_and_launch.py)
 def test_a_sweep_into_a_gs_base_directory(gcs_bucket):
     """launch/sweep.py with --workdir=gs://...: each run trains in its own gs:// workdir and its
     run.log is uploaded beside it."""

@@ -53,10 +53,20 @@ def segment_sizes(max_new_tokens: int, segments: int) -> list[int]:
 
 
 def generate(
-    cfg: DecoderConfig, sp: SamplingParams, params, tokens, mask, live, rng, segments: int = 4
+    cfg: DecoderConfig,
+    sp: SamplingParams,
+    params,
+    tokens,
+    mask,
+    live,
+    rng,
+    segments: int = 4,
+    limits=None,
 ) -> SampleOutput:
     """tokens, mask [B, P] left-padded prompts; live [B] bool (False: a padding row, never sampled
-    and never holding the loop open); rng: a PRNG key. Returns SampleOutput with R = B * n rows.
+    and never holding the loop open); rng: a PRNG key; limits: None, or [B * n] int32, each row's
+    own response limit (at most max_new_tokens; benchmarks/sampler.py forces a table of lengths
+    with it). Returns SampleOutput with R = B * n rows.
 
     Decoding runs the layers unrolled (decoder.decode_unrolled) over a KV cache in segments: the
     prompt's, then `segments` phases of the response, each its own while_loop that attends over the
@@ -71,6 +81,7 @@ def generate(
     params = decode_weights(cfg, params)
     stops = jnp.asarray(sp.stop_tokens or (-1,), jnp.int32)
     row_keys = jax.random.split(rng, R)  # split(rng, R)[r] does not depend on R
+    limits = jnp.full((R,), N, jnp.int32) if limits is None else limits
 
     kv_mask = jnp.concatenate([mask.astype(bool), jnp.zeros((R, N), bool)], axis=1)  # [R, P + N]
     positions = positions_from_mask(mask)
@@ -89,7 +100,7 @@ def generate(
         return dict(
             state,
             token=token,
-            done=done | hit,
+            done=done | hit | (step + 1 >= limits),
             stop_reason=jnp.where(hit, STOP_EOS, state["stop_reason"]),
             tokens=jax.lax.dynamic_update_slice(state["tokens"], token[:, None], at),
             mask=jax.lax.dynamic_update_slice(state["mask"], active[:, None].astype(jnp.int32), at),
@@ -281,12 +292,14 @@ def sample(
     mask,
     live,
     rng,
+    limits=None,
 ) -> SampleOutput:
     """Every sampling program: the slot sampler under a SlotPlan, else the static batch
-    (`generate` in `cache_segments` decode phases). Both return the same rows."""
+    (`generate` in `cache_segments` decode phases). Both return the same rows. limits: each
+    row's response limit (see `generate`)."""
     if plan is None:
-        return generate(cfg, sp, params, tokens, mask, live, rng, cache_segments)
-    return slots_lib.generate_slots(cfg, sp, plan, params, tokens, mask, live, rng)
+        return generate(cfg, sp, params, tokens, mask, live, rng, cache_segments, limits)
+    return slots_lib.generate_slots(cfg, sp, plan, params, tokens, mask, live, rng, limits)
 
 
 # `sample` compiled: (cfg, sp, cache_segments, plan, params, tokens, mask, live, rng) ->
@@ -348,15 +361,14 @@ class Sampler:
         """The SlotPlan of this sampler's program at a prompt bucket (None: the static batch)."""
         return plan_on(self.slots, self.cfg, prompt_len + sp.max_new_tokens, self.mesh)
 
-    def _program(self, sp: SamplingParams, params, tokens, mask, live, rng):
-        key = (sp, tokens.shape)
+    def _program(self, sp: SamplingParams, params, tokens, mask, live, rng, limits=None):
+        key = (sp, tokens.shape, limits is None)
         if key not in self._programs:
             t0 = time.perf_counter()
             plan = self.plan(tokens.shape[1], sp)
+            args = (self.cfg, sp, self.cache_segments, plan, params, tokens, mask, live, rng)
             with contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh):
-                self._programs[key] = jit_sample.lower(
-                    self.cfg, sp, self.cache_segments, plan, params, tokens, mask, live, rng
-                ).compile()
+                self._programs[key] = jit_sample.lower(*args, limits).compile()
             seconds = time.perf_counter() - t0
             self.compile_seconds += seconds
             log.info(
@@ -372,19 +384,35 @@ class Sampler:
         return self._programs[key]
 
     def __call__(
-        self, params, prompts: list[list[int]], rng, sp: SamplingParams, min_batch: int = 0
+        self,
+        params,
+        prompts: list[list[int]],
+        rng,
+        sp: SamplingParams,
+        min_batch: int = 0,
+        limits=None,
     ) -> SampleOutput:
         """Sample sp.n responses for each prompt (token-id lists). Returns host numpy arrays with
         exactly len(prompts) * n rows, the padding rows removed. min_batch: pad to the batch
-        bucket of that many prompts (a short last batch then reuses the full batch's program)."""
+        bucket of that many prompts (a short last batch then reuses the full batch's program).
+        limits: None, or each row's response limit (len(prompts) * n ints, at most
+        max_new_tokens): a forced length table, for benchmarks."""
         tokens, mask, live = self.pad(prompts, min_batch)
+        if limits is not None:
+            limits = np.asarray(limits, np.int32)
+            if limits.shape != (len(prompts) * sp.n,) or limits.min() < 1:
+                raise ValueError(f"limits: {len(prompts) * sp.n} positive lengths, one a row")
+            limits = np.minimum(limits, sp.max_new_tokens)
+            limits = np.pad(limits, (0, len(live) * sp.n - len(limits)), constant_values=1)
         if self.mesh is not None:
             sharding = mesh_lib.batch_sharding(self.mesh)
             tokens = mesh_lib.to_device(tokens, sharding)
             mask = mesh_lib.to_device(mask, sharding)
             live = mesh_lib.to_device(live, mesh_lib.batch_sharding(self.mesh, 1))
-        program = self._program(sp, params, tokens, mask, live, rng)
-        out = program(params, tokens, mask, live, rng)
+            if limits is not None:
+                limits = mesh_lib.to_device(limits, mesh_lib.batch_sharding(self.mesh, 1))
+        program = self._program(sp, params, tokens, mask, live, rng, limits)
+        out = program(params, tokens, mask, live, rng, limits)
         rows = len(prompts) * sp.n
         return SampleOutput(*(mesh_lib.to_host(x)[:rows] for x in out))
 

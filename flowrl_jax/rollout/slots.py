@@ -159,11 +159,20 @@ def tensor_split(mesh, kv_heads: int) -> int:
 
 
 def generate_slots(
-    cfg: DecoderConfig, sp: SamplingParams, plan: SlotPlan, params, tokens, mask, live, rng
+    cfg: DecoderConfig,
+    sp: SamplingParams,
+    plan: SlotPlan,
+    params,
+    tokens,
+    mask,
+    live,
+    rng,
+    limits=None,
 ) -> SampleOutput:
     """`generate` with a fixed number of slots (see the module docstring). tokens, mask [B, P]
-    left-padded prompts; live [B] bool (False: a padding row, never sampled). Returns the
-    SampleOutput of R = B * n rows in request order, as `generate` does."""
+    left-padded prompts; live [B] bool (False: a padding row, never sampled); limits: None or
+    each request's response limit [B * n]. Returns the SampleOutput of R = B * n rows in request
+    order, as `generate` does."""
     n, N = sp.n, sp.max_new_tokens
     G = plan.groups
     tokens = jnp.repeat(tokens, n, axis=0)  # [R, P]
@@ -173,6 +182,8 @@ def generate_slots(
     if R % G:
         raise ValueError(f"{R} requests do not split over {G} slot groups")
     Rg = R // G
+    limits = jnp.full((R,), N, jnp.int32) if limits is None else limits
+    limits = limits.reshape(G, Rg)
     S = min(plan.per_group, Rg)  # slots per group: never more than its requests
     width = min(plan.width(), S)
     W = P + N
@@ -204,7 +215,7 @@ def generate_slots(
             stop_reason=per_group(lambda x, i, y: x.at[i].set(y, mode="drop"))(
                 state["stop_reason"], jnp.where(hit, req, Rg), jnp.full_like(req, STOP_EOS)
             ),
-        ), hit | (t + 1 >= N)
+        ), hit | (t + 1 >= jnp.take_along_axis(limits, jnp.clip(req, 0, Rg - 1), 1))
 
     def draw(logits, req, t):
         """Sample each row's token at response step t from its request's key. [G, m] in."""
