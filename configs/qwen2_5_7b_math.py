@@ -52,8 +52,8 @@ def get_config():
     # pi_old != pi_theta after the first.
     config.train.minibatch_size = 32 * 8
     config.train.epochs = 1  # one pass over each rollout batch: the paper's 16 steps per batch
-    # Gradient accumulation: 16 micro-batches of 16 sequences. tests/test_plan_7b.py compiles this
-    # update on fsdp=8 at 2048 + 8192 tokens: 40.7 GB per device (8 micro-batches: 59.9 GB).
+    # Gradient accumulation: 16 micro-batches of 16 sequences. tests/test_memory_plans.py compiles
+    # this update on fsdp=8 at 2048 + 8192 tokens: 40.7 GB per device (8 micro-batches: 59.9 GB).
     config.train.micro_batches = 16
 
     config.optimizer.learning_rate = 1e-6  # AdamW lr (paper)

@@ -67,6 +67,7 @@ def test_a_hand_built_policy_gives_the_distribution_computed_by_hand():
     np.testing.assert_allclose(answers.normalise(got[:3]), p, atol=1e-5)
 
 
+@pytest.mark.slow  # CI: tests/test_sampler.py::test_sampling_logprobs_equal_a_full_recomputation
 def test_teacher_forcing_equals_the_samplers_logprobs(tmp_path):
     """Responses the sampler drew (to countdown prompts, through the tiny tokenizer): the sum of
     its per-token log-probs equals the teacher-forced log-prob of the same tokens, for responses

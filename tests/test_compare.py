@@ -106,6 +106,7 @@ def test_bad_comparisons(tmp_path, args, message):
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
 
 
+@pytest.mark.slow  # minutes: a warm-up and two runs; the comparison's main path is in CI above
 def test_a_task_without_enumerated_answers_gets_the_other_metrics(tmp_path):
     """The digits task lists no correct answers: the comparison says so, leaves the exact measures
     out and computes the sampled ones."""
