@@ -79,8 +79,8 @@ def per_device(tree) -> int:
     return total
 
 
-def program_peak(compiled) -> int:
-    stats = compiled.memory_analysis()
+def program_peak(stats) -> int:
+    """A compiled program's memory_analysis() -> its peak bytes per device."""
     return (
         stats.argument_size_in_bytes
         + stats.output_size_in_bytes
@@ -96,7 +96,7 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
 
     from flowrl_jax import lower
     from flowrl_jax import mesh as mesh_lib
-    from flowrl_jax.trainer import validate
+    from flowrl_jax.trainer import loop, validate
 
     p = config.plan
     if not p.devices or not p.device_memory_gb:
@@ -108,8 +108,6 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
         )
     validate.check(config)
     mesh = mesh_lib.make_mesh(dict(config.mesh))
-    from flowrl_jax.trainer import loop
-
     loop.check_sizes(config, mesh)
     cfg, tokenizer = lower.model_and_tokenizer(config, p.model)
     reward = lower.compiled_reward(config, tokenizer)
@@ -126,8 +124,8 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
             if only is not None and name not in only:
                 continue
             t0 = time.perf_counter()
-            compiled = program.fn.lower(*program.args).compile()
-            peak = program_peak(compiled)
+            stats = program.fn.lower(*program.args).compile().memory_analysis()
+            peak = program_peak(stats)
             if name in RESIDENT_ARGS:
                 taken = sum(per_device(program.args[i]) for i in RESIDENT_ARGS[name])
                 extra = resident - taken
@@ -145,8 +143,8 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
                     if name in ("logprobs", "update", "fused_rl_step")
                     else "-",
                     time.perf_counter() - t0,
-                    compiled.memory_analysis().argument_size_in_bytes / 1e9,
-                    compiled.memory_analysis().alias_size_in_bytes / 1e9,
+                    stats.argument_size_in_bytes / 1e9,
+                    stats.alias_size_in_bytes / 1e9,
                 )
             )
             log.info("%s", phases[-1])

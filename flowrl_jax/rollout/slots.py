@@ -138,8 +138,8 @@ def _pin(state, kv_heads: int):
     """Every array's leading axis (groups, or slots grouped) on the data-parallel mesh axes, and
     the cache's KV heads over "tensor" where they divide (each device of a group keeps the heads
     its share of the k / v projections computes)."""
-    cache = {"k": state.pop("k"), "v": state.pop("v")}
-    state = jax.tree.map(constrain_batch, state)
+    cache = {name: state[name] for name in ("k", "v")}
+    state = jax.tree.map(constrain_batch, {k: v for k, v in state.items() if k not in cache})
     split = tensor_split(jax.sharding.get_abstract_mesh(), kv_heads)
     if split == 1:
         return state | jax.tree.map(constrain_batch, cache)
@@ -259,12 +259,12 @@ def generate_slots(
             `axis` (keys [K, Dh, W]: 2, values [K, W, Dh]: 1)."""
             index = (slice(None),) * axis + (slice(0, P),)
 
-            def put(
-                b, y, at
-            ):  # one device group's slots [S, ...], rows [width, ...], at [1, width]
+            def put_rows(b, y, at):
+                """One device group's slots b [S, ...], its prefilled rows y [width, ...], their
+                slots at [1, width]."""
                 return b.at[(at.reshape(-1), *index)].set(y, mode="drop")
 
-            return on_own_rows(put, buf, to_bits(new), dest)
+            return on_own_rows(put_rows, buf, to_bits(new), dest)
 
         kv_row = jnp.concatenate([prompt_mask.astype(bool), jnp.zeros((G * width, N), bool)], 1)
         state = dict(
