@@ -143,15 +143,7 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
     # The RL step's phases, as the Trainer builds them.
     name = config.algorithm.name
     minibatch = loop.minibatch_size(config)
-    spec = step_lib.StepSpec(
-        cfg,
-        name,
-        config.algorithm[name],
-        config.heads,
-        P,
-        r.temperature if r.temperature > 0 else 1.0,
-        micro_batches=t.micro_batches,
-    )
+    spec = loop.step_spec(config, cfg, P, mesh)
     optimizer = step_lib.make_optimizer(
         config.optimizer, config.heads, total_steps=loop.optimizer_steps(config)
     )

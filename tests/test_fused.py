@@ -24,7 +24,8 @@ def host_digits():
     return Task(task.name, task.prompts, task.reward)
 
 
-def make_trainer(tmp_path, algorithm, mesh, task=None, slots=0):
+def make_trainer(tmp_path, algorithm, mesh, task=None, slots=0, changes=None):
+    """changes: {"train.pack_length": 48, ...} on top of the test's config."""
     config = base_config()
     config.rollout.slots = slots  # 0: the static batch
     config.workdir = str(tmp_path)
@@ -32,6 +33,9 @@ def make_trainer(tmp_path, algorithm, mesh, task=None, slots=0):
     config.train.prompts_per_step = 2
     config.train.minibatch_size = 4  # 2 optimiser steps per rollout batch: pi_old != pi_theta
     config.train.epochs = 2
+    for key, value in (changes or {}).items():
+        section, name = key.split(".")
+        config[section][name] = value
     model, tokenizer = from_config.build(config.model, mesh, config.seed)
     return Trainer(config, model, tokenizer, mesh, task or digits.task()), tokenizer
 
@@ -54,13 +58,16 @@ def prompt_source(tokenizer, task, k):
     return next_prompts
 
 
-def phased_and_fused(tmp_path, algorithm, mesh, task=None, slots=(0, 0)):
+def phased_and_fused(tmp_path, algorithm, mesh, task=None, slots=(0, 0), changes=(None, None)):
     """Three RL steps each way, the same seed -> {form: (metrics per step, parameters)} for
-    "phased" and "fused"; slots: each form's rollout.slots (0: the static batch)."""
+    "phased" and "fused"; slots: each form's rollout.slots (0: the static batch); changes: each
+    form's config changes (make_trainer)."""
     runs = {}
     with jax.set_mesh(mesh):
-        for form, count in zip(("phased", "fused"), slots):
-            trainer, tokenizer = make_trainer(tmp_path / form, algorithm, mesh, task, count)
+        for form, count, change in zip(("phased", "fused"), slots, changes):
+            trainer, tokenizer = make_trainer(
+                tmp_path / form, algorithm, mesh, task, count, change
+            )
             assert trainer.sampler.slots.slots == count
             draw = prompt_source(tokenizer, trainer.task, 2)
             step = trainer.fused_step if form == "fused" else trainer.step

@@ -93,14 +93,18 @@ def test_on_a_mesh_each_device_group_refills_its_own_slots():
     assert_same_rows(got, want)
 
 
-def test_the_fused_step_with_refilling_equals_the_phased_static_step(tmp_path):
-    """Three RL steps of FlowRL on the default job: phased with the static batch, fused with 3
-    refilling slots. The same responses, parameters and metrics. The sampling log-probs (the
-    loss's old log-probs) are computed over other batches and cache layouts on the two sides,
-    equal to float32 rounding (~1e-6, test_each_request_samples_what_the_static_batch_samples):
+def test_the_fused_step_with_refilling_and_packing_equals_the_phased_static_step(tmp_path):
+    """Three RL steps of FlowRL on the default job: phased with the static batch and padded
+    rows, fused with 3 refilling slots and packed scoring and update. The same responses,
+    parameters and metrics. The sampling log-probs (the loss's old log-probs) are computed over
+    other batches and cache layouts on the two sides, equal to float32 rounding (~1e-6, test_each_request_samples_what_the_static_batch_samples):
     compared at the 1e-5 of the sharded runs' comparisons."""
     mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
-    (phased, p_params), (fused, f_params) = phased_and_fused(tmp_path, "flowrl", mesh, slots=(0, 3))
+    # 25-token prompts and up to 16 response tokens: rows of 96 hold two or three sequences.
+    packed = {"train.pack_length": 96, "task.max_prompt_len": 32}
+    (phased, p_params), (fused, f_params) = phased_and_fused(
+        tmp_path, "flowrl", mesh, slots=(0, 3), changes=(None, packed)
+    )
     for a, b in zip(phased, fused):
         for k in sorted(k for k in a if not k.startswith(SKIP)):
             np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-5, err_msg=k)

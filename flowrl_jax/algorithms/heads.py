@@ -88,6 +88,11 @@ def logz(head_params, prompt_hidden, prompt_mask, cfg: ConfigDict, keys=None):
     keys [B]: one dropout key per row (training: a row's mask then does not depend on the rows
     beside it); None: no dropout (evaluation)."""
     pooled = pool_prompt(prompt_hidden, prompt_mask, cfg.drop_last_prompt_token)
+    return logz_pooled(head_params, pooled, cfg, keys)
+
+
+def logz_pooled(head_params, pooled, cfg: ConfigDict, keys=None):
+    """`logz` from prompts already pooled [B, D] (packed rows pool with a segment sum)."""
     if cfg.detach_backbone:
         pooled = jax.lax.stop_gradient(pooled)
     head = LogZHead(cfg.depth, cfg.dropout)

@@ -405,17 +405,28 @@ class Decoder(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.vocab_size, False, dt, pdt, out_dtype=jnp.float32)
 
-    def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0, return_logits=True):
+    def __call__(
+        self,
+        tokens,
+        positions,
+        kv_mask,
+        cache=None,
+        cache_index=0,
+        return_logits=True,
+        segments=None,
+    ):
         """tokens, positions [B, T] int32; kv_mask [B, S] bool, S = T without a cache, else the
-        buffer length; cache: init_cache's layout; cache_index: first slot of this chunk."""
-        x, mask, cos, sin = self.inputs(tokens, positions, kv_mask, cache_index)
+        buffer length; cache: init_cache's layout; cache_index: first slot of this chunk.
+        segments [B, T] int (packed rows, no cache): a token attends only to earlier tokens of
+        its own segment."""
+        x, mask, cos, sin = self.inputs(tokens, positions, kv_mask, cache_index, segments)
         layer_cache = None if cache is None else (cache["k"], cache["v"])
         layers = jnp.arange(self.cfg.num_layers)
         (x, layer_cache), _ = self.layers((x, layer_cache), layers, mask, cos, sin, cache_index)
         new_cache = None if cache is None else {"k": layer_cache[0], "v": layer_cache[1]}
         return self.outputs(x, new_cache, return_logits)
 
-    def inputs(self, tokens, positions, kv_mask, cache_index):
+    def inputs(self, tokens, positions, kv_mask, cache_index, segments=None):
         """Embeddings [B, T, D], the attention mask [B, T, S] and RoPE tables for the layers."""
         T, S = tokens.shape[1], kv_mask.shape[1]
         x = self.embed(tokens)  # [B, T, D]
@@ -423,6 +434,8 @@ class Decoder(nn.Module):
         q_slot = cache_index + jnp.arange(T)  # [T]
         causal = jnp.arange(S)[None, :] <= q_slot[:, None]  # [T, S]
         mask = causal[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
+        if segments is not None:
+            mask &= segments[:, :, None] == segments[:, None, :]
         return x, mask, cos, sin
 
     def outputs(self, x, cache, return_logits=True) -> DecoderOutput:

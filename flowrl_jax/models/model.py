@@ -37,6 +37,20 @@ def forward(cfg: DecoderConfig, params, tokens, mask, return_logits: bool = True
     )
 
 
+def forward_packed(cfg: DecoderConfig, params, tokens, positions, segments) -> DecoderOutput:
+    """Forward over packed rows without logits: tokens, positions, segments [B, T], several
+    sequences per row, each its own segment id (0 = padding); attention stays within a segment
+    and each sequence's positions start at 0, so a sequence's hidden states equal its own forward's."""
+    return Decoder(cfg).apply(
+        {"params": params},
+        tokens,
+        positions,
+        segments > 0,
+        return_logits=False,
+        segments=segments,
+    )
+
+
 def greedy_generate(cfg: DecoderConfig, params, tokens, mask, steps: int):
     """Greedy decoding with the KV cache: prefill the left-padded prompt, then `steps` single-token
     steps. tokens, mask [B, P] -> new tokens [B, steps]. (The sampler in rollout/ is the full form.)"""

@@ -21,7 +21,7 @@ from flowrl_jax import mesh as mesh_lib
 from flowrl_jax import rules as R
 from flowrl_jax.rollout import SampleOutput
 from flowrl_jax.rollout import sampler as sampler_lib
-from flowrl_jax.tasks import Task
+from flowrl_jax.tasks import Task, prompt_limit
 from flowrl_jax.trainer import fused
 from flowrl_jax.trainer import metrics as metrics_lib
 from flowrl_jax.trainer import step as step_lib
@@ -46,6 +46,14 @@ def default_config() -> ConfigDict:
             # Gradient accumulation: each mini-batch runs as this many equal micro-batches in one
             # compiled scan (memory: one micro-batch's activations); the update is the same.
             "micro_batches": 1,
+            # Packing (trainer/packing.py): scoring and the update lay the sequences end to end in
+            # rows of this many tokens, at least the longest prompt bucket + max_new_tokens, and
+            # pay for real tokens instead of padding; 0 = off (rows padded to the bucket).
+            "pack_length": 0,
+            # Tokens per packed micro-batch (a multiple of pack_length whose rows the mesh's
+            # data-parallel devices share); micro-batches then come by token count, as many as
+            # the batch's tokens need, and micro_batches is unused. 0 = one row per device.
+            "micro_batch_tokens": 0,
             "shuffle": True,  # draw prompts in a seeded random order per epoch of the dataset
             "reward_workers": 8,  # host threads scoring responses
             # Seconds a rollout batch's host rewards may take before the step stops with an error
@@ -78,6 +86,8 @@ RULES = {
     "minibatch_size": R.COUNT,  # 0 = the whole rollout batch
     "epochs": R.POSITIVE_INT,
     "micro_batches": R.POSITIVE_INT,
+    "pack_length": R.COUNT,  # 0 = off
+    "micro_batch_tokens": R.COUNT,  # 0 = one packed row per data-parallel device
     "reward_workers": R.POSITIVE_INT,
     "reward_timeout": R.POSITIVE,
     "fused": R.OneOf(tuple(FUSED), fold_case=True),
@@ -118,7 +128,56 @@ def check_sizes(config: ConfigDict, mesh) -> int:
             f"(task.data_shards={config.task.data_shards})"
         )
     step_lib.check_micro_batches(size, t.micro_batches, mesh)
+    packing_of(config, mesh)
     return size
+
+
+def packing_of(config: ConfigDict, mesh) -> tuple[int, int]:
+    """(tokens per packed row, packed rows per micro-batch) from train.pack_length and
+    train.micro_batch_tokens; (0, 0) without packing. Refuses a budget that cannot work."""
+    t, r = config.train, config.rollout
+    if not t.pack_length:
+        return 0, 0
+    prompt = sampler_lib.bucket_of(prompt_limit(config), r.prompt_buckets)
+    if t.pack_length < prompt:
+        raise ValueError(
+            f"train.pack_length={t.pack_length} is smaller than the longest prompt the run takes "
+            f"({prompt} tokens: task.max_prompt_len's prompt bucket)"
+        )
+    if t.pack_length < prompt + r.max_new_tokens:
+        raise ValueError(
+            f"train.pack_length={t.pack_length} cannot hold the longest sequence the run can "
+            f"sample: a {prompt}-token prompt and rollout.max_new_tokens={r.max_new_tokens} make "
+            f"{prompt + r.max_new_tokens}; a sequence is never split over packed rows"
+        )
+    unit = mesh_lib.batch_size_divisor(mesh)
+    tokens = t.micro_batch_tokens or t.pack_length * unit
+    if tokens % t.pack_length or (tokens // t.pack_length) % unit:
+        raise ValueError(
+            f"train.micro_batch_tokens={tokens} is not a whole number of packed rows of "
+            f"train.pack_length={t.pack_length} tokens that the {unit} data-parallel devices "
+            f"share evenly (use a multiple of {t.pack_length * unit})"
+        )
+    return t.pack_length, tokens // t.pack_length
+
+
+def step_spec(config: ConfigDict, model_cfg, prompt_len: int, mesh) -> step_lib.StepSpec:
+    """The RL step's static pieces for one prompt bucket, as every builder of its programs (the
+    Trainer, lower.py) makes them."""
+    name = config.algorithm.name
+    temperature = config.rollout.temperature
+    pack_len, pack_rows = packing_of(config, mesh)
+    return step_lib.StepSpec(
+        model_cfg,
+        name,
+        config.algorithm[name],
+        config.heads,
+        prompt_len,
+        temperature if temperature > 0 else 1.0,
+        micro_batches=config.train.micro_batches,
+        pack_len=pack_len,
+        pack_rows=pack_rows,
+    )
 
 
 def optimizer_steps(config: ConfigDict) -> int:
@@ -190,7 +249,6 @@ class Trainer:
         self.config, self.model, self.tokenizer, self.mesh = config, model, tokenizer, mesh
         self.task = task
         self.sampler, self.sp = sampler_lib.from_config(model.cfg, config.rollout, mesh, tokenizer)
-        name = config.algorithm.name
         total = optimizer_steps(config)
         self.optimizer = step_lib.make_optimizer(config.optimizer, config.heads, total_steps=total)
         # The policy's rate, logged every step (the log-Z head may have its own).
@@ -198,15 +256,7 @@ class Trainer:
             config.optimizer, config.optimizer.learning_rate, total
         )
         # The step's static pieces; each prompt bucket replaces prompt_len (`_spec`).
-        self.spec = step_lib.StepSpec(
-            model.cfg,
-            name,
-            config.algorithm[name],
-            config.heads,
-            0,
-            self.sp.temperature if self.sp.temperature > 0 else 1.0,
-            micro_batches=config.train.micro_batches,
-        )
+        self.spec = step_spec(config, model.cfg, 0, mesh)
         init = functools.partial(step_lib.init_state, self.spec, optimizer=self.optimizer)
         rng = jax.random.key(config.seed)
         self.state_sharding = step_lib.state_shardings(

@@ -30,7 +30,7 @@ from ml_collections import ConfigDict
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax import rules as R
 from flowrl_jax.rollout.logprobs import token_logprobs
-from flowrl_jax.trainer import demonstrations
+from flowrl_jax.trainer import demonstrations, micro
 from flowrl_jax.trainer import metrics as metrics_lib
 from flowrl_jax.trainer import step as step_lib
 from flowrl_jax.trainer.checkpoint import Checkpoints
@@ -154,23 +154,17 @@ def check(cfg: ConfigDict, mesh, rows: int | None = None) -> None:
 
 def update(cfg, optimizer, micro_batches: int, chunk: int, state, tokens, mask, loss_mask):
     """One optimiser step on a batch [B, T], its gradient summed over `micro_batches` strided
-    micro-batches (trainer/step.split_rows) in a scan, each weighted by its share of the batch's
+    micro-batches (trainer/micro.py) in a loop, each weighted by its share of the batch's
     response tokens: the gradient of the whole batch's mean loss. -> (state, metrics)."""
     k = micro_batches
     weight = loss_mask.astype(jnp.float32) * mask.astype(jnp.float32)
     total = jnp.maximum(jnp.sum(weight), 1.0)
-    micro = jax.tree.map(functools.partial(step_lib.split_rows, k), (tokens, mask, loss_mask))
+    pieces = jax.tree.map(functools.partial(micro.split_rows, k), (tokens, mask, loss_mask))
 
-    def micro_loss(params, t, m, lm):
-        return _nll(cfg, params["policy"], t, m, lm, chunk)[0] / total
+    def micro_loss(params, _, x):
+        return _nll(cfg, params["policy"], *x, chunk)[0] / total, None
 
-    def accumulate(carry, xs):
-        value, grads = jax.value_and_grad(micro_loss)(state.params, *xs)
-        summed = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), carry[1], grads)
-        return (carry[0] + value, summed), None
-
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    (value, grads), _ = jax.lax.scan(accumulate, (jnp.float32(0), zeros), micro)
+    value, grads, _ = micro.gradients(micro_loss, state.params, pieces)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

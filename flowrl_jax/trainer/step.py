@@ -28,8 +28,9 @@ from flowrl_jax import rules as R
 from flowrl_jax.algorithms import heads
 from flowrl_jax.models import partition
 from flowrl_jax.models.families import DecoderConfig
-from flowrl_jax.models.model import forward
+from flowrl_jax.models.model import forward, forward_packed
 from flowrl_jax.rollout.logprobs import logprobs_from_hidden, token_logprobs
+from flowrl_jax.trainer import micro, packing
 
 SCHEDULES = ("constant", "cosine")
 
@@ -83,10 +84,17 @@ class StepSpec:
     # Gradient accumulation: `update` runs the mini-batch as this many micro-batches in a scan, so
     # it holds one micro-batch's activations; the result equals one pass over the mini-batch.
     micro_batches: int = 1
+    # Packing (trainer/packing.py): sequences laid end to end in rows of pack_len tokens,
+    # pack_rows rows per micro-batch; micro_batches is then unused. 0: no packing.
+    pack_len: int = 0
+    pack_rows: int = 0
 
     @property
     def alg(self) -> algorithms.Algorithm:
         return algorithms.get(self.algorithm)
+
+    def layout(self, sequences: int) -> packing.Layout:
+        return packing.Layout.for_batch(sequences, self.pack_len, self.pack_rows)
 
 
 # --- optimiser ---
@@ -201,9 +209,11 @@ def rollout_batch(out, rewards, n: int):
     return tokens, mask, batch
 
 
-def _values(spec: StepSpec, params, hidden):
-    """V(s_t) for the response tokens: the hidden state that predicts token t."""
-    h = hidden[:, spec.prompt_len - 1 : -1]  # [B, N, D]
+def _values(spec: StepSpec, params, hidden, first=None):
+    """V(s_t) for the tokens from column `first` on (default: the response): the hidden state
+    that predicts token t. first=1 on packed rows: every slot but the row's first."""
+    first = spec.prompt_len if first is None else first
+    h = hidden[:, first - 1 : -1]  # [B, N, D]
     if spec.heads_cfg.value.detach_backbone:
         h = jax.lax.stop_gradient(h)
     return heads.ValueHead().apply({"params": params["value_head"]}, h)
@@ -227,13 +237,41 @@ def score(spec: StepSpec, params, ref_params, tokens, mask):
 def score_rollout(spec: StepSpec, params, ref_params, tokens, mask, block: int):
     """`score` over a whole rollout batch, strided blocks of `block` rows (a micro-batch's) one
     after another (the update's memory bound holds for the scoring forward too; each block holds
-    rows of every device's share) -> (ref log-probs [R, N] or None, old values [R, N] or None)."""
+    rows of every device's share), or packed micro-batches (spec.pack_len) -> (ref log-probs
+    [R, N] or None, old values [R, N] or None)."""
+    if spec.pack_len:
+        return _score_packed(spec, params, ref_params, tokens, mask)
     chunks = tokens.shape[0] // block
-    split = functools.partial(split_rows, chunks)
-    parts = jax.lax.map(
-        lambda tm: score(spec, params, ref_params, *tm), (split(tokens), split(mask))
+    pieces = jax.tree.map(functools.partial(micro.split_rows, chunks), (tokens, mask))
+    _, parts = micro.loop(lambda _, j, x: (None, score(spec, params, ref_params, *x)), None, pieces)
+    return tuple(None if x is None else micro.merge_rows(chunks, x) for x in parts)
+
+
+def _score_packed(spec: StepSpec, params, ref_params, tokens, mask):
+    P, cfg = spec.prompt_len, spec.model
+    packed = packing.pack(tokens, mask, spec.layout(tokens.shape[0]), P)
+
+    def body(_, j, x):
+        t, pos, seg, _ = x
+        out = {}
+        if spec.alg.needs_ref(spec.algo_cfg):
+            hidden = forward_packed(cfg, ref_params, t, pos, seg).hidden
+            out["ref"] = logprobs_from_hidden(
+                cfg, ref_params, hidden, t, spec.temperature, spec.chunk
+            )
+        if spec.alg.needs_values:
+            hidden = forward_packed(cfg, params["policy"], t, pos, seg).hidden
+            out["values"] = jnp.pad(_values(spec, params, hidden, first=1), ((0, 0), (1, 0)))
+        return None, out
+
+    _, out = micro.loop(body, None, _pieces(packed), packed.used)
+    return tuple(
+        packing.unpack(out[k], packed.index, P) if k in out else None for k in ("ref", "values")
     )
-    return tuple(None if x is None else merge_rows(chunks, x) for x in parts)
+
+
+def _pieces(packed: packing.Packed):
+    return (packed.tokens, packed.positions, packed.segments, packed.pooled)
 
 
 def prepare(spec: StepSpec, batch: algorithms.Batch) -> algorithms.Batch:
@@ -276,18 +314,6 @@ def check_micro_batches(minibatch: int, micro_batches: int, mesh: Mesh | None = 
     return rows
 
 
-def split_rows(k: int, x):
-    """[B, ...] -> [k, B/k, ...]; micro-batch j holds rows j, j + k, j + 2k, ...: strided, so on a
-    batch split in contiguous blocks over devices every device holds a slice of every micro-batch
-    (a contiguous split would put each micro-batch on a few devices)."""
-    return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
-
-
-def merge_rows(k: int, x):
-    """The inverse of split_rows: [k, B/k, ...] -> [B, ...] in the mini-batch's row order."""
-    return x.swapaxes(0, 1).reshape(k * x.shape[1], *x.shape[2:])
-
-
 def _micro_batch_loss(spec: StepSpec, params, tokens, mask, batch, rows, rng, count):
     """The algorithm's loss total on one micro-batch over the mini-batch's count (its share of the
     mini-batch's loss) -> (that share, policy_outputs)."""
@@ -314,35 +340,84 @@ def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: al
     response-aligned arrays (logp is filled here). -> (state, metrics).
 
     The loss is total / count (`Algorithm.loss_terms`): the gradient of each micro-batch's total
-    over the mini-batch's count (`loss_count`) is summed in a `lax.scan` (one micro-batch's
-    activations live at a time), so it equals the gradient of one pass for any reduction of that
-    form.
+    over the mini-batch's count (`loss_count`) is summed in a loop (trainer/micro.py: one
+    micro-batch's activations live at a time), so it equals the gradient of one pass for any
+    reduction of that form. Micro-batches are strided rows, or packed rows (spec.pack_len).
     The loss, count and metrics are computed once on the whole mini-batch from the per-row outputs
-    the scan collected: equal to one pass's too."""
-    B = tokens.shape[0]
-    k = spec.micro_batches
-    check_micro_batches(B, k)
+    the loop collected: equal to one pass's too."""
     rng = phase_key(state.rng, state.step, UPDATE)
-    rows = jnp.arange(B, dtype=jnp.int32)
-    micro = jax.tree.map(functools.partial(split_rows, k), (tokens, mask, batch, rows))
     count = loss_count(spec, batch)
-    grad_fn = jax.grad(_micro_batch_loss, argnums=1, has_aux=True)
-
-    def accumulate(grads, xs):
-        t, m, b, r = xs
-        g, outputs = grad_fn(spec, state.params, t, m, b, r, rng, count)
-        return jax.tree.map(lambda acc, x: acc + x.astype(jnp.float32), grads, g), outputs
-
-    # The sum is kept in float32 whatever the parameters' storage dtype.
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-    grads, outputs = jax.lax.scan(accumulate, zeros, micro)
-    outputs = jax.tree.map(functools.partial(merge_rows, k), outputs)  # each [B, ...]
+    gradients = _packed_gradients if spec.pack_len else _strided_gradients
+    grads, outputs = gradients(spec, state.params, tokens, mask, batch, rng, count)
     total, _, metrics = spec.alg.loss_terms(batch._replace(**outputs), spec.algo_cfg)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = metrics | {"loss": total / count, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step + 1, params, opt_state, state.rng), metrics
+
+
+def _strided_gradients(spec: StepSpec, params, tokens, mask, batch, rng, count):
+    """micro_batches strided shares of the rows -> (summed gradients, per-row outputs [B, ...])."""
+    B = tokens.shape[0]
+    k = spec.micro_batches
+    check_micro_batches(B, k)
+    rows = jnp.arange(B, dtype=jnp.int32)
+    pieces = jax.tree.map(functools.partial(micro.split_rows, k), (tokens, mask, batch, rows))
+    loss = lambda p, _, x: _micro_batch_loss(spec, p, *x, rng, count)
+    _, grads, outputs = micro.gradients(loss, params, pieces)
+    return grads, jax.tree.map(functools.partial(micro.merge_rows, k), outputs)
+
+
+def _packed_gradients(spec: StepSpec, params, tokens, mask, batch, rng, count):
+    """The mini-batch packed (trainer/packing.py), one micro-batch of packed rows at a time ->
+    (summed gradients, per-row outputs [B, ...]). Micro-batch j's loss is the algorithm's total
+    over the sequences it holds: the others are masked out, their outputs the rollout's own."""
+    P, B = spec.prompt_len, tokens.shape[0]
+    zc = spec.heads_cfg.logz
+    drop_last = spec.alg.needs_logz and zc.drop_last_prompt_token
+    packed = packing.pack(tokens, mask, spec.layout(B), P, drop_last)
+    keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(jnp.arange(B, dtype=jnp.int32))
+    stand_in = {"logp": batch.old_logp, "entropy": jnp.zeros_like(batch.old_logp)}
+    if spec.alg.needs_values:
+        stand_in["values"] = batch.old_values
+
+    def loss(p, j, x):
+        out = _packed_outputs(spec, p, x, keys, B)
+        mine = packed.micro == j
+        fields = {
+            k: jnp.where(mine[:, None], packing.unpack_micro(out[k], packed, j, P), v)
+            for k, v in stand_in.items()
+        }
+        if "logz" in out:
+            out["logz"] = fields["logz"] = jnp.where(mine, out["logz"], 0.0)
+        sub = batch._replace(mask=batch.mask * mine[:, None], **fields)
+        total, _, _ = spec.alg.loss_terms(sub, spec.algo_cfg)
+        return total / count, out
+
+    _, grads, out = micro.gradients(loss, params, _pieces(packed), packed.used)
+    outputs = {k: packing.unpack(out[k], packed.index, P) for k in stand_in}
+    if "logz" in out:
+        outputs["logz"] = out["logz"].sum(0)  # each sequence's from its own micro-batch
+    return grads, outputs
+
+
+def _packed_outputs(spec: StepSpec, params, piece, keys, sequences: int) -> dict:
+    """`policy_outputs` on one micro-batch of packed rows: logp, entropy (and values) per slot
+    [rows, T], log Z [sequences] (meaningful for the sequences in these rows)."""
+    tokens, positions, segments, pooled = piece
+    policy = params["policy"]
+    hidden = forward_packed(spec.model, policy, tokens, positions, segments).hidden
+    logp, entropy = logprobs_from_hidden(
+        spec.model, policy, hidden, tokens, spec.temperature, spec.chunk, True
+    )
+    out = {"logp": logp, "entropy": jax.lax.stop_gradient(entropy)}
+    if spec.alg.needs_logz:
+        pooled = packing.pool(hidden, pooled, sequences)
+        out["logz"] = heads.logz_pooled(params["logz_head"], pooled, spec.heads_cfg.logz, keys)
+    if spec.alg.needs_values:
+        out["values"] = jnp.pad(_values(spec, params, hidden, first=1), ((0, 0), (1, 0)))
+    return out
 
 
 # --- shardings ---
