@@ -158,8 +158,9 @@ def our_trainer(path: str, algorithm: str, fused: bool, tuned: bool, mesh, workd
     return trainer
 
 
-def tunix_learner(path: str, hf: dict, phase_times: dict):
-    """Tunix's GRPO learner on the same checkpoint, with each phase wrapped in a timer."""
+def tunix_learner(path: str, hf: dict, phase_times: dict, new: int = NEW):
+    """Tunix's GRPO learner on the same checkpoint, `new` tokens per response, with each phase
+    wrapped in a timer."""
     import optax
     from flax.nnx import state as nnx_state
     from tunix.models.qwen3 import model as qwen3
@@ -203,9 +204,9 @@ def tunix_learner(path: str, hf: dict, phase_times: dict):
                 max_steps=10**9,  # the data iterator ends the run
             ),
             rollout_config=base_rollout.RolloutConfig(
-                max_tokens_to_generate=NEW,
+                max_tokens_to_generate=new,
                 max_prompt_length=PROMPT_LEN,
-                kv_cache_size=PROMPT_LEN + NEW,
+                kv_cache_size=PROMPT_LEN + new,
                 temperature=1.0,
                 top_p=1.0,
                 top_k=None,

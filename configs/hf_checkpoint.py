@@ -37,6 +37,10 @@ def get_config():
     config.train.prompts_per_step = 64
     config.train.minibatch_size = 32 * 8  # 2 optimiser steps per rollout batch
     config.train.micro_batches = 8
+    # Packing (trainer/packing.py): rows of 1024 + 2048 tokens, 32 per micro-batch (the tokens of
+    # the 8 micro-batches' padded rows), as many micro-batches as a mini-batch's tokens fill.
+    config.train.pack_length = 1024 + 2048
+    config.train.micro_batch_tokens = 32 * (1024 + 2048)
     config.optimizer.learning_rate = 1e-6  # the paper's, for 7B checkpoints
     config.optimizer.warmup_steps = 10
 

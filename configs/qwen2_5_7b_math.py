@@ -55,6 +55,12 @@ def get_config():
     # Gradient accumulation: 16 micro-batches of 16 sequences. tests/test_memory_plans.py compiles
     # this update on fsdp=8 at 2048 + 8192 tokens: 40.7 GB per device (8 micro-batches: 59.9 GB).
     config.train.micro_batches = 16
+    # Packing (trainer/packing.py): scoring and the update lay the sequences end to end in rows of
+    # 2048 + 8192 tokens, 16 rows per micro-batch (the tokens of the 16 padded sequences above), so
+    # responses of a few hundred tokens cost their tokens, not 10,240 each; a mini-batch then runs
+    # as few micro-batches as its tokens fill (micro_batches above is unused).
+    config.train.pack_length = 2048 + 8192
+    config.train.micro_batch_tokens = 16 * (2048 + 8192)
 
     config.optimizer.learning_rate = 1e-6  # AdamW lr (paper)
     config.optimizer.warmup_steps = 10  # linear warm-up, then constant (paper)

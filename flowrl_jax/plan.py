@@ -139,7 +139,7 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
                     extra / 1e9,
                     limit,
                     slots if name in ("sampler", "fused_rl_step") else "-",
-                    config.train.micro_batches
+                    micro_batches(config)
                     if name in ("logprobs", "update", "fused_rl_step")
                     else "-",
                     time.perf_counter() - t0,
@@ -149,6 +149,15 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
             )
             log.info("%s", phases[-1])
     return phases
+
+
+def micro_batches(config: ConfigDict) -> str:
+    """What a micro-batch of the scoring and update is: packed rows, or the fixed count."""
+    t = config.train
+    if t.pack_length:
+        rows = (t.micro_batch_tokens or t.pack_length * config.plan.devices) // t.pack_length
+        return f"{rows} rows x {t.pack_length} tokens, packed"
+    return str(t.micro_batches)
 
 
 def table(phases: list[Phase], config: ConfigDict) -> str:

@@ -41,12 +41,13 @@ def test_the_default_job_lowers_for_tpu_and_cuda_in_bf16():
 def test_the_fused_step_lowers_with_a_compiled_reward():
     """digits has a compiled reward: on an accelerator the trainer fuses, without phase marks;
     here with the slot sampler inside (16 slots over 8 device groups; the static sampler is the
-    default job's, above)."""
+    default job's, above) and packed scoring and update (rows of 96 tokens, one per device)."""
     config = config_lib.get_config("base")
     config.model.dtype = "bfloat16"
     assert config.task.name == "digits"
     config.train.prompts_per_step = 8  # fills the sampler's batch bucket on 8 devices
     config.rollout.slots = 16
+    config.task.max_prompt_len, config.train.pack_length = 32, 96
     rows = lower.check(config, ["tpu", "cuda"], devices=8)
     assert [(r.program, r.platform) for r in rows if not r.ok] == []
     assert "fused_rl_step" in names(rows, "tpu") and "fused_rl_step" in names(rows, "cuda")

@@ -43,6 +43,7 @@ SAME_UPDATE = {
         "plan.model", "plan.devices", "model.dtype", "model.param_dtype", "model.remat",
         "mesh.data", "mesh.fsdp", "mesh.tensor", "algorithm.name", "rollout.max_new_tokens",
         "task.max_prompt_len", "train.minibatch_size", "train.micro_batches",
+        "train.pack_length", "train.micro_batch_tokens",
     ),
 }  # fmt: skip
 
@@ -93,9 +94,10 @@ def test_a_sampler_with_more_slots_than_fit_is_planned_not_to_fit():
     assert not over.fits and int(over.slots) == 320, over
 
 
-def test_too_few_micro_batches_do_not_fit():
-    """8 sequences of 10240 tokens per device at once need more than an H100."""
-    [update] = plan_lib.plan(recipe("qwen2_5_7b_math", train__micro_batches=4), only={"update"})
+def test_too_large_micro_batches_do_not_fit():
+    """8 packed rows of 10240 tokens per device at once need more than an H100."""
+    config = recipe("qwen2_5_7b_math", train__micro_batch_tokens=64 * 10240)
+    [update] = plan_lib.plan(config, only={"update"})
     assert not update.fits, update
 
 

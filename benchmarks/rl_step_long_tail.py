@@ -1,0 +1,205 @@
+"""One RL step on a long-tail table of response lengths: our refilling slot sampler with packed
+scoring and update against our static batch with padded rows (the step before issue #33) and
+against Tunix 0.1.7's GRPO learner, in one process, interleaved.
+
+    python -m benchmarks.rl_step_long_tail [--steps 6] [--no-tunix]   # Tunix: requirements-bench.txt
+
+The work: benchmarks/rl_step.py's (the tiny Qwen3 from one HF checkpoint, fp32, 8 prompts of 32
+tokens x 8 samples, a compiled even-id reward, GRPO with the KL term / FlowRL, one AdamW update on
+the 64 sequences), with 512 new tokens and each request's response length drawn once from
+benchmarks/sampler.py's `length_table` (log-normal, median 128, a few at 512). Our rows stop each
+request at its length (the sampler's `limits`); they run the phased `Trainer.step` (the fused
+program takes no per-request limits), remat 'dots', the same micro-batch memory on both sides:
+- static + padded: the static batch, 4 micro-batches of 16 rows of 544 tokens;
+- refill + packed: 16 refilling slots, rows of 544 tokens packed, 16 rows per micro-batch (the
+  same tokens per micro-batch), as many micro-batches as the step's tokens fill.
+Tunix cannot stop a request at a given length, but its static batch decodes until its longest row
+stops and trains on rows padded to that length; with one request at 512 in the table, its step is
+the step where every row samples 512 tokens (EOS outside the vocabulary), which is what it runs.
+The last line reads `long_tail_vs_tunix grpo=<x> flowrl=<y>` (Tunix's step time over our refill +
+packed steps', medians over rounds 2..) and `refill_pack_vs_static grpo=<x>` before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import rl_step
+from benchmarks.sampler import length_table
+
+NEW = 512
+SLOTS = 16
+ROW = rl_step.PROMPT_LEN + NEW
+# name: (algorithm, refill + packed)
+ROWS = {
+    "ours refill+packed GRPO": ("grpo", True),
+    "ours refill+packed FlowRL": ("flowrl", True),
+    "ours static+padded GRPO": ("grpo", False),
+}
+
+
+class Forced:
+    """The trainer's sampler, each request stopped at its length in the table."""
+
+    def __init__(self, sampler, limits):
+        self.sampler, self.limits = sampler, limits
+
+    def __call__(self, params, prompts, key, sp):
+        return self.sampler(params, prompts, key, sp, limits=self.limits)
+
+    def __getattr__(self, name):
+        return getattr(self.sampler, name)
+
+
+def our_trainer(path, algorithm, refill_pack, mesh, workdir, limits):
+    from flowrl_jax.config import base_config
+    from flowrl_jax.models import load_hf
+    from flowrl_jax.trainer.loop import Trainer
+
+    config = base_config()
+    config.workdir = workdir
+    config.algorithm.name = algorithm
+    if algorithm == "grpo":
+        config.algorithm.grpo.kl_coef = rl_step.KL
+    config.rollout.n = rl_step.GROUP
+    config.rollout.max_new_tokens = NEW
+    config.rollout.temperature = 1.0
+    config.rollout.prompt_buckets = (rl_step.PROMPT_LEN,)
+    config.train.prompts_per_step = rl_step.PROMPTS
+    config.train.minibatch_size = 0
+    config.train.micro_batches = 4
+    config.train.fused = "false"
+    if refill_pack:
+        config.rollout.slots = SLOTS
+        config.train.pack_length = ROW
+        config.train.micro_batch_tokens = 16 * ROW
+    config.optimizer.learning_rate = rl_step.LEARNING_RATE
+    config.optimizer.warmup_steps = 0
+    model = load_hf(path, mesh=mesh, remat="dots")
+    tokenizer = rl_step.IdTokenizer(model.cfg.vocab_size)
+    trainer = Trainer(config, model, tokenizer, mesh, rl_step.make_task())
+    trainer.sp = dataclasses.replace(trainer.sp, stop_tokens=())
+    trainer.sampler = Forced(trainer.sampler, limits)
+    return trainer
+
+
+def run(steps: int, with_tunix: bool, lengths: np.ndarray):
+    from flowrl_jax import mesh as mesh_lib
+
+    rows = {name: rl_step.Row() for name in [*ROWS] + (["Tunix GRPO"] if with_tunix else [])}
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(3, 512, (rl_step.PROMPTS, rl_step.PROMPT_LEN)).tolist()
+    draw = lambda: (prompts, list(range(rl_step.PROMPTS)))
+    mesh = mesh_lib.make_mesh({}, jax.devices()[:1])
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = rl_step.write_checkpoint(f"{tmp}/ckpt")
+        limits = jax.numpy.asarray(lengths, jax.numpy.int32)
+        with jax.set_mesh(mesh):
+            ours = {
+                name: our_trainer(f"{tmp}/ckpt", *how, mesh, f"{tmp}/{i}", limits)
+                for i, (name, how) in enumerate(ROWS.items())
+            }
+
+        def our_round(index: int):
+            names = list(ours)
+            names = names[index % len(names) :] + names[: index % len(names)]
+            with jax.set_mesh(mesh):
+                for name in names:
+                    t0 = time.perf_counter()
+                    metrics = ours[name].step(draw)
+                    rows[name].steps.append(time.perf_counter() - t0)
+                    rows[name].phases.append(
+                        {p: metrics[f"time/{p}"] for p in rl_step.PHASES if f"time/{p}" in metrics}
+                    )
+                    assert np.isfinite(metrics["loss"]), (name, metrics["loss"])
+                    assert metrics["response/length_max"] == lengths.max()
+            print(
+                f"round {index + 1}/{steps}: "
+                + "  ".join(f"{k} {rows[k].steps[-1]:.2f} s" for k in rows if rows[k].steps),
+                flush=True,
+            )
+
+        if not with_tunix:
+            for i in range(steps):
+                our_round(i)
+            return rows
+        phase_times = collections.defaultdict(float)
+        learner, wait_actor = rl_step.tunix_learner(f"{tmp}/ckpt", hf, phase_times, NEW)
+        texts = np.array([" ".join(map(str, p)) for p in prompts])
+
+        def batches():
+            started = time.perf_counter()
+            yield {"prompts": texts}
+            for i in range(steps):
+                wait_actor(None)
+                rows["Tunix GRPO"].steps.append(time.perf_counter() - started)
+                rows["Tunix GRPO"].phases.append(dict(phase_times))
+                phase_times.clear()
+                our_round(i)
+                started = time.perf_counter()
+                if i + 1 < steps:
+                    yield {"prompts": texts}
+
+        learner.train(batches())
+    return rows
+
+
+def ratio(rows, a: str, b: str) -> tuple[float, float, float]:
+    """Median (min, max) over rounds 2.. of row a's step time over row b's, round by round."""
+    r = sorted(x / y for x, y in zip(rows[a].steps[1:], rows[b].steps[1:]))
+    return statistics.median(r), r[0], r[-1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6, help="rounds, the first holding compiles")
+    parser.add_argument("--no-tunix", action="store_true", help="our rows only")
+    args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be >= 2: the first round compiles")
+    if not args.no_tunix:
+        try:
+            import tunix  # noqa: F401
+        except ImportError:
+            parser.error("Tunix is not installed (requirements-bench.txt), or pass --no-tunix")
+    lengths = length_table(rl_step.PROMPTS * rl_step.GROUP, NEW)
+    rows = run(args.steps, not args.no_tunix, lengths)
+    print(
+        f"\n{rl_step.PROMPTS} prompts x {rl_step.GROUP} samples, prompt {rl_step.PROMPT_LEN} + up to "
+        f"{NEW} new tokens, tiny Qwen3, fp32, {jax.devices()[0].device_kind}; lengths: median "
+        f"{np.median(lengths):.0f}, mean {lengths.mean():.1f}, max {lengths.max()}, "
+        f"{int((lengths == NEW).sum())} at {NEW}; medians over rounds 2-{args.steps}"
+    )
+    print(
+        f"{'row':<28} {'first s':>8} {'step s':>7} " + " ".join(f"{p:>9}" for p in rl_step.PHASES)
+    )
+    for name, row in rows.items():
+        phases = " ".join(
+            f"{row.median(p):>9.3f}" if not np.isnan(row.median(p)) else f"{'-':>9}"
+            for p in rl_step.PHASES
+        )
+        print(f"{name:<28} {row.steps[0]:>8.2f} {row.median():>7.3f} {phases}")
+    static = ratio(rows, "ours static+padded GRPO", "ours refill+packed GRPO")
+    print(f"static+padded / refill+packed GRPO: {static[0]:.2f} ({static[1]:.2f}-{static[2]:.2f})")
+    grpo = flowrl = (float("nan"),) * 3
+    if not args.no_tunix:
+        grpo = ratio(rows, "Tunix GRPO", "ours refill+packed GRPO")
+        flowrl = ratio(rows, "Tunix GRPO", "ours refill+packed FlowRL")
+        print(
+            f"Tunix / refill+packed: GRPO {grpo[0]:.2f} ({grpo[1]:.2f}-{grpo[2]:.2f}), "
+            f"FlowRL {flowrl[0]:.2f} ({flowrl[1]:.2f}-{flowrl[2]:.2f})"
+        )
+    print(f"refill_pack_vs_static grpo={static[0]:.2f}")
+    print(f"long_tail_vs_tunix grpo={grpo[0]:.2f} flowrl={flowrl[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
