@@ -56,7 +56,7 @@ def main() -> None:
         "`python -m benchmarks.memory_plans` (XLA's CPU compiler, abstract arrays)",
         "",
         "| recipe | hardware | phase | GB per device | of which resident | limit GB | fits "
-        "| slots | micro-batches |",
+        "| slots | micro-batches (or packed rows each) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     last = []

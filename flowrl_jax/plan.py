@@ -118,6 +118,8 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
         resident = per_device(state) + per_device(ref)
         sampler_plan = programs["sampler"].args[3]
         slots = "static" if sampler_plan is None else str(sampler_plan.slots)
+        pack_len, pack_rows = loop.packing_of(config, mesh)
+        micro = f"{pack_rows} rows of {pack_len}" if pack_len else str(config.train.micro_batches)
         limit = p.device_memory_gb - p.margin_gb
         phases = []
         for name, program in programs.items():
@@ -139,9 +141,7 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
                     extra / 1e9,
                     limit,
                     slots if name in ("sampler", "fused_rl_step") else "-",
-                    micro_batches(config)
-                    if name in ("logprobs", "update", "fused_rl_step")
-                    else "-",
+                    micro if name in ("logprobs", "update", "fused_rl_step") else "-",
                     time.perf_counter() - t0,
                     stats.argument_size_in_bytes / 1e9,
                     stats.alias_size_in_bytes / 1e9,
@@ -151,21 +151,12 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
     return phases
 
 
-def micro_batches(config: ConfigDict) -> str:
-    """What a micro-batch of the scoring and update is: packed rows, or the fixed count."""
-    t = config.train
-    if t.pack_length:
-        rows = (t.micro_batch_tokens or t.pack_length * config.plan.devices) // t.pack_length
-        return f"{rows} rows x {t.pack_length} tokens, packed"
-    return str(t.micro_batches)
-
-
 def table(phases: list[Phase], config: ConfigDict) -> str:
     p = config.plan
     lines = [
         f"{p.devices} x {p.device_memory_gb:g} GB ({p.platform}), margin {p.margin_gb:g} GB",
         "",
-        "| phase | GB per device | of which resident | limit GB | fits | slots | micro-batches |",
+        "| phase | GB per device | of which resident | limit GB | fits | slots | micro-batches (or packed rows each) |",
         "|---|---|---|---|---|---|---|",
     ]
     for x in phases:
