@@ -65,9 +65,7 @@ def phased_and_fused(tmp_path, algorithm, mesh, task=None, slots=(0, 0), changes
     runs = {}
     with jax.set_mesh(mesh):
         for form, count, change in zip(("phased", "fused"), slots, changes):
-            trainer, tokenizer = make_trainer(
-                tmp_path / form, algorithm, mesh, task, count, change
-            )
+            trainer, tokenizer = make_trainer(tmp_path / form, algorithm, mesh, task, count, change)
             assert trainer.sampler.slots.slots == count
             draw = prompt_source(tokenizer, trainer.task, 2)
             step = trainer.fused_step if form == "fused" else trainer.step
@@ -78,10 +76,11 @@ def phased_and_fused(tmp_path, algorithm, mesh, task=None, slots=(0, 0), changes
 
 @pytest.mark.parametrize(
     "algorithm, reward",
-    [  # CI runs the host reward path here; the compiled one runs in CI as tests/test_slots.py's
-        # fused-with-slots-against-phased test. The rest are -m slow.
+    [  # All -m slow for CI's time: CI runs the compiled reward's fused == phased as
+        # tests/test_slots.py's fused-with-slots-and-packing test, and a host reward inside the
+        # fused program in test_host_reward_failure_stops_the_fused_step_and_keeps_the_checkpoint.
         pytest.param("flowrl", "compiled", marks=pytest.mark.slow),
-        ("grpo", "host"),
+        pytest.param("grpo", "host", marks=pytest.mark.slow),
         pytest.param("flowrl", "host", marks=pytest.mark.slow),
         pytest.param("grpo", "compiled", marks=pytest.mark.slow),
     ],

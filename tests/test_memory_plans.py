@@ -94,6 +94,7 @@ def test_a_sampler_with_more_slots_than_fit_is_planned_not_to_fit():
     assert not over.fits and int(over.slots) == 320, over
 
 
+@pytest.mark.slow  # CI's negative control is the sampler's, above
 def test_too_large_micro_batches_do_not_fit():
     """8 packed rows of 10240 tokens per device at once need more than an H100."""
     config = recipe("qwen2_5_7b_math", train__micro_batch_tokens=64 * 10240)

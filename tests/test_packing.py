@@ -87,30 +87,26 @@ def packed(spec, row_len, rows):
     ],
 )
 def test_packed_update_gives_the_gradient_and_metrics_of_one_pass(name, changes):
-    """Rows as long as the longest sequence (it ends exactly at the budget), one per micro-batch,
-    and rows of 40 tokens two to a micro-batch: the gradient, loss and metrics of jax.grad over
-    the unpacked mini-batch, to 1e-5 (FlowRL with its log-Z dropout on: a sequence's mask does
-    not depend on its row or micro-batch)."""
+    """Rows as long as the longest sequence, two to a micro-batch: first fit lays the lengths
+    [20, 11, 15, 8, 9, 16, 13, 9] as [20] [16] | [15] [13] | [11 9] [9 8]: one sequence fills a
+    row alone, a second ends exactly at the budget behind another, and 3 of the layout's 4
+    micro-batches run.
+    The gradient, loss and metrics of jax.grad over the unpacked mini-batch, to 1e-5 (FlowRL with
+    its log-Z dropout on: a sequence's mask does not depend on its row or micro-batch)."""
     spec, _, state, tokens, mask, batch = _setup(name, changes=changes)
     grads, loss, metrics = _one_pass(spec, state, tokens, mask, batch)
     lengths = np.asarray(mask).sum(1)
-    assert lengths.max() == tokens.shape[1]  # the longest fills a row of the batch's width
-    for row_len, rows in ((tokens.shape[1], 1), (40, 2)):
-        got_grads, got = _gradient_of_update(
-            packed(spec, row_len, rows), state, tokens, mask, batch
-        )
-        what = f"rows of {row_len}, {rows} per micro-batch"
-        assert _grad_error(got_grads, grads) < GRAD_TOL, what
-        assert set(got) == set(metrics) | {"loss", "grad_norm"}
-        for key, value in (metrics | {"loss": loss}).items():
-            if key not in ROUNDING_DECIDED:
-                np.testing.assert_allclose(
-                    float(got[key]),
-                    float(value),
-                    rtol=METRIC_RTOL,
-                    atol=METRIC_ATOL,
-                    err_msg=f"{key}, {what}",
-                )
+    assert lengths.tolist() == [20, 11, 15, 8, 9, 16, 13, 9] and tokens.shape[1] == 20
+    layout = packing.Layout.for_batch(8, 20, 2)
+    assert int(packing.pack(tokens, mask, layout, 8).used) == 3 < layout.micro_batches
+    got_grads, got = _gradient_of_update(packed(spec, 20, 2), state, tokens, mask, batch)
+    assert _grad_error(got_grads, grads) < GRAD_TOL
+    assert set(got) == set(metrics) | {"loss", "grad_norm"}
+    for key, value in (metrics | {"loss": loss}).items():
+        if key not in ROUNDING_DECIDED:
+            np.testing.assert_allclose(
+                float(got[key]), float(value), rtol=METRIC_RTOL, atol=METRIC_ATOL, err_msg=key
+            )
 
 
 @pytest.mark.slow
