@@ -23,6 +23,7 @@ def test_flop_count_uses_the_models_own_parameter_count():
         assert ts.step_params(testing.BENCH_HF_CONFIGS[name]) == counted, name
 
 
+@pytest.mark.slow  # CI's time; the benchmark's parameter count stays in CI (above)
 def test_one_pair_on_a_tiny_model_prints_the_table_and_the_summary_line(capsys):
     batch, prompt, response = 8, 8, 16
     result = ts.run_size(

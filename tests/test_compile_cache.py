@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE = re.compile(r"compilation cache (\S+): (\d+) programs read, (\d+) compiled")
 
@@ -40,6 +42,7 @@ def test_a_restarted_run_reads_its_programs_from_the_cache(tmp_path):
     assert (int(read), int(compiled)) == (int(first[-1][2]), 0), log[-2000:]
 
 
+@pytest.mark.slow  # CI's time; the cache's use is in CI (above)
 def test_off_writes_no_cache(tmp_path):
     log = train(tmp_path, "--config.train.compile_cache=off", "--config.train.steps=0")
     assert "compilation cache: off (train.compile_cache=off)" in log

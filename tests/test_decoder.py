@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import marks
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ def test_program_size_does_not_grow_with_depth():
     assert abs(deep - small) / small < 0.01, (small, deep)
 
 
-@pytest.mark.parametrize("family", testing.FAMILIES)
+@pytest.mark.parametrize("family", marks.families())
 def test_chunked_prefill_with_cache_equals_full_forward(family):
     cfg = testing.tiny_config(family)
     model = Model.random(cfg, seed=1)

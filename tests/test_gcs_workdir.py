@@ -210,9 +210,9 @@ def reward(prompt, response, row):
 """
 
 
-# -m slow for CI's 30 minutes (4.5 min alone). CI keeps each part elsewhere: a stop agreed by two
-# processes (tests/test_trainer_sharding.py), a preempted run resuming bit for bit
-# (tests/test_resume.py) and a whole run's workdir on gs:// (above).
+# -m slow for CI's 30 minutes (4.5 min alone): CI runs the one-process version on a local workdir
+# (tests/test_resume.py), the kill -9 resume on gs:// and a whole run's workdir on gs:// (above);
+# the agreement of two processes on a stop is checked here only.
 @pytest.mark.slow
 def test_two_processes_on_gs_stopped_mid_step_resume_exactly(gcs_bucket, tmp_path):
     """Two processes (one data shard each) train on gs://. Process 1 alone gets SIGTERM during

@@ -179,7 +179,6 @@ def reward(prompt, response, row):
 """
 
 
-@pytest.mark.slow  # CI runs the two-process version on gs:// (tests/test_gcs_workdir.py)
 def test_a_stop_during_a_step_saves_the_step_before_and_resumes_exactly(tmp_path):
     """SIGTERM during step 3's reward phase: the step is given up before its update, step 2 (not a
     checkpoint step) is saved at once, and the resumed run draws step 3's prompts again: the same
