@@ -235,6 +235,42 @@ def long_tail(name: str, pairs: int) -> float:
     return statistics.median(ratios)
 
 
+def step_cost(limit_steps=(512, 64), slot_counts=(32, 128)) -> None:
+    """Where the slot sampler's time goes: seconds per decode step and per row-step of the static
+    batch and of the slot sampler, every request sampling exactly `limit` tokens (no long tail:
+    the slots run in whole waves), tiny model, 16 prompts x 8 samples of 32 tokens, fp32. The
+    best of two timed runs after a warm-up each."""
+    from flowrl_jax.models import Model, config_from_hf, tiny
+    from flowrl_jax.rollout import Sampler, SamplingParams
+    from flowrl_jax.rollout.slots import SlotSettings
+
+    cfg = config_from_hf(dict(tiny.BENCH_HF_CONFIGS["tiny"]))
+    params = Model.random(cfg, 0).params
+    P, N, B, n = 32, max(limit_steps), 16, 8
+    prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, (B, P)).tolist()
+    sp = SamplingParams(max_new_tokens=N, n=n, temperature=1.0)
+    runs = {"static": (Sampler(cfg, prompt_buckets=(P,)), B * n)}
+    for s in slot_counts:
+        runs[f"slots {s}"] = (Sampler(cfg, prompt_buckets=(P,), slots=SlotSettings(slots=s)), s)
+    print(f"{'limit':>5} {'sampler':>9} {'s':>7} {'steps':>6} {'ms/step':>8} {'us/row-step':>12}")
+    for limit in limit_steps:
+        limits = np.full(B * n, limit, np.int32)
+        for name, (sampler, rows) in runs.items():
+            sampler(params, prompts, jax.random.key(0), sp, limits=limits)
+            times = []
+            for i in range(2):
+                t0 = time.perf_counter()
+                sampler(params, prompts, jax.random.key(i + 1), sp, limits=limits)
+                times.append(time.perf_counter() - t0)
+            steps = limit * (B * n // rows)  # the slots decode in whole waves here
+            t = min(times)
+            print(
+                f"{limit:>5} {name:>9} {t:>7.2f} {steps:>6} {1e3 * t / steps:>8.2f} "
+                f"{1e6 * t / (steps * rows):>12.1f}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=5)
@@ -244,7 +280,15 @@ def main() -> None:
         action="store_true",
         help="the slot sampler against our static batch on a long-tail length table",
     )
+    parser.add_argument(
+        "--step_cost",
+        action="store_true",
+        help="seconds per decode step and per row-step, static batch against slots",
+    )
     args = parser.parse_args()
+    if args.step_cost:
+        step_cost()
+        return
     if args.long_tail:
         print(f"jax {jax.__version__}, backend {jax.default_backend()}")
         ratios = {name: long_tail(name, args.pairs) for name in args.sizes.split(",")}
