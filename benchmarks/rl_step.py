@@ -276,23 +276,7 @@ def run(steps: int, with_tunix: bool) -> dict[str, Row]:
             }
 
         def our_round(index: int):
-            # Rotated each round: a program run right after another framework's step can fault
-            # in fresh pages that step returned to the OS (BENCHMARKS.md, issue #5), so no row
-            # keeps the seat after Tunix.
-            names = list(ours)
-            names = names[index % len(names) :] + names[: index % len(names)]
-            with jax.set_mesh(mesh):
-                for name in names:
-                    trainer = ours[name]
-                    t0 = time.perf_counter()
-                    step = trainer.fused_step if trainer.fused else trainer.step
-                    metrics = step(draw)
-                    rows[name].steps.append(time.perf_counter() - t0)
-                    rows[name].phases.append(
-                        {p: metrics[f"time/{p}"] for p in PHASES if f"time/{p}" in metrics}
-                    )
-                    assert np.isfinite(metrics["loss"]), (name, metrics["loss"])
-                    assert metrics["response/length_max"] == NEW
+            names = step_round(ours, rows, index, draw, mesh, NEW)
             print(
                 f"round {index + 1}/{steps}: "
                 + "  ".join(f"{k} {rows[k].steps[-1]:.2f} s" for k in names)
@@ -305,27 +289,53 @@ def run(steps: int, with_tunix: bool) -> dict[str, Row]:
                 our_round(i)
             return rows
 
-        phase_times = collections.defaultdict(float)
-        learner, wait_actor = tunix_learner(f"{tmp}/ckpt", hf, phase_times)
-        texts = np.array([" ".join(map(str, p)) for p in prompts])
-
-        def batches():
-            """Tunix asks for a batch when its previous step is done: time that step, then run
-            our rows for the round, then hand over the next batch."""
-            started = time.perf_counter()  # Tunix's first step starts: its setup counts there
-            yield {"prompts": texts}  # train() reads the first batch before its first step
-            for i in range(steps):
-                wait_actor(None)
-                rows["Tunix GRPO"].steps.append(time.perf_counter() - started)
-                rows["Tunix GRPO"].phases.append(dict(phase_times))
-                phase_times.clear()
-                our_round(i)
-                started = time.perf_counter()
-                if i + 1 < steps:
-                    yield {"prompts": texts}
-
-        learner.train(batches())
+        race_tunix(f"{tmp}/ckpt", hf, prompts, steps, rows["Tunix GRPO"], our_round)
     return rows
+
+
+def step_round(ours: dict, rows: dict, index: int, draw, mesh, length_max: int) -> list[str]:
+    """One RL step of each of our trainers, timed into `rows`, in an order rotated each round: a
+    program run right after another framework's step can fault in fresh pages that step returned
+    to the OS (BENCHMARKS.md, issue #5), so no row keeps the seat after Tunix. -> the order."""
+    names = list(ours)
+    names = names[index % len(names) :] + names[: index % len(names)]
+    with jax.set_mesh(mesh):
+        for name in names:
+            trainer = ours[name]
+            t0 = time.perf_counter()
+            step = trainer.fused_step if trainer.fused else trainer.step
+            metrics = step(draw)
+            rows[name].steps.append(time.perf_counter() - t0)
+            rows[name].phases.append(
+                {p: metrics[f"time/{p}"] for p in PHASES if f"time/{p}" in metrics}
+            )
+            assert np.isfinite(metrics["loss"]), (name, metrics["loss"])
+            assert metrics["response/length_max"] == length_max
+    return names
+
+
+def race_tunix(path, hf, prompts, steps: int, row: Row, our_round, new: int = NEW):
+    """Tunix's learner on `steps` batches of `prompts`, each of our rounds run between two of its
+    steps: Tunix asks for a batch when its previous step is done, so the iterator times that
+    step, runs our_round(i), then hands over the next batch. Tunix's step times go to `row`."""
+    phase_times = collections.defaultdict(float)
+    learner, wait_actor = tunix_learner(path, hf, phase_times, new)
+    texts = np.array([" ".join(map(str, p)) for p in prompts])
+
+    def batches():
+        started = time.perf_counter()  # Tunix's first step starts: its setup counts there
+        yield {"prompts": texts}  # train() reads the first batch before its first step
+        for i in range(steps):
+            wait_actor(None)
+            row.steps.append(time.perf_counter() - started)
+            row.phases.append(dict(phase_times))
+            phase_times.clear()
+            our_round(i)
+            started = time.perf_counter()
+            if i + 1 < steps:
+                yield {"prompts": texts}
+
+    learner.train(batches())
 
 
 def report(rows: dict[str, Row]) -> tuple[float, float]:
@@ -379,11 +389,13 @@ def plot(rows: dict[str, Row], path: str):
     print(f"plot: {path}")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str, plot: bool = True) -> argparse.Namespace:
+    """The race's command line (--steps, --no-tunix, --plot), checked: Tunix must import."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="rounds, the first holding compiles")
     parser.add_argument("--no-tunix", action="store_true", help="our rows only")
-    parser.add_argument("--plot", default="", help="a PNG of the per-phase medians")
+    if plot:
+        parser.add_argument("--plot", default="", help="a PNG of the per-phase medians")
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be >= 2: the first round compiles")
@@ -395,6 +407,11 @@ def main():
                 "Tunix is not installed: `pip install -r requirements-bench.txt` in a venv of its "
                 "own (google-tunix 0.1.7 needs safetensors<0.8), or pass --no-tunix"
             )
+    return args
+
+
+def main():
+    args = arguments(__doc__)
     rows = run(args.steps, not args.no_tunix)
     grpo, flowrl = report(rows)
     if args.plot:

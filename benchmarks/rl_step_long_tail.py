@@ -22,12 +22,9 @@ packed steps', medians over rounds 2..) and `refill_pack_vs_static grpo=<x>` bef
 
 from __future__ import annotations
 
-import argparse
-import collections
 import dataclasses
 import statistics
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -109,18 +106,7 @@ def run(steps: int, with_tunix: bool, lengths: np.ndarray):
             }
 
         def our_round(index: int):
-            names = list(ours)
-            names = names[index % len(names) :] + names[: index % len(names)]
-            with jax.set_mesh(mesh):
-                for name in names:
-                    t0 = time.perf_counter()
-                    metrics = ours[name].step(draw)
-                    rows[name].steps.append(time.perf_counter() - t0)
-                    rows[name].phases.append(
-                        {p: metrics[f"time/{p}"] for p in rl_step.PHASES if f"time/{p}" in metrics}
-                    )
-                    assert np.isfinite(metrics["loss"]), (name, metrics["loss"])
-                    assert metrics["response/length_max"] == lengths.max()
+            rl_step.step_round(ours, rows, index, draw, mesh, int(lengths.max()))
             print(
                 f"round {index + 1}/{steps}: "
                 + "  ".join(f"{k} {rows[k].steps[-1]:.2f} s" for k in rows if rows[k].steps),
@@ -131,24 +117,7 @@ def run(steps: int, with_tunix: bool, lengths: np.ndarray):
             for i in range(steps):
                 our_round(i)
             return rows
-        phase_times = collections.defaultdict(float)
-        learner, wait_actor = rl_step.tunix_learner(f"{tmp}/ckpt", hf, phase_times, NEW)
-        texts = np.array([" ".join(map(str, p)) for p in prompts])
-
-        def batches():
-            started = time.perf_counter()
-            yield {"prompts": texts}
-            for i in range(steps):
-                wait_actor(None)
-                rows["Tunix GRPO"].steps.append(time.perf_counter() - started)
-                rows["Tunix GRPO"].phases.append(dict(phase_times))
-                phase_times.clear()
-                our_round(i)
-                started = time.perf_counter()
-                if i + 1 < steps:
-                    yield {"prompts": texts}
-
-        learner.train(batches())
+        rl_step.race_tunix(f"{tmp}/ckpt", hf, prompts, steps, rows["Tunix GRPO"], our_round, NEW)
     return rows
 
 
@@ -159,17 +128,7 @@ def ratio(rows, a: str, b: str) -> tuple[float, float, float]:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=6, help="rounds, the first holding compiles")
-    parser.add_argument("--no-tunix", action="store_true", help="our rows only")
-    args = parser.parse_args()
-    if args.steps < 2:
-        parser.error("--steps must be >= 2: the first round compiles")
-    if not args.no_tunix:
-        try:
-            import tunix  # noqa: F401
-        except ImportError:
-            parser.error("Tunix is not installed (requirements-bench.txt), or pass --no-tunix")
+    args = rl_step.arguments(__doc__, plot=False)
     lengths = length_table(rl_step.PROMPTS * rl_step.GROUP, NEW)
     rows = run(args.steps, not args.no_tunix, lengths)
     print(
