@@ -98,12 +98,6 @@ def pack(tokens, mask, layout: Layout, prompt_len: int, drop_last_prompt: bool =
     )
 
 
-def micro_batch(packed: Packed, j):
-    """Micro-batch j's rows: (tokens, positions, segments, pooled), each [rows, T]."""
-    take = lambda x: jax.lax.dynamic_index_in_dim(x, j, keepdims=False)
-    return tuple(take(x) for x in (packed.tokens, packed.positions, packed.segments, packed.pooled))
-
-
 def unpack(values, index, first: int = 0):
     """Per-slot values of a packed layout (any leading shape over the slots, flattened in order)
     -> [B, S - first] in the unpacked layout, columns first.. of `index`; 0 where no slot maps."""

@@ -211,12 +211,18 @@ def rollout_batch(out, rewards, n: int):
 
 def _values(spec: StepSpec, params, hidden, first=None):
     """V(s_t) for the tokens from column `first` on (default: the response): the hidden state
-    that predicts token t. first=1 on packed rows: every slot but the row's first."""
+    that predicts token t."""
     first = spec.prompt_len if first is None else first
     h = hidden[:, first - 1 : -1]  # [B, N, D]
     if spec.heads_cfg.value.detach_backbone:
         h = jax.lax.stop_gradient(h)
     return heads.ValueHead().apply({"params": params["value_head"]}, h)
+
+
+def _packed_values(spec: StepSpec, params, hidden):
+    """`_values` of every slot of packed rows [rows, T] (a row's first slot, never a response
+    token, gets 0)."""
+    return jnp.pad(_values(spec, params, hidden, first=1), ((0, 0), (1, 0)))
 
 
 def score(spec: StepSpec, params, ref_params, tokens, mask):
@@ -261,7 +267,7 @@ def _score_packed(spec: StepSpec, params, ref_params, tokens, mask):
             )
         if spec.alg.needs_values:
             hidden = forward_packed(cfg, params["policy"], t, pos, seg).hidden
-            out["values"] = jnp.pad(_values(spec, params, hidden, first=1), ((0, 0), (1, 0)))
+            out["values"] = _packed_values(spec, params, hidden)
         return None, out
 
     _, out = micro.loop(body, None, _pieces(packed), packed.used)
@@ -377,7 +383,9 @@ def _packed_gradients(spec: StepSpec, params, tokens, mask, batch, rng, count):
     zc = spec.heads_cfg.logz
     drop_last = spec.alg.needs_logz and zc.drop_last_prompt_token
     packed = packing.pack(tokens, mask, spec.layout(B), P, drop_last)
-    keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(jnp.arange(B, dtype=jnp.int32))
+    keys = None
+    if spec.alg.needs_logz:  # each sequence's dropout key, as policy_outputs gives its row
+        keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(jnp.arange(B, dtype=jnp.int32))
     stand_in = {"logp": batch.old_logp, "entropy": jnp.zeros_like(batch.old_logp)}
     if spec.alg.needs_values:
         stand_in["values"] = batch.old_values
@@ -416,7 +424,7 @@ def _packed_outputs(spec: StepSpec, params, piece, keys, sequences: int) -> dict
         pooled = packing.pool(hidden, pooled, sequences)
         out["logz"] = heads.logz_pooled(params["logz_head"], pooled, spec.heads_cfg.logz, keys)
     if spec.alg.needs_values:
-        out["values"] = jnp.pad(_values(spec, params, hidden, first=1), ((0, 0), (1, 0)))
+        out["values"] = _packed_values(spec, params, hidden)
     return out
 
 
