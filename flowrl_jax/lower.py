@@ -174,10 +174,9 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
     )
     out.append(Program("advantages", step_lib.jit_prepare(spec), (batch,)))
     prepared = jax.eval_shape(step_lib.jit_prepare(spec), batch)
-    mini = jax.tree.map(lambda x: batch_array((minibatch, *x.shape[1:]), x.dtype), prepared)
-    mini_tokens = batch_array((minibatch, P + N), jnp.int32)
-    update = step_lib.jit_update(spec, optimizer, mesh, sharding)
-    out.append(Program("update", update, (state, mini_tokens, mini_tokens, mini)))
+    prepared = jax.tree.map(lambda x: batch_array(x.shape, x.dtype), prepared)
+    update = step_lib.jit_updates(spec, optimizer, minibatch, t.epochs, mesh, sharding)
+    out.append(Program("update", update, (state, tokens, tokens, prepared)))
 
     bucket = lambda k: sampler_lib.batch_bucket(k, mesh)
     fuse, why = loop.choose_fused(config, reward is not None, bucket, platform)

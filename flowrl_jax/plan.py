@@ -50,6 +50,12 @@ RESIDENT_ARGS = {
 }
 
 
+# The programs are compiled for their memory plan and never run: LLVM's optimisations of the CPU
+# code can go (a quarter of the compile time; the buffers and their sizes are those of the
+# default level, tests/test_memory_plans.py).
+PLAN_ONLY = {"xla_backend_optimization_level": 0}
+
+
 @dataclasses.dataclass
 class Phase:
     program: str
@@ -126,7 +132,8 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
             if only is not None and name not in only:
                 continue
             t0 = time.perf_counter()
-            stats = program.fn.lower(*program.args).compile().memory_analysis()
+            lowered = program.fn.lower(*program.args)
+            stats = lowered.compile(compiler_options=PLAN_ONLY).memory_analysis()
             peak = program_peak(stats)
             if name in RESIDENT_ARGS:
                 taken = sum(per_device(program.args[i]) for i in RESIDENT_ARGS[name])

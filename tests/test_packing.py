@@ -162,7 +162,7 @@ def test_the_packed_update_on_a_mesh_equals_one_device():
     )
     mesh = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})
     sharding = step_lib.state_shardings(mesh, state, spec.model.family)
-    update = step_lib.jit_update(spec, optimizer, mesh, sharding)
+    update = step_lib.jit_updates(spec, optimizer, len(tokens), 1, mesh, sharding)
     with jax.set_mesh(mesh):
         inputs = jax.device_put((tokens, mask, batch), mesh_lib.batch_sharding(mesh, 1))
         got, got_m = update(jax.device_put(state, sharding), *inputs)

@@ -392,6 +392,37 @@ def test_bad_schedules_are_refused():
         step_lib.make_optimizer(cfg, heads_cfg)
 
 
+def test_updates_runs_each_epoch_over_each_minibatch_in_order():
+    """`updates` (the phased loop's and the fused step's one update program) with two mini-batches
+    of 4 rows and two epochs equals `update` called four times on the consecutive row slices, in
+    epoch order; its metrics are the mean of the four steps'."""
+    spec, optimizer, state, tokens, mask, batch = _setup("flowrl")
+    config = base_config()
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e-3, 1
+    optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
+    state = state._replace(opt_state=optimizer.init(state.params))
+    single = jax.jit(functools.partial(step_lib.update, spec, optimizer))
+    want, metrics = state, []
+    for _ in range(2):
+        for rows in (slice(0, 4), slice(4, 8)):
+            part = jax.tree.map(lambda x, rows=rows: x[rows], batch)
+            want, m = single(want, tokens[rows], mask[rows], part)
+            metrics.append(m)
+    got, got_m = jax.jit(functools.partial(step_lib.updates, spec, optimizer, 4, 2))(
+        state, tokens, mask, batch
+    )
+    assert int(got.step) == int(state.step) + 4
+    for a, b in zip(jax.tree.leaves(want.params), jax.tree.leaves(got.params), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
+    for key in got_m:
+        if key in ROUNDING_DECIDED:
+            continue
+        mean = np.mean([float(m[key]) for m in metrics])
+        np.testing.assert_allclose(
+            float(got_m[key]), mean, rtol=METRIC_RTOL, atol=METRIC_ATOL, err_msg=key
+        )
+
+
 @pytest.mark.parametrize(
     "name, head_lr",
     [
@@ -403,7 +434,7 @@ def test_bad_schedules_are_refused():
     ],
 )
 def test_sharded_update_equals_single_device(name, head_lr):
-    """jit_update on 8 devices (fsdp=4, tensor=2), 2 micro-batches, against `update` jitted on one
+    """jit_updates on 8 devices (fsdp=4, tensor=2), 2 micro-batches, against `update` jitted on one
     device: the same state after two steps (to 1e-5), metrics too, and every output array sharded
     as its input was."""
     spec, optimizer, state, tokens, mask, batch = _setup(
@@ -424,7 +455,7 @@ def test_sharded_update_equals_single_device(name, head_lr):
 
     mesh = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})
     sharding = step_lib.state_shardings(mesh, state, spec.model.family)
-    update = step_lib.jit_update(spec, optimizer, mesh, sharding)
+    update = step_lib.jit_updates(spec, optimizer, len(tokens), 1, mesh, sharding)
     rows = mesh_lib.batch_sharding(mesh, 1)
     with jax.set_mesh(mesh):
         got = jax.device_put(state, sharding)

@@ -3,7 +3,7 @@
 A rollout batch is R = B x n requests (prompt i, sample j at row i*n + j, as in `generate`). The
 program holds the KV cache of `slots` rows, each as long as the prompt bucket plus the response
 limit, whatever R is. Free slots take the next waiting requests and prefill them in place
-(`prefill_rows` slots at a time); then each step decodes one token in every busy slot. A slot whose
+(`prefill_rows` at a time, once that many are free or as many as there are requests left); then each step decodes one token in every busy slot. A slot whose
 request stops (a stop token or the length limit) is free again at once: with `refill` it takes the
 next request while the others go on; without, a group's slots are filled together, as a static
 batch, once all of them are free. Decode steps then follow the tokens sampled, not the longest
@@ -226,11 +226,17 @@ def generate_slots(
         return token.reshape(req.shape), logp.reshape(req.shape)
 
     def open_groups(state):
-        """[G] bool: the groups that take requests now: free slots and waiting requests (without
-        refilling, only once every slot of the group is free)."""
+        """[G] bool: the groups that take requests now: waiting requests, and `width` free slots
+        or as many as there are requests left (without refilling, once every slot of the group
+        is free). A refill prefills `width` rows whatever it writes, so it waits until it can
+        write them all; a request's tokens do not depend on when it starts."""
         free = ~state["busy"]
-        ready = jnp.any(free, 1) if plan.refill else jnp.all(free, 1)
-        return ready & (state["queued"] < waiting)
+        left = waiting - state["queued"]
+        if plan.refill:
+            ready = free.sum(1) >= jnp.minimum(width, left)
+        else:
+            ready = jnp.all(free, 1)
+        return ready & (left > 0)
 
     def refill(state):
         """Give up to `width` free slots per open group the next waiting requests: prefill their

@@ -1,9 +1,9 @@
 """One RL step as one compiled program: sample a group per prompt, reward it, score it (reference
 log-probs, old values), prepare the algorithm's batch, then every optimiser step of the rollout
-batch (mini-batches x epochs) in a `lax.scan`, the state donated.
+batch (mini-batches x epochs, `step.updates`), the state donated.
 
 It composes the functions the phased loop (trainer/loop.py) jits one by one: `rollout.sample`,
-`step.rollout_batch`, `step.score_rollout`, `step.prepare`, `step.update`, with the same keys
+`step.rollout_batch`, `step.score_rollout`, `step.prepare`, `step.updates`, with the same keys
 (`step.phase_key`). With the same seed both give the same parameters and metrics
 (tests/test_fused.py).
 
@@ -94,11 +94,6 @@ def _mark(fspec: FusedSpec, phase: str, ready, gate):
     return gate + zero
 
 
-def _minibatches(x, size: int):
-    """[R, ...] -> [R // size, size, ...]."""
-    return x.reshape(x.shape[0] // size, size, *x.shape[1:])
-
-
 def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask, answers):
     """prompts, prompt_mask [B, P] left-padded at the bucket shape (every row live); answers [B]
     int32. -> (state, metrics, out, rewards): the algorithm's diagnostics averaged over the
@@ -128,16 +123,9 @@ def rl_step(fspec: FusedSpec, optimizer, state, ref_params, prompts, prompt_mask
     batch = step_lib.prepare(spec, batch._replace(ref_logp=ref, old_values=old_values))
     tokens = _mark(fspec, "logprobs", batch, tokens)  # the updates start after the scoring
 
-    xs = jax.tree.map(lambda x: _minibatches(x, size), (tokens, mask, batch))
-
-    def one_update(state, x):
-        return step_lib.update(spec, optimizer, state, *x)
-
-    def one_epoch(state, _):
-        return jax.lax.scan(one_update, state, xs)
-
-    state, metrics = jax.lax.scan(one_epoch, state, None, length=fspec.epochs)
-    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=(0, 1)), metrics)
+    state, metrics = step_lib.updates(
+        spec, optimizer, size, fspec.epochs, state, tokens, mask, batch
+    )
     # Ready when every parameter is updated: the loss alone can be ready before the backward pass
     # (XLA unrolls a scan of one step).
     metrics["loss"] = _mark(fspec, "update", state.params, metrics["loss"])

@@ -286,7 +286,14 @@ class Trainer:
             self._phases[prompt_len] = (
                 step_lib.jit_score(spec, block),
                 step_lib.jit_prepare(spec),
-                step_lib.jit_update(spec, self.optimizer, self.mesh, self.state_sharding),
+                step_lib.jit_updates(
+                    spec,
+                    self.optimizer,
+                    self.minibatch,
+                    self.config.train.epochs,
+                    self.mesh,
+                    self.state_sharding,
+                ),
             )
         return self._phases[prompt_len]
 
@@ -365,14 +372,10 @@ class Trainer:
         times["logprobs"] = metrics_lib.clock() - t0
         between_phases()
         t0 = metrics_lib.clock()
-        metrics = []
-        for _ in range(self.config.train.epochs):
-            for i, j in _slices(len(rewards), self.minibatch):
-                rows = slice(i, j)
-                part = jax.tree.map(lambda x, rows=rows: on_mesh(x[rows]), batch)
-                self.state, m = update(self.state, on_mesh(tokens[rows]), on_mesh(mask[rows]), part)
-                metrics.append(m)
-        metrics = {k: float(np.mean([mesh_lib.to_host(m[k]) for m in metrics])) for k in metrics[0]}
+        self.state, metrics = update(
+            self.state, on_mesh(tokens), on_mesh(mask), jax.tree.map(on_mesh, batch)
+        )
+        metrics = {k: float(mesh_lib.to_host(v)) for k, v in metrics.items()}
         times["update"] = metrics_lib.clock() - t0
         times["step"] = metrics_lib.clock() - t_start
         times["compile"] = metrics_lib.compile_seconds() - compiled
@@ -479,7 +482,3 @@ class Trainer:
     @property
     def algo_cfg(self) -> ConfigDict:
         return self.spec.algo_cfg
-
-
-def _slices(total: int, size: int):
-    return [(i, min(i + size, total)) for i in range(0, total, size)]

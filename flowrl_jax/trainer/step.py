@@ -1,8 +1,9 @@
 """The training phases as pure functions of arrays (jit them with the static pieces bound by
 `functools.partial`): `score` (reference log-probs and old values, no gradient), `prepare` (the
 algorithm's advantages) and `update` (forward, the registered loss, one optimiser step, the gradient
-accumulated over `StepSpec.micro_batches`). `jit_update` compiles `update` with explicit shardings
-(`state_shardings`) and the state donated.
+accumulated over `StepSpec.micro_batches`); `updates` runs every optimiser step of a rollout batch
+(epochs x mini-batches), and `jit_updates` compiles it with explicit shardings (`state_shardings`)
+and the state donated.
 
 No branch per algorithm: the step asks the algorithm which inputs it needs (reference log-probs,
 log Z, values) and hands every loss the same `algorithms.Batch`.
@@ -27,6 +28,7 @@ from flowrl_jax import mesh as mesh_lib
 from flowrl_jax import rules as R
 from flowrl_jax.algorithms import heads
 from flowrl_jax.models import partition
+from flowrl_jax.models.decoder import constrain_batch
 from flowrl_jax.models.families import DecoderConfig
 from flowrl_jax.models.model import forward, forward_packed
 from flowrl_jax.rollout.logprobs import logprobs_from_hidden, token_logprobs
@@ -363,6 +365,45 @@ def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: al
     return TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
 
+def updates(
+    spec: StepSpec,
+    optimizer,
+    minibatch: int,
+    epochs: int,
+    state,
+    tokens,
+    mask,
+    batch,
+    shardings=None,
+):
+    """Every optimiser step of a rollout batch: `epochs` passes over its mini-batches of
+    `minibatch` rows (consecutive rows, groups whole), each an `update`, in a `lax.scan`. The
+    phased loop and the fused step both run this. shardings: the state's (state_shardings), kept
+    by the loop's carry. -> (state, the metrics averaged over the steps)."""
+
+    def minibatches(x):  # [R, ...] -> [R // minibatch, minibatch, ...]
+        return x.reshape(x.shape[0] // minibatch, minibatch, *x.shape[1:])
+
+    xs = jax.tree.map(minibatches, (tokens, mask, batch))
+
+    # Left to themselves, the partitioner may split a mini-batch's rows over fewer devices than
+    # the data-parallel ones, or carry the state in another layout, and gather each weight whole
+    # to match, every step: both are pinned.
+    def keep(state):
+        return state if shardings is None else jax.lax.with_sharding_constraint(state, shardings)
+
+    def one_step(state, x):
+        x = jax.tree.map(constrain_batch, x)
+        state, metrics = update(spec, optimizer, keep(state), *x)
+        return keep(state), metrics
+
+    def one_epoch(state, _):
+        return jax.lax.scan(one_step, state, xs)
+
+    state, metrics = jax.lax.scan(one_epoch, state, None, length=epochs)
+    return state, jax.tree.map(lambda m: jnp.mean(m, axis=(0, 1)), metrics)
+
+
 def _strided_gradients(spec: StepSpec, params, tokens, mask, batch, rng, count):
     """micro_batches strided shares of the rows -> (summed gradients, per-row outputs [B, ...])."""
     B = tokens.shape[0]
@@ -487,18 +528,18 @@ def jit_prepare(spec: StepSpec):
     return jax.jit(functools.partial(prepare, spec))
 
 
-def jit_update(spec: StepSpec, optimizer, mesh: Mesh, state_sharding: TrainState):
-    """`update` compiled with explicit shardings, the state donated:
+def jit_updates(spec: StepSpec, optimizer, minibatch: int, epochs: int, mesh, state_sharding):
+    """`updates` compiled with explicit shardings, the state donated:
     (state, tokens, mask, batch) -> (state, metrics). Call it under `jax.set_mesh(mesh)`."""
-    # Every batch input is [B] or [B, ...]: one spec over the leading axis covers them all.
+    # Every batch input is [R] or [R, ...]: one spec over the leading axis covers them all.
     rows = mesh_lib.batch_sharding(mesh, ndim=1)
     return jax.jit(
-        functools.partial(update, spec, optimizer),
+        functools.partial(updates, spec, optimizer, minibatch, epochs, shardings=state_sharding),
         in_shardings=(
             state_sharding,  # state: by partition rules (state_shardings)
-            rows,  # tokens [B, P + N]: rows over the data-parallel axes (data x fsdp)
-            rows,  # mask [B, P + N]: likewise
-            rows,  # batch: every field [B] or [B, N], rows split the same way
+            rows,  # tokens [R, P + N]: rows over the data-parallel axes (data x fsdp)
+            rows,  # mask [R, P + N]: likewise
+            rows,  # batch: every field [R] or [R, N], rows split the same way
         ),
         out_shardings=(
             state_sharding,  # the new state where the old one was, so the donation reuses it
