@@ -1,10 +1,16 @@
-"""8 virtual CPU devices for the sharding tests; must be set before jax is imported anywhere."""
+"""8 virtual CPU devices for the sharding tests, and the suite's XLA flags (jobs.SUITE_XLA_FLAGS); must be
+set before jax is imported anywhere."""
 
 import os
 
+from jobs import SUITE_XLA_FLAGS  # noqa: E402  (no jax there)
+
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+    flags += " --xla_force_host_platform_device_count=8"
+if "xla_backend_optimization_level" not in flags:
+    flags += " " + SUITE_XLA_FLAGS
+os.environ["XLA_FLAGS"] = flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

@@ -13,6 +13,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # small programs again and again, and a restarted job is meant to read them back anyway. The
 # cache's own behaviour is tested apart, with each run's own cache (tests/test_compile_cache.py).
 CACHE = tempfile.mkdtemp(prefix="flowrl-tests-compile-cache-")
+# The suite's programs are compiled without LLVM's optimisations of the CPU code: most tests spend
+# more time compiling than running, and the programs XLA builds (HLO, fusions, buffers) are the
+# same; only the machine code is less tuned. Benchmarks and users keep the default.
+SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def child_env(env: dict) -> dict:
@@ -50,7 +54,7 @@ def host_env(devices: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     return env | {
         "PYTHONPATH": ROOT,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {SUITE_XLA_FLAGS}",
     }
 
 

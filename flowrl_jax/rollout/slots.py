@@ -3,9 +3,9 @@
 A rollout batch is R = B x n requests (prompt i, sample j at row i*n + j, as in `generate`). The
 program holds the KV cache of `slots` rows, each as long as the prompt bucket plus the response
 limit, whatever R is. Free slots take the next waiting requests and prefill them in place
-(`prefill_rows` at a time, once that many are free or as many as there are requests left); then each step decodes one token in every busy slot. A slot whose
-request stops (a stop token or the length limit) is free again at once: with `refill` it takes the
-next request while the others go on; without, a group's slots are filled together, as a static
+(`prefill_rows` at a time, once that many are free or as many as there are requests left); then
+each step decodes one token in every busy slot. A slot whose request stops (a stop token or the
+length limit) is free again: with `refill` it takes the next request while the others go on; without, a group's slots are filled together, as a static
 batch, once all of them are free. Decode steps then follow the tokens sampled, not the longest
 response times the batch.
 
