@@ -4,6 +4,7 @@ refilling on and off, on one device and on a mesh; inside the RL step, fused and
 programs it compiles; its errors; and what its programs hold (no [rows, P, vocab] logits, the
 weights cast once, outside the decode loop)."""
 
+import functools
 import logging
 import re
 
@@ -32,6 +33,12 @@ def model(family="qwen3", seed=0):
     return cfg, params
 
 
+@functools.cache
+def static_sampler():
+    """The static batch every case of the next test compares with: its programs compile once."""
+    return Sampler(model()[0], prompt_buckets=(8, 16))
+
+
 def prompts(count, longest, seed=0):
     rng = np.random.default_rng(seed)
     return [list(rng.integers(1, 32, size=rng.integers(1, longest + 1))) for _ in range(count)]
@@ -56,7 +63,7 @@ def assert_same_rows(got, want):
 def test_each_request_samples_what_the_static_batch_samples(slots, refill, prefill_rows):
     cfg, params = model()
     sp = SamplingParams(max_new_tokens=12, n=3, temperature=1.0, stop_tokens=STOPS)
-    static = Sampler(cfg, prompt_buckets=(8, 16))
+    static = static_sampler()
     settings = slots_lib.SlotSettings(slots=slots, refill=refill, prefill_rows=prefill_rows)
     slotted = Sampler(cfg, prompt_buckets=(8, 16), slots=settings)
     for batch, longest, seed in [(5, 8, 0), (3, 16, 1)]:  # two prompt buckets

@@ -213,6 +213,9 @@ def default_config():
             "kv_cache_gb": 0.0,  # KV cache per device group (GB) for the slots; 0 = off
             "refill": True,  # a free slot takes the next request at once (False: waves)
             "prefill_rows": 1,  # slots per device group one refill prefills together
+            # Once no request waits: up to this many phases of half as many slots, each entered
+            # when the busy ones fit (the last long responses decode in fewer rows); 0 = off.
+            "shrink": 2,
         }
     )
 
@@ -228,6 +231,7 @@ RULES = {
     "slots": R.COUNT,
     "kv_cache_gb": R.NON_NEGATIVE,
     "prefill_rows": R.POSITIVE_INT,
+    "shrink": R.COUNT,
 }
 
 
@@ -454,6 +458,7 @@ def slot_settings(rollout) -> slots_lib.SlotSettings:
         kv_cache_gb=rollout.get("kv_cache_gb", 0.0),
         refill=rollout.get("refill", True),
         prefill_rows=rollout.get("prefill_rows", 1),
+        shrink=rollout.get("shrink", 2),
     )
 
 

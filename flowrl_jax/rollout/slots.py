@@ -55,6 +55,7 @@ class SlotPlan:
     groups: int = 1  # independent slot groups (the mesh's data-parallel shards)
     refill: bool = True  # a free slot takes the next request at once (False: whole-group waves)
     prefill_rows: int = 1  # slots per group one refill prefills (with refill)
+    shrink: int = 2  # phases of half as many slots once the queue is empty (0: none)
 
     def __post_init__(self):
         if self.groups < 1 or self.slots < self.groups or self.slots % self.groups:
@@ -64,6 +65,8 @@ class SlotPlan:
             )
         if self.prefill_rows < 1:
             raise ValueError(f"rollout.prefill_rows={self.prefill_rows} must be >= 1")
+        if self.shrink < 0:
+            raise ValueError(f"rollout.shrink={self.shrink} must be >= 0")
 
     @property
     def per_group(self) -> int:
@@ -82,6 +85,7 @@ class SlotSettings:
     kv_cache_gb: float = 0.0  # KV cache per device group (GB) the slots may take
     refill: bool = True
     prefill_rows: int = 1
+    shrink: int = 2
 
     def __post_init__(self):
         if self.slots < 0 or self.kv_cache_gb < 0:
@@ -107,7 +111,7 @@ class SlotSettings:
         if self.static:
             return None
         slots = self.slots or slots_for_budget(cfg, self.kv_cache_gb, length, groups, split)
-        return SlotPlan(slots, groups, self.refill, self.prefill_rows)
+        return SlotPlan(slots, groups, self.refill, self.prefill_rows, self.shrink)
 
 
 def slot_bytes(cfg: DecoderConfig, length: int) -> int:
@@ -292,10 +296,10 @@ def generate_slots(
 
     def decode(state):
         """One token in every busy slot: feed its last token (response slot t - 1), sample the
-        next (step t)."""
+        next (step t). Any number of slots per group (the shrinking phases have fewer)."""
         busy, t = state["busy"], state["t"]
-        flat = lambda x: x.reshape(G * S, *x.shape[2:])
-        write = P + t - 1  # [G, S]: the cache position of the token fed
+        flat = lambda x: x.reshape(-1, *x.shape[2:])
+        write = P + t - 1  # [G, slots]: the cache position of the token fed
         fed = jax.nn.one_hot(write, W, dtype=jnp.bool_) & busy[:, :, None]
         kv_mask = state["kv_mask"] | fed
         caches = [RowCache(k, v, flat(write)) for k, v in zip(state["k"], state["v"])]
@@ -321,7 +325,40 @@ def generate_slots(
             token=token,
             position=state["position"] + 1,
         )
-        return refill_all(_pin(state, K))
+        return _pin(state, K)
+
+    def keep_decoding(size: int, last: bool):
+        """The loop condition of the phase with `size` slots a group: a busy slot, and (unless
+        it is the last phase) a waiting request or more busy slots in some group than the next
+        phase's size."""
+
+        def cond(state):
+            busy = jnp.any(state["busy"])
+            if last:
+                return busy
+            waiting_any = jnp.any(state["queued"] < waiting)
+            return busy & (waiting_any | (jnp.max(state["busy"].sum(1)) > size // 2))
+
+        return cond
+
+    def shrink(state, size: int):
+        """Keep `size` slots a group, the busy ones first (all of them: the loop before left at
+        most `size` busy), with their cache rows; the requests' outputs are untouched."""
+        keep = jnp.argsort(~state["busy"], axis=1, stable=True)[:, :size]  # [G, size]
+
+        def rows(buf, _, at):
+            """One device's groups: buf [g * slots, ...] -> [g * size, ...]."""
+            grouped = buf.reshape(at.shape[0], -1, *buf.shape[1:])
+            return jax.vmap(lambda b, i: b[i])(grouped, at).reshape(-1, *buf.shape[1:])
+
+        def slots_of(x):  # [G, slots, ...] -> [G, size, ...]
+            return jax.vmap(lambda b, i: b[i])(x, keep)
+
+        small = {
+            k: slots_of(state[k]) for k in ("kv_mask", "req", "t", "busy", "token", "position")
+        }
+        cache = {k: [on_own_rows(rows, b, b, keep) for b in state[k]] for k in ("k", "v")}
+        return _pin(state | small | cache, K)
 
     zeros = lambda shape, dtype=jnp.int32: jnp.zeros(shape, dtype)
     state = _pin(
@@ -343,8 +380,19 @@ def generate_slots(
         ),
         K,
     )
+    # Decode with refills while requests wait; then, as the last requests finish, in phases of
+    # half as many slots (plan.shrink of them), each entered once no group has more busy slots
+    # than it holds: the tail of long requests is not decoded at the full slot count.
+    sizes = [S]
+    while len(sizes) <= plan.shrink and sizes[-1] // 2 >= 1:
+        sizes.append(sizes[-1] // 2)
     state = refill_all(state)
-    state = jax.lax.while_loop(lambda s: jnp.any(s["busy"]), decode, state)
+    for i, size in enumerate(sizes):
+        last = i == len(sizes) - 1
+        if i:
+            state = shrink(state, size)
+        body = (lambda s: refill_all(decode(s))) if i == 0 else decode
+        state = jax.lax.while_loop(keep_decoding(size, last), body, state)
     flat = lambda x: x.reshape(R, *x.shape[2:])
     return SampleOutput(
         tokens,
