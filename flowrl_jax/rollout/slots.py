@@ -383,8 +383,10 @@ def generate_slots(
     # Decode with refills while requests wait; then, as the last requests finish, in phases of
     # half as many slots (plan.shrink of them), each entered once no group has more busy slots
     # than it holds: the tail of long requests is not decoded at the full slot count.
+    # Never below 2 slots a group: at one row a device the partitioner lays the 32B recipe's
+    # decode weights out anew, a second copy (flowrl_jax.plan: 100 GB a device against 72).
     sizes = [S]
-    while len(sizes) <= plan.shrink and sizes[-1] // 2 >= 1:
+    while len(sizes) <= plan.shrink and sizes[-1] // 2 >= 2:
         sizes.append(sizes[-1] // 2)
     state = refill_all(state)
     for i, size in enumerate(sizes):
