@@ -242,6 +242,42 @@ def long_tail(name: str, pairs: int) -> float:
     return statistics.median(ratios)
 
 
+def schedule(lengths: np.ndarray, slots: int, prefill_rows: int, shrink: int) -> int:
+    """Row-steps the slot sampler computes for `lengths` (one group, requests in order): a refill
+    waits for `prefill_rows` free slots (or the requests left), and once none waits, phases of
+    half as many slots (not below 2) follow as the busy ones fit. The static batch computes
+    len(lengths) x max(lengths)."""
+    queue, left, size, rows = list(lengths), [], slots, 0
+    sizes = [slots]
+    while len(sizes) <= shrink and sizes[-1] // 2 >= 2:
+        sizes.append(sizes[-1] // 2)
+    while queue or left:
+        while queue and size - len(left) >= min(prefill_rows, len(queue)):
+            take = min(prefill_rows, len(queue), size - len(left))
+            left += queue[:take]
+            queue = queue[take:]
+        while not queue and size > sizes[-1] and len(left) <= size // 2:
+            size //= 2
+        rows += size
+        left = [n - 1 for n in left if n > 1]
+    return rows
+
+
+def print_schedules() -> None:
+    """Row-steps of each long-tail size's schedule, with and without shrinking, against the
+    static batch's."""
+    print(f"{'size':>5} {'static':>9} {'slots':>9} {'shrink 2':>9} {'ratio':>6} {'ratio 2':>8}")
+    for name, (prompts_n, n, _, limit, slots, prefill_rows) in LONG_TAIL.items():
+        lengths = length_table(prompts_n * n, limit)
+        static = len(lengths) * int(lengths.max())
+        plain = schedule(lengths, slots, prefill_rows, 0)
+        shrunk = schedule(lengths, slots, prefill_rows, 2)
+        print(
+            f"{name:>5} {static:>9} {plain:>9} {shrunk:>9} {static / plain:>6.2f} "
+            f"{static / shrunk:>8.2f}"
+        )
+
+
 def step_cost(limit_steps=(512, 64), slot_counts=(32, 128)) -> None:
     """Where the slot sampler's time goes: seconds per decode step and per row-step of the static
     batch and of the slot sampler, every request sampling exactly `limit` tokens (no long tail:
@@ -292,7 +328,15 @@ def main() -> None:
         action="store_true",
         help="seconds per decode step and per row-step, static batch against slots",
     )
+    parser.add_argument(
+        "--schedule",
+        action="store_true",
+        help="row-steps of the long-tail tables' slot schedules against the static batch",
+    )
     args = parser.parse_args()
+    if args.schedule:
+        print_schedules()
+        return
     if args.step_cost:
         step_cost()
         return
