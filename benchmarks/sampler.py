@@ -247,10 +247,10 @@ def schedule(lengths: np.ndarray, slots: int, prefill_rows: int, shrink: int) ->
     waits for `prefill_rows` free slots (or the requests left), and once none waits, phases of
     half as many slots (not below 2) follow as the busy ones fit. The static batch computes
     len(lengths) x max(lengths)."""
+    from flowrl_jax.rollout.slots import phase_sizes
+
     queue, left, size, rows = list(lengths), [], slots, 0
-    sizes = [slots]
-    while len(sizes) <= shrink and sizes[-1] // 2 >= 2:
-        sizes.append(sizes[-1] // 2)
+    sizes = phase_sizes(slots, shrink)
     while queue or left:
         while queue and size - len(left) >= min(prefill_rows, len(queue)):
             take = min(prefill_rows, len(queue), size - len(left))

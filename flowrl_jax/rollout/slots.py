@@ -5,8 +5,9 @@ program holds the KV cache of `slots` rows, each as long as the prompt bucket pl
 limit, whatever R is. Free slots take the next waiting requests and prefill them in place
 (`prefill_rows` at a time, once that many are free or as many as there are requests left); then
 each step decodes one token in every busy slot. A slot whose request stops (a stop token or the
-length limit) is free again: with `refill` it takes the next request while the others go on; without, a group's slots are filled together, as a static
-batch, once all of them are free. Decode steps then follow the tokens sampled, not the longest
+length limit) is free again: with `refill` it takes the next request while the others go on;
+without, a group's slots are filled together, as a static batch, once all of them are free.
+Decode steps then follow the tokens sampled, not the longest
 response times the batch.
 
 Groups: the slots and the queue are split into `groups` equal parts, the data-parallel shards of
@@ -112,6 +113,16 @@ class SlotSettings:
             return None
         slots = self.slots or slots_for_budget(cfg, self.kv_cache_gb, length, groups, split)
         return SlotPlan(slots, groups, self.refill, self.prefill_rows, self.shrink)
+
+
+def phase_sizes(slots: int, shrink: int) -> list[int]:
+    """Slots a group in each decode phase: `slots`, then up to `shrink` halvings, never below 2
+    (at one row a device the partitioner laid the 32B recipe's decode weights out anew, a second
+    copy: flowrl_jax.plan, 100 GB a device against 72)."""
+    sizes = [slots]
+    while len(sizes) <= shrink and sizes[-1] // 2 >= 2:
+        sizes.append(sizes[-1] // 2)
+    return sizes
 
 
 def slot_bytes(cfg: DecoderConfig, length: int) -> int:
@@ -346,16 +357,15 @@ def generate_slots(
         most `size` busy), with their cache rows; the requests' outputs are untouched."""
         keep = jnp.argsort(~state["busy"], axis=1, stable=True)[:, :size]  # [G, size]
 
+        take = jax.vmap(lambda b, i: b[i])  # [g, slots, ...], [g, size] -> [g, size, ...]
+
         def rows(buf, _, at):
             """One device's groups: buf [g * slots, ...] -> [g * size, ...]."""
             grouped = buf.reshape(at.shape[0], -1, *buf.shape[1:])
-            return jax.vmap(lambda b, i: b[i])(grouped, at).reshape(-1, *buf.shape[1:])
-
-        def slots_of(x):  # [G, slots, ...] -> [G, size, ...]
-            return jax.vmap(lambda b, i: b[i])(x, keep)
+            return take(grouped, at).reshape(-1, *buf.shape[1:])
 
         small = {
-            k: slots_of(state[k]) for k in ("kv_mask", "req", "t", "busy", "token", "position")
+            k: take(state[k], keep) for k in ("kv_mask", "req", "t", "busy", "token", "position")
         }
         cache = {k: [on_own_rows(rows, b, b, keep) for b in state[k]] for k in ("k", "v")}
         return _pin(state | small | cache, K)
@@ -383,11 +393,7 @@ def generate_slots(
     # Decode with refills while requests wait; then, as the last requests finish, in phases of
     # half as many slots (plan.shrink of them), each entered once no group has more busy slots
     # than it holds: the tail of long requests is not decoded at the full slot count.
-    # Never below 2 slots a group: at one row a device the partitioner lays the 32B recipe's
-    # decode weights out anew, a second copy (flowrl_jax.plan: 100 GB a device against 72).
-    sizes = [S]
-    while len(sizes) <= plan.shrink and sizes[-1] // 2 >= 2:
-        sizes.append(sizes[-1] // 2)
+    sizes = phase_sizes(S, plan.shrink)
     state = refill_all(state)
     for i, size in enumerate(sizes):
         last = i == len(sizes) - 1
