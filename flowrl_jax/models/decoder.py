@@ -19,7 +19,6 @@ Parameter tree (kernels are [in, out], the transpose of torch's Linear weights):
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import NamedTuple
 
@@ -29,12 +28,11 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from flowrl_jax.mesh import BATCH_AXES
+from flowrl_jax.models import attention
+from flowrl_jax.models.attention import dtype_of, from_bits, to_bits
 from flowrl_jax.models.families import DecoderConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
-_MASKED = (
-    -1e30
-)  # finite, so a row with no visible key (a left-pad query) gives a uniform softmax, not NaN
 
 
 class DecoderOutput(NamedTuple):
@@ -55,8 +53,8 @@ class Segments(NamedTuple):
 
 class RowCache(NamedTuple):
     """One layer's KV buffer in which every row writes at a slot of its own (the slot sampler:
-    each row is a different request at a different point of its response). Attention reads the
-    whole buffer; the kv_mask alone says which slots a row sees."""
+    each row is a different request at a different point of its response). The kv_mask says which
+    slots a row sees; a decode step reads each row's up to its last visible one (`_row_decode`)."""
 
     k: jax.Array  # [B, K, Dh, S], in the compute dtype or as its bits (`to_bits`)
     v: jax.Array  # [B, K, S, Dh]
@@ -188,17 +186,36 @@ class Attention(nn.Module):
         R = H // K
         q = q.reshape(B, T, K, R, Dh).transpose(0, 2, 1, 3, 4)  # [B, K, T, R, Dh]
         block = cfg.attention_block
-        if block and T > block:
-            out = _blocked_attention(q, ks, vs, mask, block, dt, k_minor)
+        if isinstance(cache, RowCache) and T == 1 and cfg.decode_block:
+            out = _row_decode(q.reshape(B, K, R, Dh), cache, mask[:, 0], dt, cfg.decode_block)
+        elif block and T > block:
+            out = attention.blocked(q, ks, vs, mask, block, dt, k_minor)
         elif cache is None and cfg.causal_block and T > cfg.causal_block:
             # Equal blocks, as few as keep each within causal_block: T = 320 at 128 goes as 3 x 107
             # (skips 1/3 of the scores), not 128 + 128 + 64.
             count = -(-T // cfg.causal_block)
-            out = _causal_attention(q, k, v, mask, -(-T // count), dt)
+            out = attention.causal(q, k, v, mask, -(-T // count), dt)
         else:
-            out = _attention(q.reshape(B, K, T * R, Dh), ks, vs, mask, dt, k_minor)
+            out = attention.attend(q.reshape(B, K, T * R, Dh), ks, vs, mask, dt, k_minor)
         out = out.reshape(B, K, T, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H * Dh)
         return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
+
+
+def _row_decode(q, cache: RowCache, mask, dt, keys: int):
+    """The slot sampler's decode attention: q [B, K, R, Dh], mask [B, S] -> [B, K, R, Dh]. On the
+    CPU each device's rows read their cache up to their fill only (`attention.ragged_decode`);
+    elsewhere the whole window in one dot each (a loop of small gathers and dots is what a GPU
+    runs worst; the accelerators' ragged kernels are issue #34's)."""
+
+    def ragged(q, k, v, mask):
+        read = lambda kv, q, mask: attention.ragged_decode(q, *kv, mask, dt, keys)
+        return on_own_rows(read, (k, v), q, mask)
+
+    def dense(q, k, v, mask):
+        k, v = (from_bits(x, dt).astype(dt) for x in (k, v))
+        return attention.attend(q, (k,), (v,), mask[:, None], dt, True)
+
+    return jax.lax.platform_dependent(q, cache.k, cache.v, mask, cpu=ragged, default=dense)
 
 
 def _write_kv(k_buf, v_buf, k, v, slot, layer=None):
@@ -234,94 +251,15 @@ def on_own_rows(write, buf, x, index):
     if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
         return write(buf, x, index)
     rows = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    if buf.shape[0] % rows or x.shape[0] % rows or index.shape[0] % rows:
+    first = jax.tree.leaves(buf)[0]  # buf may be a tuple of buffers alike (keys and values)
+    if first.shape[0] % rows or x.shape[0] % rows or index.shape[0] % rows:
         return write(buf, x, index)
     tensor = mesh.shape.get("tensor", 1)
-    heads = "tensor" if tensor > 1 and buf.shape[1] % tensor == 0 else None
+    heads = "tensor" if tensor > 1 and first.shape[1] % tensor == 0 else None
     spec = P(BATCH_AXES, heads)
     return jax.shard_map(write, mesh=mesh, in_specs=(spec, spec, P(BATCH_AXES)), out_specs=spec)(
         buf, x, index
     )
-
-
-def to_bits(x):
-    """A 16-bit float array viewed as uint16 (others unchanged). The slot sampler keeps its KV
-    cache as bits: writing rows into it is a scatter, and XLA's CPU backend computes a bf16 scatter
-    in float32 over a converted copy of the whole buffer, so a loop can no longer update it in
-    place (on a TPU or GPU the view costs nothing either way)."""
-    if x.dtype.itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating):
-        return jax.lax.bitcast_convert_type(x, jnp.uint16)
-    return x
-
-
-def from_bits(x, dtype):
-    """The inverse of `to_bits`: uint16 bits viewed as the 16-bit float `dtype`."""
-    if x.dtype == jnp.uint16:
-        return jax.lax.bitcast_convert_type(x, dtype)
-    return x
-
-
-def dtype_of(buf, x):
-    """The float type a buffer holds: `x`'s for a bits buffer, else the buffer's own."""
-    return x.dtype if buf.dtype == jnp.uint16 else buf.dtype
-
-
-def _attention(q, ks, vs, mask, dt, k_minor):
-    """q [B, K, T*R, Dh] (query t, group member r at row t*R + r); keys and values as consecutive
-    segments of slots, ks[i] [B, K, Dh, S_i] if k_minor else [B, K, S_i, Dh], vs[i] [B, K, S_i, Dh];
-    mask [B, T, S] over all S = sum S_i slots -> [B, K, T*R, Dh]. Each segment is read in place (one
-    dot each); scores and softmax in fp32."""
-    B, K, TR, Dh = q.shape
-    T = mask.shape[1]
-    spec = "bkqd,bkds->bkqs" if k_minor else "bkqd,bksd->bkqs"
-    scores = [jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) for k in ks]
-    scores = jnp.concatenate(scores, axis=-1) / math.sqrt(Dh)  # [B, K, T*R, S]
-    scores = scores.reshape(B, K, T, TR // T, -1)
-    scores = jnp.where(mask[:, None, :, None, :], scores, _MASKED).reshape(B, K, TR, -1)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    if len(vs) == 1:
-        return jnp.einsum("bkqs,bksd->bkqd", probs, vs[0])
-    bounds = list(itertools.accumulate(v.shape[2] for v in vs))[:-1]
-    parts = jnp.split(probs, bounds, axis=-1)
-    return sum(jnp.einsum("bkqs,bksd->bkqd", p, v) for p, v in zip(parts, vs))
-
-
-def _causal_attention(q, k, v, mask, block, dt):
-    """Attention of a forward without a cache (S = T, mask causal), one block of `block` queries at
-    a time, each against the keys up to its last query only: the blocks of scores above the
-    diagonal, all masked, are never computed. q [B, K, T, R, Dh], k and v [B, K, T, Dh], mask
-    [B, T, T] -> [B, K, T*R, Dh]. The blocks are unrolled, each of its own shape, and XLA may run
-    several at once: for short T (the long-context path keeps its rematerialised scan, whose
-    memory holds one block)."""
-    B, K, T, R, Dh = q.shape
-    outs = []
-    for lo in range(0, T, block):
-        hi = min(T, lo + block)
-        qb = q[:, :, lo:hi].reshape(B, K, (hi - lo) * R, Dh)
-        out = _attention(qb, (k[:, :, :hi],), (v[:, :, :hi],), mask[:, lo:hi, :hi], dt, False)
-        outs.append(out.reshape(B, K, hi - lo, R, Dh))
-    return jnp.concatenate(outs, axis=2).reshape(B, K, T * R, Dh)
-
-
-def _blocked_attention(q, ks, vs, mask, block, dt, k_minor):
-    """`_attention` one block of `block` queries at a time: q [B, K, T, R, Dh] -> [B, K, T*R, Dh].
-    Each block is rematerialised, so forward and backward hold one block's [block*R, S] scores per
-    head instead of [T*R, S] (at T = 8192 the difference between 128 MB and 7.5 GB for a 7B model).
-    Every block still reads all S keys: the saving is memory, not FLOPs."""
-    B, K, T, R, Dh = q.shape
-    pad = -T % block
-    q = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))
-    mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))  # padded queries see nothing: uniform, dropped
-    n = (T + pad) // block
-    q = q.reshape(B, K, n, block * R, Dh).transpose(2, 0, 1, 3, 4)  # [n, B, K, block*R, Dh]
-    mask = mask.reshape(B, n, block, -1).swapaxes(0, 1)  # [n, B, block, S]
-
-    @jax.checkpoint
-    def body(_, xs):
-        return None, _attention(xs[0], ks, vs, xs[1], dt, k_minor)
-
-    _, out = jax.lax.scan(body, None, (q, mask))  # [n, B, K, block*R, Dh]
-    return out.transpose(1, 2, 0, 3, 4).reshape(B, K, (T + pad) * R, Dh)[:, :, : T * R]
 
 
 class MLP(nn.Module):

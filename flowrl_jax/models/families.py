@@ -47,6 +47,9 @@ class DecoderConfig:
     # each block attending only the keys up to its last query, so the scores above the causal
     # diagonal (all masked) are never computed. 0 = one block over all T x T scores.
     causal_block: int = 128
+    # The slot sampler's decode step on the CPU: each row reads its cache only up to its last
+    # filled slot, this many slots at a time (attention.ragged_decode). 0 = the whole window.
+    decode_block: int = 64
 
     def __post_init__(self):
         check_config(self)
@@ -87,7 +90,7 @@ def check_config(cfg: DecoderConfig) -> None:
         raise NotImplementedError(
             f"rope_scaling.rope_type={rope_type!r} is not implemented; supported: {ROPE_TYPES}"
         )
-    for key in ("attention_block", "causal_block"):
+    for key in ("attention_block", "causal_block", "decode_block"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{key}={getattr(cfg, key)} must be >= 0 (0 = unblocked)")
     if cfg.remat not in REMAT_POLICIES:

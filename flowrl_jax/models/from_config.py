@@ -35,6 +35,9 @@ def default_config() -> ConfigDict:
             "remat": "none",  # 'none' | 'full' | 'dots'
             "attention_block": 512,  # queries per attention block at long T; 0 = one block
             "causal_block": 128,  # queries per causal block at short T (skips masked scores); 0 = off
+            # The slot sampler's decode on the CPU reads each row's cache up to its fill, this many
+            # slots at a time; 0 = the whole window every step (as on accelerators).
+            "decode_block": 64,
         }
     )
 
@@ -48,6 +51,7 @@ RULES = {
     "remat": R.OneOf(REMAT_POLICIES),
     "attention_block": R.COUNT,
     "causal_block": R.COUNT,
+    "decode_block": R.COUNT,
 }
 
 
@@ -59,6 +63,7 @@ def overrides(config: ConfigDict) -> dict:
         remat=config.remat,
         attention_block=config.attention_block,
         causal_block=config.causal_block,
+        decode_block=config.decode_block,
     )
 
 

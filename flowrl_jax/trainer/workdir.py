@@ -43,6 +43,7 @@ _RUNTIME_FIELDS = {
     "remat",
     "attention_block",
     "causal_block",
+    "decode_block",
     "max_position_embeddings",
 }
 
