@@ -183,10 +183,10 @@ def generate_flops(hf: dict, batch: int, prompt: int, new: int) -> float:
 
 
 # The long tail: prompts, samples each, prompt length, response limit, slots, rows a refill
-# prefills. A rollout batch four times the slots, as a recipe's is many times its slots (7B: 4,096
-# requests, 136 slots), and slots enough that a decode step's matmuls are not starved of rows on
-# this CPU.
-LONG_TAIL = {"tiny": (64, 8, 32, 512, 128, 8), "small": (16, 8, 64, 512, 32, 8)}
+# prefills. A rollout batch several times the slots, as a recipe's is many times its slots (7B:
+# 4,096 requests, 136 slots), and slots enough that a decode step's matmuls are not starved of
+# rows on this CPU: small's weight matmuls cost 1.7x as much a row at 32 rows as at 64 (fp32).
+LONG_TAIL = {"tiny": (64, 8, 32, 512, 128, 8), "small": (16, 8, 64, 512, 64, 8)}
 
 
 def length_table(requests: int, limit: int, seed: int = 0) -> np.ndarray:
@@ -242,25 +242,39 @@ def long_tail(name: str, pairs: int) -> float:
     return statistics.median(ratios)
 
 
-def schedule(lengths: np.ndarray, slots: int, prefill_rows: int, shrink: int) -> int:
-    """Row-steps the slot sampler computes for `lengths` (one group, requests in order): a refill
-    waits for `prefill_rows` free slots (or the requests left), and once none waits, phases of
-    half as many slots (not below 2) follow as the busy ones fit. The static batch computes
-    len(lengths) x max(lengths)."""
+def schedule(lengths, slots: int, prefill_rows: int, shrink: int) -> list[int]:
+    """The slot sampler's rules replayed in Python for `lengths` (one group, requests in order,
+    no stop token): the decode steps of each phase (`slots.phase_sizes`). A refill waits for
+    `prefill_rows` free slots (or the requests left) and samples each request's first token, so
+    a request of length L then takes L - 1 decode steps; once none waits, each phase of half as
+    many slots begins when the busy ones fit in it. The static batch computes
+    len(lengths) x max(lengths) row-steps."""
     from flowrl_jax.rollout.slots import phase_sizes
 
-    queue, left, size, rows = list(lengths), [], slots, 0
     sizes = phase_sizes(slots, shrink)
-    while queue or left:
-        while queue and size - len(left) >= min(prefill_rows, len(queue)):
-            take = min(prefill_rows, len(queue), size - len(left))
-            left += queue[:take]
-            queue = queue[take:]
-        while not queue and size > sizes[-1] and len(left) <= size // 2:
-            size //= 2
-        rows += size
-        left = [n - 1 for n in left if n > 1]
-    return rows
+    queue, left, steps = [int(n) for n in lengths], [], [0] * len(sizes)
+    while queue and slots - len(left) >= min(prefill_rows, len(queue)):
+        take = min(prefill_rows, len(queue), slots - len(left))
+        left += [n - 1 for n in queue[:take] if n > 1]
+        queue = queue[take:]
+    for i, size in enumerate(sizes):
+        last = i == len(sizes) - 1
+        while left and (last or queue or len(left) > size // 2):
+            steps[i] += 1
+            left = [n - 1 for n in left if n > 1]
+            while queue and size - len(left) >= min(prefill_rows, len(queue)):
+                take = min(prefill_rows, len(queue), size - len(left))
+                left += [n - 1 for n in queue[:take] if n > 1]
+                queue = queue[take:]
+    return steps
+
+
+def row_steps(lengths, slots: int, prefill_rows: int, shrink: int) -> int:
+    """Row-steps of `schedule`: each phase's steps times its slots."""
+    from flowrl_jax.rollout.slots import phase_sizes
+
+    steps = schedule(lengths, slots, prefill_rows, shrink)
+    return sum(s * n for s, n in zip(phase_sizes(slots, shrink), steps))
 
 
 def print_schedules() -> None:
@@ -270,8 +284,8 @@ def print_schedules() -> None:
     for name, (prompts_n, n, _, limit, slots, prefill_rows) in LONG_TAIL.items():
         lengths = length_table(prompts_n * n, limit)
         static = len(lengths) * int(lengths.max())
-        plain = schedule(lengths, slots, prefill_rows, 0)
-        shrunk = schedule(lengths, slots, prefill_rows, 2)
+        plain = row_steps(lengths, slots, prefill_rows, 0)
+        shrunk = row_steps(lengths, slots, prefill_rows, 2)
         print(
             f"{name:>5} {static:>9} {plain:>9} {shrunk:>9} {static / plain:>6.2f} "
             f"{static / shrunk:>8.2f}"

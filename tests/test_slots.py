@@ -65,7 +65,9 @@ def test_each_request_samples_what_the_static_batch_samples(slots, refill, prefi
     sp = SamplingParams(max_new_tokens=12, n=3, temperature=1.0, stop_tokens=STOPS)
     static = static_sampler()
     settings = slots_lib.SlotSettings(slots=slots, refill=refill, prefill_rows=prefill_rows)
-    slotted = Sampler(cfg, prompt_buckets=(8, 16), slots=settings)
+    # Decode attention in blocks of 5 slots: the 20- and 28-slot windows take several, the last
+    # overlapping the one before (attention.ragged_decode).
+    slotted = Sampler(cfg.replace(decode_block=5), prompt_buckets=(8, 16), slots=settings)
     for batch, longest, seed in [(5, 8, 0), (3, 16, 1)]:  # two prompt buckets
         asked = prompts(batch, longest, seed)
         key = jax.random.key(seed + 3)
@@ -96,7 +98,8 @@ def test_on_a_mesh_each_device_group_refills_its_own_slots():
     key = jax.random.key(3)
     want = Sampler(cfg, prompt_buckets=(8,))(jax.device_get(params), asked, key, sp)
     settings = slots_lib.SlotSettings(slots=8)
-    got = Sampler(cfg, mesh=mesh, prompt_buckets=(8,), slots=settings)(params, asked, key, sp)
+    slotted = Sampler(cfg.replace(decode_block=5), mesh=mesh, prompt_buckets=(8,), slots=settings)
+    got = slotted(params, asked, key, sp)
     assert_same_rows(got, want)
 
 
@@ -122,6 +125,31 @@ def test_the_fused_step_with_refilling_and_packing_equals_the_phased_static_step
         jax.tree_util.tree_leaves_with_path(p_params), jax.tree.leaves(f_params)
     ):
         np.testing.assert_allclose(y, x, rtol=0, atol=1e-5, err_msg=str(path))
+
+
+def test_the_slots_shrink_in_the_phases_the_schedule_replays():
+    """Forced lengths from the benchmarks' long-tail table, 8 slots refilled 2 at a time, two
+    shrinking phases: the decode steps of each phase (8, 4, then 2 slots) equal the benchmark's
+    replay of the rules in Python, both shrinking phases run, and the row-steps are fewer than
+    without them."""
+    from benchmarks.sampler import length_table, schedule
+
+    cfg, params = model()
+    lengths = length_table(24, 12, seed=2)
+    assert lengths.min() < 4 and lengths.max() == 12
+    sp = SamplingParams(max_new_tokens=12, n=3, temperature=1.0)
+    tokens, mask = testing.left_padded_batch(0, batch=8, length=8, vocab=32, min_len=2)
+    run = jax.jit(slots_lib.generate_slots, static_argnums=(0, 1, 2), static_argnames="with_steps")
+    steps = {}
+    for shrink in (2, 0):
+        plan = slots_lib.SlotPlan(8, prefill_rows=2, shrink=shrink)
+        args = (params, tokens, mask, np.ones(8, bool), jax.random.key(0), lengths)
+        out, steps[shrink] = run(cfg, sp, plan, *args, with_steps=True)
+        np.testing.assert_array_equal(np.asarray(out.mask).sum(1), lengths)
+        assert list(np.asarray(steps[shrink])) == schedule(lengths, 8, 2, shrink)
+    assert (np.asarray(steps[2]) > 0).all()
+    row_steps = {k: int(np.dot(slots_lib.phase_sizes(8, k), v)) for k, v in steps.items()}
+    assert row_steps[2] < row_steps[0]
 
 
 def test_twenty_rollouts_compile_a_bounded_logged_number_of_programs(caplog):

@@ -128,11 +128,15 @@ def ragged_decode(q, k, v, mask, dt, keys: int, rows: int = 8):
         def block(j, carry):
             top, total, acc = carry
             start = jnp.minimum(j * keys, S - keys)  # the last block may overlap the one before
-            load = lambda buf, axis: from_bits(
-                jax.vmap(lambda i: jax.lax.dynamic_slice_in_dim(buf[i], start, keys, axis))(idx),
-                dt,
-            ).astype(dt)
-            kb, vb = load(k, 2), load(v, 1)  # [rows, K, Dh, keys], [rows, K, keys, Dh]
+            def load(buf, axis):
+                """The chunk's rows' block of `buf`: one gather of `keys` slots a row (slicing
+                a gathered row instead would read the whole row)."""
+                corner = lambda i: (i,) + (0,) * (axis - 1) + (start,) + (0,) * (3 - axis)
+                size = buf.shape[1:axis] + (keys,) + buf.shape[axis + 1 :]
+                block = jax.vmap(lambda i: jax.lax.dynamic_slice(buf, corner(i), (1, *size))[0])
+                return from_bits(block(idx), dt).astype(dt)
+
+            kb, vb = load(k, 3), load(v, 2)  # [rows, K, Dh, keys], [rows, K, keys, Dh]
             slot = start + jnp.arange(keys)
             seen = jax.lax.dynamic_slice_in_dim(mc, start, keys, 1) & (slot >= j * keys)
             seen = seen[:, None, None, :]

@@ -49,7 +49,7 @@ class DecoderConfig:
     causal_block: int = 128
     # The slot sampler's decode step on the CPU: each row reads its cache only up to its last
     # filled slot, this many slots at a time (attention.ragged_decode). 0 = the whole window.
-    decode_block: int = 64
+    decode_block: int = 128
 
     def __post_init__(self):
         check_config(self)

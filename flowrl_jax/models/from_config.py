@@ -37,7 +37,7 @@ def default_config() -> ConfigDict:
             "causal_block": 128,  # queries per causal block at short T (skips masked scores); 0 = off
             # The slot sampler's decode on the CPU reads each row's cache up to its fill, this many
             # slots at a time; 0 = the whole window every step (as on accelerators).
-            "decode_block": 64,
+            "decode_block": 128,
         }
     )
 

@@ -154,7 +154,9 @@ def _pin(state, kv_heads: int):
     the cache's KV heads over "tensor" where they divide (each device of a group keeps the heads
     its share of the k / v projections computes)."""
     cache = {name: state[name] for name in ("k", "v")}
-    state = jax.tree.map(constrain_batch, {k: v for k, v in state.items() if k not in cache})
+    steps = {"phase_steps": state["phase_steps"]}  # a counter, not per group
+    rest = {k: v for k, v in state.items() if k not in cache and k not in steps}
+    state = jax.tree.map(constrain_batch, rest) | steps
     split = tensor_split(jax.sharding.get_abstract_mesh(), kv_heads)
     if split == 1:
         return state | jax.tree.map(constrain_batch, cache)
@@ -183,11 +185,13 @@ def generate_slots(
     live,
     rng,
     limits=None,
+    with_steps: bool = False,
 ) -> SampleOutput:
     """`generate` with a fixed number of slots (see the module docstring). tokens, mask [B, P]
     left-padded prompts; live [B] bool (False: a padding row, never sampled); limits: None or
     each request's response limit [B * n]. Returns the SampleOutput of R = B * n rows in request
-    order, as `generate` does."""
+    order, as `generate` does; with `with_steps`, also the decode steps each phase ran [phases]
+    int32 (phase i has `phase_sizes(...)[i]` slots a group)."""
     n, N = sp.n, sp.max_new_tokens
     G = plan.groups
     tokens = jnp.repeat(tokens, n, axis=0)  # [R, P]
@@ -371,6 +375,7 @@ def generate_slots(
         return _pin(state | small | cache, K)
 
     zeros = lambda shape, dtype=jnp.int32: jnp.zeros(shape, dtype)
+    sizes = phase_sizes(S, plan.shrink)
     state = _pin(
         dict(
             # The cache as bits (decoder.to_bits): rows are written by scatters.
@@ -387,22 +392,23 @@ def generate_slots(
             mask=zeros((G, Rg, N)),
             logprobs=zeros((G, Rg, N), jnp.float32),
             stop_reason=jnp.full((G, Rg), STOP_LENGTH, jnp.int32),
+            phase_steps=zeros((len(sizes),)),
         ),
         K,
     )
     # Decode with refills while requests wait; then, as the last requests finish, in phases of
     # half as many slots (plan.shrink of them), each entered once no group has more busy slots
     # than it holds: the tail of long requests is not decoded at the full slot count.
-    sizes = phase_sizes(S, plan.shrink)
     state = refill_all(state)
     for i, size in enumerate(sizes):
         last = i == len(sizes) - 1
         if i:
             state = shrink(state, size)
-        body = (lambda s: refill_all(decode(s))) if i == 0 else decode
+        step = lambda s, i=i: decode(s) | {"phase_steps": s["phase_steps"].at[i].add(1)}
+        body = (lambda s, step=step: refill_all(step(s))) if i == 0 else step
         state = jax.lax.while_loop(keep_decoding(size, last), body, state)
     flat = lambda x: x.reshape(R, *x.shape[2:])
-    return SampleOutput(
+    out = SampleOutput(
         tokens,
         mask,
         flat(state["tokens"]),
@@ -410,3 +416,4 @@ def generate_slots(
         flat(state["logprobs"]),
         flat(state["stop_reason"]),
     )
+    return (out, state["phase_steps"]) if with_steps else out
