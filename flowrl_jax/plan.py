@@ -116,6 +116,9 @@ def plan(config: ConfigDict, only=None) -> list[Phase]:
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     loop.check_sizes(config, mesh)
     cfg, tokenizer = lower.model_and_tokenizer(config, p.model)
+    # Compiled by the CPU's compiler, planned for a GPU or TPU: the slot sampler's decode
+    # attention as it runs there (the whole window; the CPU's reads the filled part).
+    cfg = cfg.replace(decode_block=0)
     reward = lower.compiled_reward(config, tokenizer)
     with jax.set_mesh(mesh):
         programs = {x.name: x for x in lower.programs(config, cfg, mesh, p.platform, reward)}

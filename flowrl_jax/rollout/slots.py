@@ -378,7 +378,7 @@ def generate_slots(
     sizes = phase_sizes(S, plan.shrink)
     state = _pin(
         dict(
-            # The cache as bits (decoder.to_bits): rows are written by scatters.
+            # The cache as bits (attention.to_bits): rows are written by scatters.
             k=[to_bits(zeros((G * S, K, Dh, W), dt)) for _ in range(L)],
             v=[to_bits(zeros((G * S, K, W, Dh), dt)) for _ in range(L)],
             kv_mask=zeros((G, S, W), jnp.bool_),
