@@ -128,13 +128,14 @@ def ragged_decode(q, k, v, mask, dt, keys: int, rows: int = 8):
         def block(j, carry):
             top, total, acc = carry
             start = jnp.minimum(j * keys, S - keys)  # the last block may overlap the one before
+
             def load(buf, axis):
                 """The chunk's rows' block of `buf`: one gather of `keys` slots a row (slicing
                 a gathered row instead would read the whole row)."""
                 corner = lambda i: (i,) + (0,) * (axis - 1) + (start,) + (0,) * (3 - axis)
                 size = buf.shape[1:axis] + (keys,) + buf.shape[axis + 1 :]
-                block = jax.vmap(lambda i: jax.lax.dynamic_slice(buf, corner(i), (1, *size))[0])
-                return from_bits(block(idx), dt).astype(dt)
+                gather = jax.vmap(lambda i: jax.lax.dynamic_slice(buf, corner(i), (1, *size))[0])
+                return from_bits(gather(idx), dt).astype(dt)
 
             kb, vb = load(k, 3), load(v, 2)  # [rows, K, Dh, keys], [rows, K, keys, Dh]
             slot = start + jnp.arange(keys)
@@ -153,9 +154,9 @@ def ragged_decode(q, k, v, mask, dt, keys: int, rows: int = 8):
         # From qc, not constants: inside shard_map a loop's carry must vary over the mesh as
         # its body's results do.
         like = qc[..., 0].astype(jnp.float32)
-        start = (jnp.full_like(like, MASKED), jnp.zeros_like(like), jnp.zeros_like(qc, jnp.float32))
+        init = (jnp.full_like(like, MASKED), jnp.zeros_like(like), jnp.zeros_like(qc, jnp.float32))
         blocks = (fill[at] + keys - 1) // keys
-        top, total, acc = jax.lax.fori_loop(0, blocks, block, start)
+        top, total, acc = jax.lax.fori_loop(0, blocks, block, init)
         done = acc / jnp.where(total > 0, total, 1.0)[..., None]
         return jax.lax.dynamic_update_slice_in_dim(out, done, at, 0)
 
