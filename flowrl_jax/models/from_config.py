@@ -12,7 +12,13 @@ from ml_collections import ConfigDict
 from flowrl_jax import rules as R
 from flowrl_jax.models import partition
 from flowrl_jax.models.decoder import init_params
-from flowrl_jax.models.families import FAMILIES, REMAT_POLICIES, config_from_hf, read_hf_config
+from flowrl_jax.models.families import (
+    FAMILIES,
+    REMAT_POLICIES,
+    DecoderConfig,
+    config_from_hf,
+    read_hf_config,
+)
 from flowrl_jax.models.hf_io import DTYPES, load_hf, load_tokenizer
 from flowrl_jax.models.model import Model
 
@@ -33,11 +39,12 @@ def default_config() -> ConfigDict:
             "dtype": "float32",  # compute dtype; bfloat16 on accelerators
             "param_dtype": "",  # storage dtype; empty: same as dtype
             "remat": "none",  # 'none' | 'full' | 'dots'
-            "attention_block": 512,  # queries per attention block at long T; 0 = one block
-            "causal_block": 128,  # queries per causal block at short T (skips masked scores); 0 = off
-            # The slot sampler's decode on the CPU reads each row's cache up to its fill, this many
-            # slots at a time; 0 = the whole window every step (as on accelerators).
-            "decode_block": 128,
+            # Blocking of attention, DecoderConfig's defaults (its comments say what each does):
+            # queries per block at long T, queries per causal block at short T, and the slots
+            # the slot sampler's decode on the CPU reads at a time up to each row's fill.
+            "attention_block": DecoderConfig.attention_block,
+            "causal_block": DecoderConfig.causal_block,
+            "decode_block": DecoderConfig.decode_block,
         }
     )
 

@@ -154,9 +154,7 @@ def _pin(state, kv_heads: int):
     the cache's KV heads over "tensor" where they divide (each device of a group keeps the heads
     its share of the k / v projections computes)."""
     cache = {name: state[name] for name in ("k", "v")}
-    steps = {"phase_steps": state["phase_steps"]}  # a counter, not per group
-    rest = {k: v for k, v in state.items() if k not in cache and k not in steps}
-    state = jax.tree.map(constrain_batch, rest) | steps
+    state = jax.tree.map(constrain_batch, {k: v for k, v in state.items() if k not in cache})
     split = tensor_split(jax.sharding.get_abstract_mesh(), kv_heads)
     if split == 1:
         return state | jax.tree.map(constrain_batch, cache)
@@ -392,7 +390,7 @@ def generate_slots(
             mask=zeros((G, Rg, N)),
             logprobs=zeros((G, Rg, N), jnp.float32),
             stop_reason=jnp.full((G, Rg), STOP_LENGTH, jnp.int32),
-            phase_steps=zeros((len(sizes),)),
+            phase_steps=zeros((G, len(sizes))),  # the same in every group: they step together
         ),
         K,
     )
@@ -404,7 +402,7 @@ def generate_slots(
         last = i == len(sizes) - 1
         if i:
             state = shrink(state, size)
-        step = lambda s, i=i: decode(s) | {"phase_steps": s["phase_steps"].at[i].add(1)}
+        step = lambda s, i=i: decode(s) | {"phase_steps": s["phase_steps"].at[:, i].add(1)}
         body = (lambda s, step=step: refill_all(step(s))) if i == 0 else step
         state = jax.lax.while_loop(keep_decoding(size, last), body, state)
     flat = lambda x: x.reshape(R, *x.shape[2:])
@@ -416,4 +414,4 @@ def generate_slots(
         flat(state["logprobs"]),
         flat(state["stop_reason"]),
     )
-    return (out, state["phase_steps"]) if with_steps else out
+    return (out, state["phase_steps"][0]) if with_steps else out
