@@ -183,10 +183,10 @@ def generate_flops(hf: dict, batch: int, prompt: int, new: int) -> float:
 
 
 # The long tail: prompts, samples each, prompt length, response limit, slots, rows a refill
-# prefills. A rollout batch several times the slots, as a recipe's is many times its slots (7B:
+# prefills. A rollout batch four times the slots, as a recipe's is many times its slots (7B:
 # 4,096 requests, 136 slots), and slots enough that a decode step's matmuls are not starved of
 # rows on this CPU: small's weight matmuls cost 1.7x as much a row at 32 rows as at 64 (fp32).
-LONG_TAIL = {"tiny": (64, 8, 32, 512, 128, 8), "small": (16, 8, 64, 512, 64, 8)}
+LONG_TAIL = {"tiny": (64, 8, 32, 512, 128, 8), "small": (32, 8, 64, 512, 64, 8)}
 
 
 def length_table(requests: int, limit: int, seed: int = 0) -> np.ndarray:
