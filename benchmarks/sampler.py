@@ -16,8 +16,8 @@ The last line reads `ratio_vs_transformers tiny=<x> small=<y>` (median of our to
 The slot sampler (refilling, then shrinking: rollout.shrink's default) against our own static
 batch, same model and requests, interleaved: a table of response lengths drawn once
 (`length_table`: log-normal, median a quarter of the limit, a few at the limit), each request
-stopped at its length on both sides (`limits`), no stop token. The rollout batch is four times the
-slots (`LONG_TAIL`); the static batch samples all of it as one batch, as `rollout.slots=0` does.
+stopped at its length on both sides (`limits`), no stop token. The rollout batch is several times the
+slots (`LONG_TAIL`: 4x on tiny, 2x on small); the static batch samples all of it as one batch, as `rollout.slots=0` does.
 Useful (unpadded) tokens per second; the last line reads `refill_vs_static tiny=<x> small=<y>`.
 """
 
@@ -183,10 +183,11 @@ def generate_flops(hf: dict, batch: int, prompt: int, new: int) -> float:
 
 
 # The long tail: prompts, samples each, prompt length, response limit, slots, rows a refill
-# prefills. A rollout batch four times the slots, as a recipe's is many times its slots (7B:
-# 4,096 requests, 136 slots), and slots enough that a decode step's matmuls are not starved of
-# rows on this CPU: small's weight matmuls cost 1.7x as much a row at 32 rows as at 64 (fp32).
-LONG_TAIL = {"tiny": (64, 8, 32, 512, 128, 8), "small": (32, 8, 64, 512, 64, 8)}
+# prefills. A rollout batch several times the slots, as a recipe's is many times its slots (7B:
+# 4,096 requests, 136 slots; small at 4x, 256 requests, measured no better: BENCHMARKS.md), and
+# slots enough that a decode step's matmuls are not starved of rows on this CPU: small's weight
+# matmuls cost 1.7x as much a row at 32 rows as at 64 (fp32).
+LONG_TAIL = {"tiny": (64, 8, 32, 512, 128, 8), "small": (16, 8, 64, 512, 64, 8)}
 
 
 def length_table(requests: int, limit: int, seed: int = 0) -> np.ndarray:
