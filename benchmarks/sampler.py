@@ -16,8 +16,9 @@ The last line reads `ratio_vs_transformers tiny=<x> small=<y>` (median of our to
 The slot sampler (refilling, then shrinking: rollout.shrink's default) against our own static
 batch, same model and requests, interleaved: a table of response lengths drawn once
 (`length_table`: log-normal, median a quarter of the limit, a few at the limit), each request
-stopped at its length on both sides (`limits`), no stop token. The rollout batch is several times the
-slots (`LONG_TAIL`: 4x on tiny, 2x on small); the static batch samples all of it as one batch, as `rollout.slots=0` does.
+stopped at its length on both sides (`limits`), no stop token. The rollout batch is several
+times the slots (`LONG_TAIL`: 4x on tiny, 2x on small); the static batch samples all of it as
+one batch, as `rollout.slots=0` does.
 Useful (unpadded) tokens per second; the last line reads `refill_vs_static tiny=<x> small=<y>`.
 """
 
