@@ -389,24 +389,17 @@ def plot(rows: dict[str, Row], path: str):
     print(f"plot: {path}")
 
 
-def arguments(doc: str, plot: bool = True, pack_rows: bool = False) -> argparse.Namespace:
-    """The race's command line (--steps, --no-tunix, --plot or --pack_rows), checked: Tunix must
-    import."""
+def arguments(doc: str, plot: bool = True, more=None) -> argparse.Namespace:
+    """The race's command line (--steps, --no-tunix, --plot, and what more(parser) adds),
+    checked: Tunix must import."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="rounds, the first holding compiles")
     parser.add_argument("--no-tunix", action="store_true", help="our rows only")
     if plot:
         parser.add_argument("--plot", default="", help="a PNG of the per-phase medians")
-    if pack_rows:
-        parser.add_argument(
-            "--pack_rows",
-            type=lambda s: [int(x) for x in s.split(",")],
-            default=[2],
-            help="packed rows per micro-batch, comma-separated: one GRPO row each (the first: all)",
-        )
+    if more:
+        more(parser)
     args = parser.parse_args()
-    if pack_rows and any(r < 1 or (PROMPTS * GROUP) % r for r in args.pack_rows):
-        parser.error(f"--pack_rows: every value must divide the {PROMPTS * GROUP} sequences")
     if args.steps < 2:
         parser.error("--steps must be >= 2: the first round compiles")
     if not args.no_tunix:

@@ -27,6 +27,7 @@ packed steps', medians over rounds 2..) and `refill_pack_vs_static grpo=<x>` bef
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import statistics
 import tempfile
@@ -55,6 +56,24 @@ def our_rows(pack_rows: list[int]) -> dict:
     }
     rows |= {f"{REFILL_GRPO}, {r} rows": ("grpo", r, True) for r in pack_rows[1:]}
     return rows | {STATIC: ("grpo", pack_rows[0], False)}
+
+
+def pack_rows(text: str) -> list[int]:
+    """--pack_rows: comma-separated rows per micro-batch, each dividing the step's sequences."""
+    sequences = rl_step.PROMPTS * rl_step.GROUP
+    rows = [int(x) for x in text.split(",")]
+    if any(r < 1 or sequences % r for r in rows):
+        raise argparse.ArgumentTypeError(f"every value must divide the {sequences} sequences")
+    return rows
+
+
+def more_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument(
+        "--pack_rows",
+        type=pack_rows,
+        default=[2],
+        help="packed rows per micro-batch, comma-separated: one GRPO row each (the first: all)",
+    )
 
 
 class Forced:
@@ -143,7 +162,7 @@ def ratio(rows, a: str, b: str) -> tuple[float, float, float]:
 
 
 def main():
-    args = rl_step.arguments(__doc__, plot=False, pack_rows=True)
+    args = rl_step.arguments(__doc__, plot=False, more=more_arguments)
     lengths = length_table(rl_step.PROMPTS * rl_step.GROUP, NEW)
     rows = run(args.steps, not args.no_tunix, lengths, args.pack_rows)
     print(
