@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sys
 import time
 
@@ -33,7 +34,7 @@ from ml_collections import ConfigDict
 
 from flowrl_jax import algorithms, cli
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.models import known_config, param_shapes, partition
+from flowrl_jax.models import kernels, known_config, param_shapes, partition
 from flowrl_jax.models.from_config import model_config, overrides
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks.prompts import prompt_limit
@@ -46,6 +47,8 @@ log = logging.getLogger("flowrl_jax")
 # The platforms jax.export lowers for, and the device platform the trainer sees there.
 PLATFORMS = {"tpu": "tpu", "cuda": "gpu", "rocm": "gpu", "cpu": "cpu"}
 CALLBACKS = ("pure_callback", "io_callback", "debug_callback")
+# cuDNN attention's custom calls have no serialisation guarantee; lowering is all we check.
+CHECKS = [jax_export.DisabledSafetyCheck.custom_call(t) for t in kernels.CUDNN_TARGETS]
 
 
 @dataclasses.dataclass
@@ -63,6 +66,7 @@ class Lowered:
     seconds: float
     error: str = ""
     ops: int = 0  # lines of the StableHLO module: a rough size
+    kernels: tuple = ()  # the custom calls in it (the attention kernels: cuDNN's, Mosaic TPU's)
 
 
 def abstract_mesh(config: ConfigDict, devices: int) -> AbstractMesh:
@@ -237,12 +241,16 @@ def lower(program: Program, platform: str, mesh: AbstractMesh) -> Lowered:
     """Export `program` for `platform` -> whether it lowered, and the error naming what did not."""
     t0 = time.perf_counter()
     try:
-        with jax.sharding.use_abstract_mesh(mesh):
-            exported = jax_export.export(program.fn, platforms=[platform])(*program.args)
-        ops = exported.mlir_module().count("\n")
-        return Lowered(program.name, platform, True, time.perf_counter() - t0, ops=ops)
+        with jax.sharding.use_abstract_mesh(mesh), kernels.cudnn_lowerable():
+            exported = jax_export.export(program.fn, platforms=[platform], disabled_checks=CHECKS)(
+                *program.args
+            )
+        text = exported.mlir_module()
+        calls = tuple(sorted(set(re.findall(r"custom_call @([\w$]+)", text))))
+        seconds = time.perf_counter() - t0
+        return Lowered(program.name, platform, True, seconds, ops=text.count("\n"), kernels=calls)
     except Exception as e:  # noqa: BLE001 -- the report names whatever stopped the lowering
-        with jax.sharding.use_abstract_mesh(mesh):
+        with jax.sharding.use_abstract_mesh(mesh), kernels.cudnn_lowerable():
             found = callbacks(program)
         error = " ".join(str(e).split())[:400]
         if found:
@@ -264,8 +272,11 @@ def check(config: ConfigDict, platforms: list[str], devices: int, model: str = "
     reward = compiled_reward(config, tokenizer)
     results = []
     for platform in platforms:
-        with jax.sharding.use_abstract_mesh(mesh):
-            built = programs(config, cfg, mesh, PLATFORMS[platform], reward)
+        # The attention kernel a run on that platform uses ('auto' resolved there, not here).
+        kind = kernels.resolve(cfg.attention, cfg.dtype, PLATFORMS[platform])
+        kernels.check(kind, PLATFORMS[platform])
+        with jax.sharding.use_abstract_mesh(mesh), kernels.cudnn_lowerable():
+            built = programs(config, cfg.replace(attention=kind), mesh, PLATFORMS[platform], reward)
         for program in built:
             results.append(lower(program, platform, mesh))
             log.info("%s", results[-1])
@@ -274,12 +285,15 @@ def check(config: ConfigDict, platforms: list[str], devices: int, model: str = "
 
 def table(results: list[Lowered]) -> str:
     lines = [
-        "| program | platform | lowered | seconds | StableHLO lines |",
-        "|---|---|---|---|---|",
+        "| program | platform | lowered | seconds | StableHLO lines | kernels |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results:
         status = "yes" if r.ok else f"NO: {r.error}"
-        lines.append(f"| {r.program} | {r.platform} | {status} | {r.seconds:.1f} | {r.ops} |")
+        calls = ", ".join(r.kernels) or "-"
+        lines.append(
+            f"| {r.program} | {r.platform} | {status} | {r.seconds:.1f} | {r.ops} | {calls} |"
+        )
     return "\n".join(lines)
 
 

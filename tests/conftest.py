@@ -76,3 +76,15 @@ def gcs_bucket(gcs_server):
     )
     urllib.request.urlopen(request, timeout=10)
     return f"gs://{name}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` / `tpu` run the real kernels where that backend is JAX's default
+    (e.g. JAX_PLATFORMS=cuda pytest -m gpu) and are skipped elsewhere."""
+    import jax
+
+    backend = jax.default_backend()
+    for item in items:
+        for mark in ("gpu", "tpu"):
+            if mark in item.keywords and backend != mark:
+                item.add_marker(pytest.mark.skip(reason=f"needs a {mark}; the backend is {backend}"))

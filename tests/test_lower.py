@@ -21,7 +21,8 @@ def names(rows, platform):
 
 def test_the_default_job_lowers_for_tpu_and_cuda_in_bf16():
     """The default job's programs; its countdown reward runs on the host, so on an accelerator the
-    trainer keeps the phased loop (callback-free programs), and that is what is lowered."""
+    trainer keeps the phased loop (callback-free programs), and that is what is lowered, with
+    each platform's attention kernel."""
     config = config_lib.get_config()
     config.model.dtype = "bfloat16"
     rows = lower.check(config, ["tpu", "cuda"], devices=8)
@@ -36,6 +37,13 @@ def test_the_default_job_lowers_for_tpu_and_cuda_in_bf16():
             "sft_update",
         ]
     assert all(r.ops > 100 for r in rows)
+    # model.attention 'auto' resolves for the platform lowered for: scoring and the updates
+    # carry splash on tpu and cuDNN's kernel on cuda; the sampler (a cache) neither.
+    calls = {(r.program, r.platform): set(r.kernels) for r in rows}
+    for program in ("logprobs", "update", "sft_update"):
+        assert "tpu_custom_call" in calls[program, "tpu"]
+        assert "__cudnn$fmhaScaleBiasSoftmax" in calls[program, "cuda"]
+    assert calls["sampler", "tpu"] == calls["sampler", "cuda"] == set()
 
 
 def test_the_fused_step_lowers_with_a_compiled_reward():

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from flowrl_jax.mesh import BATCH_AXES
-from flowrl_jax.models import attention
+from flowrl_jax.models import attention, kernels
 from flowrl_jax.models.attention import dtype_of, from_bits, to_bits
 from flowrl_jax.models.families import DecoderConfig
 
@@ -156,6 +156,10 @@ class Attention(nn.Module):
             q = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(mask, kernels.SequenceIds):  # a forward without a cache, by a kernel
+            kind = kernels.resolve(cfg.attention, cfg.dtype)
+            out = kernels.attend(kind, q, k, v, mask.ids).reshape(B, T, H * Dh)
+            return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
         # Keys as [B, K, Dh, S] and values as [B, K, S, Dh] in the cache: both decode dots are then
         # plain row-major batched matmuls over (b, k), q[R, Dh] @ k[Dh, S] and p[R, S] @ v[S, Dh]. On
         # XLA's CPU backend a key buffer stored [S, Dh] (contracting its minor dim) runs 4-10x slower
@@ -357,18 +361,23 @@ class Decoder(nn.Module):
         buffer length; cache: init_cache's layout; cache_index: first slot of this chunk.
         segments [B, T] int (packed rows, no cache): a token attends only to earlier tokens of
         its own segment."""
-        x, mask, cos, sin = self.inputs(tokens, positions, kv_mask, cache_index, segments)
+        cached = cache is not None
+        x, mask, cos, sin = self.inputs(tokens, positions, kv_mask, cache_index, segments, cached)
         layer_cache = None if cache is None else (cache["k"], cache["v"])
         layers = jnp.arange(self.cfg.num_layers)
         (x, layer_cache), _ = self.layers((x, layer_cache), layers, mask, cos, sin, cache_index)
         new_cache = None if cache is None else {"k": layer_cache[0], "v": layer_cache[1]}
         return self.outputs(x, new_cache, return_logits)
 
-    def inputs(self, tokens, positions, kv_mask, cache_index, segments=None):
-        """Embeddings [B, T, D], the attention mask [B, T, S] and RoPE tables for the layers."""
+    def inputs(self, tokens, positions, kv_mask, cache_index, segments=None, cached=True):
+        """Embeddings [B, T, D], the attention mask [B, T, S] and RoPE tables for the layers.
+        Without a cache, where `model.attention` resolves to a kernel, the mask is the tokens'
+        `kernels.SequenceIds` instead: no [B, T, T] array is built."""
         T, S = tokens.shape[1], kv_mask.shape[1]
         x = self.embed(tokens)  # [B, T, D]
         cos, sin = rope_cos_sin(positions, self.cfg, x.dtype)
+        if not cached and kernels.resolve(self.cfg.attention, self.cfg.dtype) != "xla":
+            return x, kernels.SequenceIds(kernels.sequence_ids(kv_mask, segments)), cos, sin
         q_slot = cache_index + jnp.arange(T)  # [T]
         causal = jnp.arange(S)[None, :] <= q_slot[:, None]  # [T, S]
         mask = causal[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]

@@ -15,6 +15,8 @@ from typing import Any
 FAMILIES = ("qwen2", "qwen3", "llama")
 ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION = ("auto", "xla", "cudnn", "splash")  # see DecoderConfig.attention
+HALF = ("bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,9 @@ class DecoderConfig:
     # The slot sampler's decode step on the CPU: each row reads its cache only up to its last
     # filled slot, this many slots at a time (attention.ragged_decode). 0 = the whole window.
     decode_block: int = 128
+    # Attention of a forward without a cache: 'xla' (attention.py), 'cudnn' (NVIDIA GPUs, bf16 /
+    # fp16), 'splash' (the Pallas TPU kernel), or 'auto': by backend (models/kernels.py).
+    attention: str = "auto"
 
     def __post_init__(self):
         check_config(self)
@@ -93,6 +98,12 @@ def check_config(cfg: DecoderConfig) -> None:
     for key in ("attention_block", "causal_block", "decode_block"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{key}={getattr(cfg, key)} must be >= 0 (0 = unblocked)")
+    if cfg.attention not in ATTENTION:
+        raise ValueError(f"attention={cfg.attention!r} must be one of {ATTENTION}")
+    if cfg.attention == "cudnn" and cfg.dtype not in HALF:  # its flash kernel has no fp32
+        raise ValueError(
+            f"attention='cudnn' computes in bfloat16 or float16, not dtype={cfg.dtype!r}"
+        )
     if cfg.remat not in REMAT_POLICIES:
         raise ValueError(f"remat={cfg.remat!r} must be one of {REMAT_POLICIES}")
     for key in ("param_dtype", "dtype"):

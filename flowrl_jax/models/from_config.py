@@ -10,9 +10,10 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from flowrl_jax import rules as R
-from flowrl_jax.models import partition
+from flowrl_jax.models import kernels, partition
 from flowrl_jax.models.decoder import init_params
 from flowrl_jax.models.families import (
+    ATTENTION,
     FAMILIES,
     REMAT_POLICIES,
     DecoderConfig,
@@ -45,6 +46,9 @@ def default_config() -> ConfigDict:
             "attention_block": DecoderConfig.attention_block,
             "causal_block": DecoderConfig.causal_block,
             "decode_block": DecoderConfig.decode_block,
+            # Attention without a cache: 'auto' (cuDNN on a GPU in bf16, splash on a TPU, XLA on
+            # the CPU), or one of 'xla', 'cudnn', 'splash' (models/kernels.py).
+            "attention": DecoderConfig.attention,
         }
     )
 
@@ -59,6 +63,7 @@ RULES = {
     "attention_block": R.COUNT,
     "causal_block": R.COUNT,
     "decode_block": R.COUNT,
+    "attention": R.OneOf(ATTENTION),
 }
 
 
@@ -71,6 +76,7 @@ def overrides(config: ConfigDict) -> dict:
         attention_block=config.attention_block,
         causal_block=config.causal_block,
         decode_block=config.decode_block,
+        attention=config.attention,
     )
 
 
@@ -101,6 +107,7 @@ def model_config(config: ConfigDict):
 
 def build(config: ConfigDict, mesh: Mesh, seed: int = 0):
     """-> (Model on `mesh`, tokenizer)."""
+    kernels.check(config.attention)  # a kernel this backend cannot run: before any compile
     if config.checkpoint:
         model = load_hf(config.checkpoint, mesh=mesh, **overrides(config))
         tokenizer = load_tokenizer(config.tokenizer or config.checkpoint)

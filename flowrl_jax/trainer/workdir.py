@@ -44,6 +44,7 @@ _RUNTIME_FIELDS = {
     "attention_block",
     "causal_block",
     "decode_block",
+    "attention",
     "max_position_embeddings",
 }
 

@@ -1,0 +1,184 @@
+"""Attention kernels per backend for a forward without a cache (log-probs, the update, SFT):
+cuDNN's fused attention on NVIDIA GPUs, the Pallas splash kernel on TPUs, XLA's own
+(`attention.py`) on the CPU. `model.attention` picks one ('auto': by backend).
+
+Both kernels take the mask as per-token sequence ids: a query sees the keys at or before it that
+carry its id. Real tokens carry their sequence's id (>= 1; packed rows hold several), padding 0.
+At real positions that is exactly the XLA path's mask (causal, real keys, own segment); a padding
+query sees earlier padding instead of nothing, and its output is never used.
+
+Shapes: q [B, T, H, Dh], k and v [B, T, K, Dh] (GQA: query head h = k*R + r reads KV head k),
+ids [B, T] int32 -> [B, T, H, Dh]. Under a mesh each device runs the kernel on its own rows and
+KV heads (`shard_map`), as it holds them: a custom call left to the partitioner is gathered whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from flowrl_jax.mesh import BATCH_AXES
+from flowrl_jax.models.families import HALF
+
+# Which kernel 'auto' picks on each backend (jax.default_backend(), or lower.PLATFORMS' value).
+AUTO = {"tpu": "splash", "gpu": "cudnn", "cpu": "xla"}
+
+
+class SequenceIds(NamedTuple):
+    """The decoder's attention mask when a kernel computes attention: ids [B, T] int32."""
+
+    ids: jax.Array
+
+
+def resolve(choice: str, dtype: str, platform: str | None = None) -> str:
+    """`model.attention` -> the implementation a program for `platform` (default: this process's
+    backend) uses. 'auto' takes cuDNN on a GPU only in bf16 / fp16 (its flash kernel has no fp32)."""
+    if choice != "auto":
+        return choice
+    platform = platform or jax.default_backend()
+    kind = AUTO.get(platform, "xla")
+    return "xla" if kind == "cudnn" and dtype not in HALF else kind
+
+
+def check(choice: str, platform: str | None = None) -> None:
+    """A kernel asked for on a backend that cannot run it: an error before anything compiles
+    (splash runs on the CPU too, in Pallas's interpret mode: slow, for tests)."""
+    platform = platform or jax.default_backend()
+    if choice == "cudnn" and platform != "gpu":
+        raise ValueError(f"model.attention='cudnn' needs an NVIDIA GPU; this backend is {platform}")
+    if choice == "splash" and platform not in ("tpu", "cpu"):
+        raise ValueError(f"model.attention='splash' is a TPU kernel; this backend is {platform}")
+
+
+def sequence_ids(kv_mask, segments=None) -> jax.Array:
+    """kv_mask [B, T] (real tokens), segments [B, T] or None (packed rows: each sequence's
+    index) -> ids [B, T] int32: padding 0, real tokens segment + 1 (1 without packing)."""
+    real = 1 if segments is None else segments.astype(jnp.int32) + 1
+    return jnp.where(kv_mask.astype(bool), real, 0).astype(jnp.int32)
+
+
+def attend(kind: str, q, k, v, ids):
+    """Causal attention of q over k, v within each token's sequence id (see the module)."""
+    run = {"cudnn": _cudnn, "splash": _splash}[kind]
+    return _on_own_rows(run, q, k, v, ids)
+
+
+def _on_own_rows(run, q, k, v, ids):
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return run(q, k, v, ids)
+    rows = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if q.shape[0] % rows:
+        return run(q, k, v, ids)
+    tensor = mesh.shape.get("tensor", 1)
+    heads = "tensor" if tensor > 1 and k.shape[2] % tensor == 0 else None
+    spec = P(BATCH_AXES, None, heads, None)
+    # check_vma off: the Pallas kernel's output shapes do not say how they vary over the mesh.
+    in_specs = (spec, spec, spec, P(BATCH_AXES))
+    return jax.shard_map(run, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(
+        q, k, v, ids
+    )
+
+
+def _pad_to(x, multiple: int, axis: int = 1):
+    pad = -x.shape[axis] % multiple
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths) if pad else x
+
+
+def _cudnn(q, k, v, ids):
+    """cuDNN's flash attention, causal, with the sequence mask as its bias input ([B, 1, T, T]:
+    cuDNN's own packed layout, which would not need it, wants Hopper and ids as offsets). T is
+    padded to a multiple of 8 (cuDNN's bias path wants even lengths when training)."""
+    T = q.shape[1]
+    q, k, v, ids = (_pad_to(x, 8) for x in (q, k, v, ids))
+    mask = ids[:, None, :, None] == ids[:, None, None, :]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn")
+    return out[:, :T]
+
+
+def _splash_kernel(length: int, group: int, interpret: bool):
+    """A splash MQA kernel for `group` query heads per KV head over `length` positions (a
+    multiple of 128): causal, in blocks of up to 512 positions. Built anew in each trace: it
+    holds its mask tables as arrays of the trace that made it."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    block = next(b for b in (512, 256, 128) if length % b == 0)
+    sizes = sk.BlockSizes(
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
+    )
+    mask = sm.MultiHeadMask([sm.CausalMask((length, length)) for _ in range(group)])
+    return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+
+
+def _splash(q, k, v, ids):
+    """The Pallas splash kernel (TPU; on the CPU in interpret mode), one call per row and KV
+    head with its R query heads. T is padded to a multiple of 128 with id 0."""
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (
+        SegmentIds,
+    )
+
+    B, T, H, Dh = q.shape
+    K = k.shape[2]
+    R = H // K
+    q, k, v, ids = (_pad_to(x, 128) for x in (q, k, v, ids))
+    L = q.shape[1]
+    q = (q * np.asarray(Dh**-0.5, q.dtype)).reshape(B, L, K, R, Dh).transpose(0, 2, 3, 1, 4)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, L, Dh]
+
+    def run(interpret):
+        kernel = _splash_kernel(L, R, interpret)
+        per_head = lambda q, k, v, s: kernel(q, k, v, SegmentIds(s, s))
+        by_head = jax.vmap(per_head, in_axes=(0, 0, 0, None))
+        return lambda q, k, v, ids: jax.vmap(by_head)(q, k, v, ids)
+
+    out = jax.lax.platform_dependent(q, k, v, ids, cpu=run(True), default=run(False))
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)[:, :T]
+
+
+# cuDNN's custom calls carry no serialisation guarantee, which `jax.export` refuses by default;
+# lowering them only to see that a program lowers (flowrl_jax.lower) needs no such guarantee.
+CUDNN_TARGETS = (
+    "__cudnn$fmhaSoftmax",
+    "__cudnn$fmhaSoftmaxBackward",
+    "__cudnn$fmhaScaleBiasSoftmax",
+    "__cudnn$fmhaScaleBiasSoftmaxBackward",
+)
+
+
+@contextlib.contextmanager
+def cudnn_lowerable():
+    """Let programs with cuDNN attention lower anywhere for `jax.export` (flowrl_jax.lower):
+    - jax marks cuDNN attention as needing devices to lower (its partitioning rule asks them),
+      which an abstract mesh has not; our calls run inside `shard_map`, where no rule is used;
+    - jax asks the local cuDNN its version while tracing: without one (a CPU host) it is told
+      9.10 here, which passes jax's checks for these shapes; an installed cuDNN is asked."""
+    from jax._src import dispatch
+    from jax._src.cudnn import fused_attention_stablehlo as fused
+
+    needs = dispatch.prim_requires_devices_during_lowering
+    held = {p for p in needs if "dot_product_attention" in p.name}
+    probe = fused.check_cudnn_version
+    needs.difference_update(held)
+    if fused.cuda_versions is None:
+        fused.check_cudnn_version = lambda: 91000
+    try:
+        yield
+    finally:
+        fused.check_cudnn_version = probe
+        needs.update(held)
