@@ -55,6 +55,7 @@ ROWS = {
     "ours fused GRPO, defaults": ("grpo", True, False),
 }
 PHASES = ("rollout", "reward", "logprobs", "update")
+_SHAPE = {"prompts": PROMPTS, "prompt_len": PROMPT_LEN, "new": NEW}
 
 
 class IdTokenizer:
@@ -94,7 +95,7 @@ def even_fraction(text: str) -> float:
     return sum(i % 2 == 0 for i in ids) / len(ids) if ids else 0.0
 
 
-def make_task():
+def make_task(prompts: int = PROMPTS):
     from flowrl_jax.tasks import Task
 
     def jit_reward(tokenizer):
@@ -110,7 +111,7 @@ def make_task():
 
     return Task(
         "even_ids",
-        [f"prompt {i}" for i in range(PROMPTS)],
+        [f"prompt {i}" for i in range(prompts)],
         lambda text, row: even_fraction(text),
         make_jit_reward=jit_reward,
     )
@@ -131,10 +132,26 @@ def write_checkpoint(path: str):
     return hf
 
 
-def our_trainer(path: str, algorithm: str, fused: bool, tuned: bool, mesh, workdir: str):
+def our_trainer(
+    path: str,
+    algorithm: str,
+    fused: bool,
+    tuned: bool,
+    mesh,
+    workdir: str,
+    model=None,
+    settings=None,
+    **shape,
+):
+    """Our trainer on the benchmark's task, its model loaded from `path` (or `model` as given);
+    `shape` may set prompts, prompt_len and new (default: this benchmark's); `settings`, more
+    config keys ({"rollout.slots": 8}), set last."""
     from flowrl_jax.config import base_config
     from flowrl_jax.models import load_hf
     from flowrl_jax.trainer.loop import Trainer
+
+    prompts, prompt_len, new = (shape.pop(k, v) for k, v in _SHAPE.items())
+    assert not shape, shape
 
     config = base_config()
     config.workdir = workdir
@@ -142,18 +159,22 @@ def our_trainer(path: str, algorithm: str, fused: bool, tuned: bool, mesh, workd
     if algorithm == "grpo":
         config.algorithm.grpo.kl_coef = KL
     config.rollout.n = GROUP
-    config.rollout.max_new_tokens = NEW
+    config.rollout.max_new_tokens = new
     config.rollout.temperature = 1.0
-    config.rollout.prompt_buckets = (PROMPT_LEN,)
-    config.train.prompts_per_step = PROMPTS
+    config.rollout.prompt_buckets = (prompt_len,)
+    config.train.prompts_per_step = prompts
     config.train.minibatch_size = 0  # the whole rollout batch in one optimiser step
     config.train.micro_batches = 4 if tuned else 1
     config.train.fused = "true" if fused else "false"
     config.optimizer.learning_rate = LEARNING_RATE
     config.optimizer.warmup_steps = 0
-    model = load_hf(path, mesh=mesh, remat="dots" if tuned else "none")
+    for key, value in (settings or {}).items():
+        section, name = key.split(".")
+        config[section][name] = value
+    if model is None:
+        model = load_hf(path, mesh=mesh, remat="dots" if tuned else "none")
     tokenizer = IdTokenizer(model.cfg.vocab_size)
-    trainer = Trainer(config, model, tokenizer, mesh, make_task())
+    trainer = Trainer(config, model, tokenizer, mesh, make_task(prompts))
     trainer.sp = dataclasses.replace(trainer.sp, stop_tokens=())  # every row samples NEW tokens
     return trainer
 

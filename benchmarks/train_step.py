@@ -119,11 +119,7 @@ def run_size(
     import torch
     import transformers
 
-    from flowrl_jax import algorithms
-    from flowrl_jax.config import base_config
     from flowrl_jax.models import load_hf
-    from flowrl_jax.rollout.logprobs import token_logprobs
-    from flowrl_jax.trainer import step as step_lib
 
     torch.set_num_threads(TORCH_THREADS)
     hf = dict(hf)
@@ -134,48 +130,12 @@ def run_size(
     ).train()
     with tempfile.TemporaryDirectory() as path:
         reference.save_pretrained(path)
-        ours = load_hf(path, remat=remat)
+        model = load_hf(path, remat=remat)
 
-    config = base_config()
-    config.heads.logz.dropout = 0.0  # the same deterministic function on both sides
-    algo_cfg = config.algorithm[ALGORITHM]
-    spec = step_lib.StepSpec(
-        ours.cfg, ALGORITHM, algo_cfg, config.heads, prompt, 1.0, micro_batches=micro_batches
-    )
-    optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
-    state = step_lib.init_state(spec, ours.params, optimizer, jax.random.key(seed))
-
-    # The batch as the trainer hands it to `update`: old and reference log-probs from the initial
-    # policy (old ones nudged so the importance weights are not all 1), scores from `prepare`.
     tokens, rewards, group = make_batch(seed, batch, prompt, response, hf["vocab_size"])
-    mask = np.ones_like(tokens)
-    logp0 = np.asarray(
-        jax.jit(token_logprobs, static_argnums=0)(ours.cfg, ours.params, tokens, mask)
-    )[:, prompt:]
-    noise = np.random.default_rng(seed + 1).normal(0.0, 0.01, logp0.shape).astype(np.float32)
-    prepared = step_lib.prepare(
-        spec,
-        algorithms.Batch(
-            logp=None,
-            old_logp=logp0 + noise,
-            mask=np.ones_like(logp0),
-            rewards=rewards,
-            group=group,
-            ref_logp=logp0,
-        ),
-    )
-    prepared = jax.tree.map(jnp.asarray, prepared)
-    # slot 0: the state, donated (its buffers are reused for the new one), as in the trainer.
-    update = jax.jit(functools.partial(step_lib.update, spec, optimizer), donate_argnums=0)
-
-    torch_step = _torch_step(reference, state, spec, config, tokens, prepared)
-
-    def run_ours():
-        nonlocal state
-        state, metrics = update(state, tokens, mask, prepared)
-        jax.block_until_ready((state, metrics))
-        return metrics
-
+    ours = our_update(model.cfg, model.params, tokens, rewards, group, prompt, micro_batches, seed)
+    torch_step = _torch_step(reference, ours.state, ours.spec, ours.config, tokens, ours.prepared)
+    run_ours = ours.run
     t0 = time.perf_counter()
     metrics = run_ours()
     compile_s = time.perf_counter() - t0
@@ -202,6 +162,63 @@ def run_size(
         first_entropy,
         rows,
     )
+
+
+@dataclasses.dataclass
+class OurUpdate:
+    """The trainer's FlowRL update on one batch (`trainer.step.update`), jitted with the state
+    donated (its buffers are reused for the new one), as the trainer runs it."""
+
+    spec: object
+    config: object
+    state: object
+    step: object
+    tokens: np.ndarray
+    mask: np.ndarray
+    prepared: object
+
+    def run(self) -> dict:
+        self.state, metrics = self.step(self.state, self.tokens, self.mask, self.prepared)
+        jax.block_until_ready((self.state, metrics))
+        return metrics
+
+
+def our_update(cfg, params, tokens, rewards, group, prompt, micro_batches, seed=0) -> OurUpdate:
+    """FlowRL's update of the model (cfg, params) on `tokens` [B, P + N] (no padding), with the
+    batch as the trainer hands it over: old and reference log-probs from the initial policy (old
+    ones nudged so the importance weights are not all 1), scores from `prepare`. The log-Z
+    head's dropout is 0 (a deterministic function, for comparisons)."""
+    from flowrl_jax import algorithms
+    from flowrl_jax.config import base_config
+    from flowrl_jax.rollout.logprobs import token_logprobs
+    from flowrl_jax.trainer import step as step_lib
+
+    config = base_config()
+    config.heads.logz.dropout = 0.0
+    algo_cfg = config.algorithm[ALGORITHM]
+    spec = step_lib.StepSpec(
+        cfg, ALGORITHM, algo_cfg, config.heads, prompt, 1.0, micro_batches=micro_batches
+    )
+    optimizer = step_lib.make_optimizer(config.optimizer, config.heads)
+    state = step_lib.init_state(spec, params, optimizer, jax.random.key(seed))
+    mask = np.ones_like(tokens)
+    logp0 = np.asarray(jax.jit(token_logprobs, static_argnums=0)(cfg, params, tokens, mask))
+    logp0 = logp0[:, prompt:]
+    noise = np.random.default_rng(seed + 1).normal(0.0, 0.01, logp0.shape).astype(np.float32)
+    prepared = step_lib.prepare(
+        spec,
+        algorithms.Batch(
+            logp=None,
+            old_logp=logp0 + noise,
+            mask=np.ones_like(logp0),
+            rewards=rewards,
+            group=group,
+            ref_logp=logp0,
+        ),
+    )
+    prepared = jax.tree.map(jnp.asarray, prepared)
+    step = jax.jit(functools.partial(step_lib.update, spec, optimizer), donate_argnums=0)
+    return OurUpdate(spec, config, state, step, tokens, mask, prepared)
 
 
 def _torch_step(model, state, spec, config, tokens, batch):

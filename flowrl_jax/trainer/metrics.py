@@ -28,6 +28,7 @@ PEAK_FLOPS = (
     ("TPU v5", 197e12),  # v5e ('TPU v5 lite')
     ("TPU v4", 275e12),
     ("H200", 989e12),
+    ("H100 PCIe", 756e12),  # before "H100": the first name found in the device kind wins
     ("H100", 989e12),
     ("A100", 312e12),
 )
