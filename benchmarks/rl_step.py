@@ -55,7 +55,6 @@ ROWS = {
     "ours fused GRPO, defaults": ("grpo", True, False),
 }
 PHASES = ("rollout", "reward", "logprobs", "update")
-_SHAPE = {"prompts": PROMPTS, "prompt_len": PROMPT_LEN, "new": NEW}
 
 
 class IdTokenizer:
@@ -95,8 +94,10 @@ def even_fraction(text: str) -> float:
     return sum(i % 2 == 0 for i in ids) / len(ids) if ids else 0.0
 
 
-def make_task(prompts: int = PROMPTS):
+def make_task(prompts: int | None = None):
     from flowrl_jax.tasks import Task
+
+    prompts = prompts or PROMPTS
 
     def jit_reward(tokenizer):
         del tokenizer
@@ -150,7 +151,8 @@ def our_trainer(
     from flowrl_jax.models import load_hf
     from flowrl_jax.trainer.loop import Trainer
 
-    prompts, prompt_len, new = (shape.pop(k, v) for k, v in _SHAPE.items())
+    prompts = shape.pop("prompts", PROMPTS)  # read at call time: tests set the module's
+    prompt_len, new = shape.pop("prompt_len", PROMPT_LEN), shape.pop("new", NEW)
     assert not shape, shape
 
     config = base_config()
