@@ -232,6 +232,22 @@ KNOWN_SHAPES = {
         ),
         params=494_032_768,
     ),
+    "qwen2.5-1.5b": dict(
+        hf=dict(
+            model_type="qwen2",
+            vocab_size=151936,
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            max_position_embeddings=32768,
+        ),
+        params=1_543_714_304,
+    ),
     "qwen2.5-7b": dict(
         hf=dict(
             model_type="qwen2",
