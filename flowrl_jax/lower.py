@@ -47,8 +47,8 @@ log = logging.getLogger("flowrl_jax")
 # The platforms jax.export lowers for, and the device platform the trainer sees there.
 PLATFORMS = {"tpu": "tpu", "cuda": "gpu", "rocm": "gpu", "cpu": "cpu"}
 CALLBACKS = ("pure_callback", "io_callback", "debug_callback")
-# cuDNN attention's custom calls have no serialisation guarantee; lowering is all we check.
-CHECKS = [jax_export.DisabledSafetyCheck.custom_call(t) for t in kernels.CUDNN_TARGETS]
+# The GPU kernels' custom calls have no serialisation guarantee; lowering is all we check.
+CHECKS = [jax_export.DisabledSafetyCheck.custom_call(t) for t in kernels.GPU_TARGETS]
 
 
 @dataclasses.dataclass
@@ -246,7 +246,7 @@ def lower(program: Program, platform: str, mesh: AbstractMesh) -> Lowered:
                 *program.args
             )
         text = exported.mlir_module()
-        calls = tuple(sorted(set(re.findall(r"custom_call @([\w$]+)", text))))
+        calls = tuple(sorted(set(re.findall(r"custom_call @([\w$.]+)", text))))
         seconds = time.perf_counter() - t0
         return Lowered(program.name, platform, True, seconds, ops=text.count("\n"), kernels=calls)
     except Exception as e:  # noqa: BLE001 -- the report names whatever stopped the lowering
@@ -272,11 +272,15 @@ def check(config: ConfigDict, platforms: list[str], devices: int, model: str = "
     reward = compiled_reward(config, tokenizer)
     results = []
     for platform in platforms:
-        # The attention kernel a run on that platform uses ('auto' resolved there, not here).
-        kind = kernels.resolve(cfg.attention, cfg.dtype, PLATFORMS[platform])
-        kernels.check(kind, PLATFORMS[platform])
+        # The attention kernels a run on that platform uses ('auto' resolved there, not here).
+        device = PLATFORMS[platform]
+        kind = kernels.resolve(cfg.attention, cfg.dtype, device)
+        kernels.check(kind, device)
+        there = cfg.replace(
+            attention=kind, decode_attention=kernels.resolve_decode(cfg.decode_attention, device)
+        )
         with jax.sharding.use_abstract_mesh(mesh), kernels.cudnn_lowerable():
-            built = programs(config, cfg.replace(attention=kind), mesh, PLATFORMS[platform], reward)
+            built = programs(config, there, mesh, device, reward)
         for program in built:
             results.append(lower(program, platform, mesh))
             log.info("%s", results[-1])

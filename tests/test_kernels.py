@@ -206,3 +206,26 @@ def test_cudnn_on_a_gpu_equals_the_xla_path_in_bf16():
 @pytest.mark.tpu
 def test_splash_on_a_tpu_equals_the_xla_path_in_bf16():
     bf16_against_xla("splash")
+
+
+def test_the_gpu_decode_kernel_reads_each_rows_visible_run_as_attention_by_hand():
+    """Pallas's GPU decode kernel (interpret mode): rows left-padded then filled to their own
+    lengths, one row that sees nothing (a free slot: output unused, but finite)."""
+    rng = np.random.default_rng(0)
+    rows, slots = 4, 96
+    q = rng.standard_normal((rows, K, H // K, DH)).astype(np.float32)
+    k = rng.standard_normal((rows, K, slots, DH)).astype(np.float32)
+    v = rng.standard_normal((rows, K, slots, DH)).astype(np.float32)
+    runs = [(3, 50), (0, 96), (10, 11), (0, 0)]  # [first, last + 1) visible per row
+    mask = np.zeros((rows, slots), bool)
+    for row, (first, end) in enumerate(runs):
+        mask[row, first:end] = True
+    got = np.asarray(jax.jit(kernels.decode)(q, k, v, mask))
+    assert np.isfinite(got).all()
+    for row, (first, end) in enumerate(runs[:3]):
+        for head in range(H):
+            kv = head // (H // K)
+            s = k[row, kv, first:end] @ q[row, kv, head % (H // K)] / np.sqrt(DH)
+            p = np.exp(s - s.max())
+            want = (p / p.sum()) @ v[row, kv, first:end]
+            np.testing.assert_allclose(got[row, kv, head % (H // K)], want, atol=1e-5, rtol=1e-5)

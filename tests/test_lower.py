@@ -59,6 +59,10 @@ def test_the_fused_step_lowers_with_a_compiled_reward():
     rows = lower.check(config, ["tpu", "cuda"], devices=8)
     assert [(r.program, r.platform) for r in rows if not r.ok] == []
     assert "fused_rl_step" in names(rows, "tpu") and "fused_rl_step" in names(rows, "cuda")
+    # On cuda the slot sampler's decode step runs Pallas's GPU kernel (a Triton call).
+    calls = {(r.program, r.platform): set(r.kernels) for r in rows}
+    assert "__gpu$xla.gpu.triton" in calls["fused_rl_step", "cuda"]
+    assert "__gpu$xla.gpu.triton" not in calls["fused_rl_step", "tpu"]
 
 
 @pytest.mark.parametrize(

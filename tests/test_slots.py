@@ -86,6 +86,27 @@ def test_each_request_samples_what_the_static_batch_samples(slots, refill, prefi
     assert slotted.num_programs == 3
 
 
+def test_with_the_gpu_decode_kernel_each_request_samples_what_the_static_batch_samples():
+    """model.decode_attention='pallas' (the GPU's default; interpret mode here): keys cached
+    [.., S, Dh], windows of 20 and 28 positions rounded up to 128, each row's visible run read
+    by the kernel. Three slots refilling two at a time, on a mesh of 2 x 2 (rows and KV heads
+    split: each device runs the kernel on its own)."""
+    cfg, params = model()
+    mesh = mesh_lib.make_mesh({"fsdp": 2, "tensor": 2}, jax.devices()[:4])
+    sp = SamplingParams(max_new_tokens=12, n=3, temperature=1.0, stop_tokens=STOPS)
+    settings = slots_lib.SlotSettings(slots=4, prefill_rows=2)
+    pallas = cfg.replace(decode_attention="pallas")
+    assert slots_lib.window(pallas, 20) == 128 and slots_lib.window(cfg, 20) == 20
+    slotted = Sampler(pallas, mesh=mesh, prompt_buckets=(8, 16), slots=settings)
+    placed = jax.device_put(
+        params, partition.shardings(partition.rules_for(cfg.family), params, mesh)
+    )
+    for batch, longest, seed in [(5, 8, 0), (3, 16, 1)]:
+        asked = prompts(batch, longest, seed)
+        key = jax.random.key(seed + 3)
+        assert_same_rows(slotted(placed, asked, key, sp), static_sampler()(params, asked, key, sp))
+
+
 def test_on_a_mesh_each_device_group_refills_its_own_slots():
     """fsdp=4 x tensor=2: four slot groups of 2 slots, the weights split over tensor."""
     cfg, params = model()

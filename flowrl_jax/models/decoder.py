@@ -165,7 +165,9 @@ class Attention(nn.Module):
         # XLA's CPU backend a key buffer stored [S, Dh] (contracting its minor dim) runs 4-10x slower
         # per decode step; without a cache the keys are fresh and stay [B, K, T, Dh].
         v = v.swapaxes(1, 2)  # [B, K, T, Dh]
-        k_minor = cache is not None
+        # The slot sampler's cache on a GPU keeps keys [.., S, Dh], its decode kernel's layout.
+        major = isinstance(cache, RowCache) and kernels.keys_major(cfg)
+        k_minor = cache is not None and not major
         k = k.transpose(0, 2, 3, 1) if k_minor else k.swapaxes(1, 2)  # [B, K, Dh|T, T|Dh]
         if cache is None:
             ks, vs = (k,), (v,)
@@ -174,7 +176,8 @@ class Attention(nn.Module):
             cache = Segments(cache.k[:-1] + last[:1], cache.v[:-1] + last[1:], cache.index)
             ks, vs = cache.k, cache.v
         elif isinstance(cache, RowCache):
-            cache = RowCache(*_write_rows(cache.k, cache.v, k, v, cache.index), cache.index)
+            written = _write_rows(cache.k, cache.v, k, v, cache.index, major)
+            cache = RowCache(*written, cache.index)
             ks, vs = (cache.k,), (cache.v,)
         else:
             # Write this chunk into slots [cache_index, cache_index + T) of this layer and attend over
@@ -190,7 +193,12 @@ class Attention(nn.Module):
         R = H // K
         q = q.reshape(B, T, K, R, Dh).transpose(0, 2, 1, 3, 4)  # [B, K, T, R, Dh]
         block = cfg.attention_block
-        if isinstance(cache, RowCache) and T == 1 and cfg.decode_block:
+        if major:
+            read = lambda kv, q, mask: kernels.decode(q, *(from_bits(x, dt) for x in kv), mask)
+            # check_vma off: a Pallas kernel's output shapes do not say how they vary.
+            kv = (cache.k, cache.v)
+            out = on_own_rows(read, kv, q.reshape(B, K, R, Dh), mask[:, 0], check_vma=False)
+        elif isinstance(cache, RowCache) and T == 1 and cfg.decode_block:
             out = _row_decode(q.reshape(B, K, R, Dh), cache, mask[:, 0], dt, cfg.decode_block)
         elif block and T > block:
             out = attention.blocked(q, ks, vs, mask, block, dt, k_minor)
@@ -235,18 +243,23 @@ def _write_kv(k_buf, v_buf, k, v, slot, layer=None):
     )
 
 
-def _write_rows(k_buf, v_buf, k, v, slots):
+def _write_rows(k_buf, v_buf, k, v, slots, keys_major=False):
     """`_write_kv` with a write slot per row: slots [B] int32 (a scatter, in place in a loop).
-    Buffers may hold bits (`to_bits`): the new keys and values are written as bits then."""
+    Buffers may hold bits (`to_bits`): the new keys and values are written as bits then. With
+    `keys_major`, keys are laid out as values are, [B, K, S, Dh]."""
     k, v = to_bits(k.astype(dtype_of(k_buf, k))), to_bits(v.astype(dtype_of(v_buf, v)))
     if k_buf.dtype != k.dtype:  # float buffers of a wider type than 16 bits
         k, v = k.astype(k_buf.dtype), v.astype(v_buf.dtype)
-    put_k = jax.vmap(lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, 0, s)))
     put_v = jax.vmap(lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, s, 0)))
+    put_k = (
+        put_v
+        if keys_major
+        else jax.vmap(lambda buf, x, s: jax.lax.dynamic_update_slice(buf, x, (0, 0, s)))
+    )
     return on_own_rows(put_k, k_buf, k, slots), on_own_rows(put_v, v_buf, v, slots)
 
 
-def on_own_rows(write, buf, x, index):
+def on_own_rows(write, buf, x, index, check_vma=True):
     """write(buf, x, index) -> buf, run by each device on its own rows and KV heads when a context
     mesh is set: buf, x [B, K, ...] split by rows over the data-parallel axes and by heads over
     "tensor" (where they divide), index [B, ...] by rows. The partitioner, left to place a
@@ -261,7 +274,8 @@ def on_own_rows(write, buf, x, index):
     tensor = mesh.shape.get("tensor", 1)
     heads = "tensor" if tensor > 1 and first.shape[1] % tensor == 0 else None
     spec = P(BATCH_AXES, heads)
-    return jax.shard_map(write, mesh=mesh, in_specs=(spec, spec, P(BATCH_AXES)), out_specs=spec)(
+    in_specs = (spec, spec, P(BATCH_AXES))
+    return jax.shard_map(write, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=check_vma)(
         buf, x, index
     )
 

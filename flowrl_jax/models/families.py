@@ -16,6 +16,7 @@ FAMILIES = ("qwen2", "qwen3", "llama")
 ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTION = ("auto", "xla", "cudnn", "splash")  # see DecoderConfig.attention
+DECODE_ATTENTION = ("auto", "xla", "pallas")  # see DecoderConfig.decode_attention
 HALF = ("bfloat16", "float16")
 
 
@@ -55,6 +56,10 @@ class DecoderConfig:
     # Attention of a forward without a cache: 'xla' (attention.py), 'cudnn' (NVIDIA GPUs, bf16 /
     # fp16), 'splash' (the Pallas TPU kernel), or 'auto': by backend (models/kernels.py).
     attention: str = "auto"
+    # The slot sampler's decode attention: 'xla' (on the CPU the ragged loop of `decode_block`,
+    # elsewhere the whole window), 'pallas' (Pallas's GPU decode kernel, reading each row's filled
+    # part; keys cached [.., S, Dh]; interpret mode on the CPU), or 'auto': 'pallas' on a GPU.
+    decode_attention: str = "auto"
 
     def __post_init__(self):
         check_config(self)
@@ -100,6 +105,10 @@ def check_config(cfg: DecoderConfig) -> None:
             raise ValueError(f"{key}={getattr(cfg, key)} must be >= 0 (0 = unblocked)")
     if cfg.attention not in ATTENTION:
         raise ValueError(f"attention={cfg.attention!r} must be one of {ATTENTION}")
+    if cfg.decode_attention not in DECODE_ATTENTION:
+        raise ValueError(
+            f"decode_attention={cfg.decode_attention!r} must be one of {DECODE_ATTENTION}"
+        )
     if cfg.attention == "cudnn" and cfg.dtype not in HALF:  # its flash kernel has no fp32
         raise ValueError(
             f"attention='cudnn' computes in bfloat16 or float16, not dtype={cfg.dtype!r}"

@@ -14,6 +14,7 @@ from flowrl_jax.models import kernels, partition
 from flowrl_jax.models.decoder import init_params
 from flowrl_jax.models.families import (
     ATTENTION,
+    DECODE_ATTENTION,
     FAMILIES,
     REMAT_POLICIES,
     DecoderConfig,
@@ -49,6 +50,9 @@ def default_config() -> ConfigDict:
             # Attention without a cache: 'auto' (cuDNN on a GPU in bf16, splash on a TPU, XLA on
             # the CPU), or one of 'xla', 'cudnn', 'splash' (models/kernels.py).
             "attention": DecoderConfig.attention,
+            # The slot sampler's decode attention: 'auto' (Pallas's GPU kernel on a GPU, XLA
+            # elsewhere), 'xla' or 'pallas' (models/kernels.py).
+            "decode_attention": DecoderConfig.decode_attention,
         }
     )
 
@@ -64,6 +68,7 @@ RULES = {
     "causal_block": R.COUNT,
     "decode_block": R.COUNT,
     "attention": R.OneOf(ATTENTION),
+    "decode_attention": R.OneOf(DECODE_ATTENTION),
 }
 
 
@@ -77,6 +82,7 @@ def overrides(config: ConfigDict) -> dict:
         causal_block=config.causal_block,
         decode_block=config.decode_block,
         attention=config.attention,
+        decode_attention=config.decode_attention,
     )
 
 

@@ -46,6 +46,19 @@ def resolve(choice: str, dtype: str, platform: str | None = None) -> str:
     return "xla" if kind == "cudnn" and dtype not in HALF else kind
 
 
+def resolve_decode(choice: str, platform: str | None = None) -> str:
+    """`model.decode_attention` -> what the slot sampler's decode step uses on `platform`."""
+    if choice != "auto":
+        return choice
+    return "pallas" if (platform or jax.default_backend()) == "gpu" else "xla"
+
+
+def keys_major(cfg) -> bool:
+    """Whether the slot sampler caches keys [.., S, Dh] (the GPU decode kernel's layout) rather
+    than [.., Dh, S] (XLA's CPU decode dots' fastest: attention.py)."""
+    return resolve_decode(cfg.decode_attention) == "pallas"
+
+
 def check(choice: str, platform: str | None = None) -> None:
     """A kernel asked for on a backend that cannot run it: an error before anything compiles
     (splash runs on the CPU too, in Pallas's interpret mode: slow, for tests)."""
@@ -151,9 +164,58 @@ def _splash(q, k, v, ids):
     return out.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)[:, :T]
 
 
-# cuDNN's custom calls carry no serialisation guarantee, which `jax.export` refuses by default;
-# lowering them only to see that a program lowers (flowrl_jax.lower) needs no such guarantee.
-CUDNN_TARGETS = (
+def _splits(length: int) -> tuple[int, int] | None:
+    """(k_splits, block_k) for the GPU decode kernel over `length` cache slots: the largest
+    block of keys (128 down to 16) that divides the window, then as many parts (up to 16) run
+    side by side as divide it into whole blocks. None: a window not a multiple of 16."""
+    for block in (128, 64, 32, 16):
+        for splits in (16, 8, 4, 2, 1):
+            if length % splits == 0 and (length // splits) % block == 0:
+                return splits, block
+    return None
+
+
+def decode(q, k, v, mask):
+    """One query step of each row against its cached keys and values, reading only the slots
+    from the row's first visible one to its last (Pallas's GPU decode kernel; in interpret mode
+    on the CPU). q [B, K, R, Dh]; k, v [B, K, S, Dh]; mask [B, S], each row's visible slots one
+    run (a left-padded prompt, then its response) -> [B, K, R, Dh]. A row that sees no slot
+    reads slot 0 (its output is never used)."""
+    from jax.experimental.pallas.ops.gpu import decode_attention
+
+    from flowrl_jax.models.attention import filled
+
+    B, K, R, Dh = q.shape
+    S = k.shape[2]
+    split = _splits(S)
+    if split is None:
+        raise ValueError(
+            f"model.decode_attention='pallas' reads a cache window in blocks of 16 slots; "
+            f"this one holds {S} (rollout/slots.py `window` rounds it up to 128)"
+        )
+    fill = jnp.maximum(filled(mask), 1)
+    start = jnp.minimum(jnp.argmax(mask, axis=-1).astype(jnp.int32), fill - 1)
+    per_head = lambda x: jnp.repeat(x, K)  # rows [B * K]: each KV head of each row
+    flat = lambda x: x.reshape(B * K, *x.shape[2:])
+
+    def run(interpret):
+        def call(q, k, v, start, fill):
+            return decode_attention.mqa(
+                q, k, v, start, fill, k_splits=split[0], block_k=split[1], interpret=interpret
+            )
+
+        return call
+
+    args = (flat(q), flat(k), flat(v), per_head(start), per_head(fill))
+    out = jax.lax.platform_dependent(*args, cpu=run(True), default=run(False))
+    return out.reshape(B, K, R, Dh)
+
+
+# The GPU kernels' custom calls (cuDNN's, Pallas's Triton) carry no serialisation guarantee, which
+# `jax.export` refuses by default; lowering them only to see that a program lowers
+# (flowrl_jax.lower) needs no such guarantee.
+GPU_TARGETS = (
+    "__gpu$xla.gpu.triton",  # Pallas's GPU kernels (the decode step)
     "__cudnn$fmhaSoftmax",
     "__cudnn$fmhaSoftmaxBackward",
     "__cudnn$fmhaScaleBiasSoftmax",

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as Spec
 
 from flowrl_jax.mesh import BATCH_AXES
+from flowrl_jax.models import kernels
 from flowrl_jax.models.decoder import (
     RowCache,
     constrain_batch,
@@ -111,8 +112,17 @@ class SlotSettings:
         the groups cannot share, a budget below one request) come before anything compiles."""
         if self.static:
             return None
-        slots = self.slots or slots_for_budget(cfg, self.kv_cache_gb, length, groups, split)
+        slots = self.slots or slots_for_budget(
+            cfg, self.kv_cache_gb, window(cfg, length), groups, split
+        )
         return SlotPlan(slots, groups, self.refill, self.prefill_rows, self.shrink)
+
+
+def window(cfg: DecoderConfig, length: int) -> int:
+    """Cache positions a slot holds for `length` (prompt bucket + response limit): that many, or
+    for the GPU decode kernel the next multiple of 128, its blocks of keys (the positions past
+    `length` are never written nor read)."""
+    return -(-length // 128) * 128 if kernels.keys_major(cfg) else length
 
 
 def phase_sizes(slots: int, shrink: int) -> list[int]:
@@ -203,11 +213,17 @@ def generate_slots(
     limits = limits.reshape(G, Rg)
     S = min(plan.per_group, Rg)  # slots per group: never more than its requests
     width = min(plan.width(), S)
-    W = P + N
+    W = window(cfg, P + N)
     params = decode_weights(cfg, params)
     layer_params = split_layers(params)
     L, K, Dh, dt = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype)
     stops = jnp.asarray(sp.stop_tokens or (-1,), jnp.int32)
+    # Keys cached [K, Dh, W] a slot, or [K, W, Dh] for the GPU decode kernel (kernels.keys_major);
+    # the prefill hands them over as [K, Dh, P].
+    if kernels.keys_major(cfg):
+        key_shape, key_axis, prefilled_keys = (K, W, Dh), 1, lambda x: jnp.swapaxes(x, -1, -2)
+    else:
+        key_shape, key_axis, prefilled_keys = (K, Dh, W), 2, lambda x: x
 
     by_group = lambda x: x.reshape(G, Rg, *x.shape[1:])
     queue_tokens, queue_mask = by_group(tokens), by_group(mask)  # [G, Rg, P]
@@ -289,10 +305,13 @@ def generate_slots(
 
             return on_own_rows(put_rows, buf, to_bits(new), dest)
 
-        kv_row = jnp.concatenate([prompt_mask.astype(bool), jnp.zeros((G * width, N), bool)], 1)
+        kv_row = jnp.concatenate([prompt_mask.astype(bool), jnp.zeros((G * width, W - P), bool)], 1)
         state = dict(
             state,
-            k=[write(b, out.cache["k"][i], 2) for i, b in enumerate(state["k"])],
+            k=[
+                write(b, prefilled_keys(out.cache["k"][i]), key_axis)
+                for i, b in enumerate(state["k"])
+            ],
             v=[write(b, out.cache["v"][i], 1) for i, b in enumerate(state["v"])],
             kv_mask=put(state["kv_mask"], dest, grouped(kv_row)),
             req=put(state["req"], dest, req),
@@ -377,7 +396,7 @@ def generate_slots(
     state = _pin(
         dict(
             # The cache as bits (attention.to_bits): rows are written by scatters.
-            k=[to_bits(zeros((G * S, K, Dh, W), dt)) for _ in range(L)],
+            k=[to_bits(zeros((G * S, *key_shape), dt)) for _ in range(L)],
             v=[to_bits(zeros((G * S, K, W, Dh), dt)) for _ in range(L)],
             kv_mask=zeros((G, S, W), jnp.bool_),
             req=zeros((G, S)),

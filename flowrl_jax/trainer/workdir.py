@@ -45,6 +45,7 @@ _RUNTIME_FIELDS = {
     "causal_block",
     "decode_block",
     "attention",
+    "decode_attention",
     "max_position_embeddings",
 }
 
