@@ -5,7 +5,8 @@
 
 Random weights of the published shapes (models.KNOWN_SHAPES), nothing downloaded. Rows:
 - decode: the slot sampler (`rollout.slots`) on 0.5B, 256 slots, 256 requests of a 128-token
-  prompt that all run to 256 new tokens. Tokens per second over the whole call (prefill
+  prompt that all run to 256 new tokens, with each decode attention that runs on the device
+  (`model.decode_attention`: XLA's, and Pallas's GPU kernel on a GPU). Tokens per second over the whole call (prefill
   included), and the fraction of the memory-bandwidth roofline: the bytes a decode step must read
   (the weights' matmul parameters in the compute dtype, and each row's filled KV cache), summed
   over the steps, over the device's peak bandwidth, divided by the measured time. Prefill is not
@@ -20,7 +21,8 @@ Random weights of the published shapes (models.KNOWN_SHAPES), nothing downloaded
   slots, with its per-phase times (`train.fused_phase_times`).
 Each timed figure is the median of TIMED calls after one warm call (which holds the compile).
 On the CPU the peaks are measured (an fp32 matmul, a large reduction), and --reduced runs tiny
-shapes in fp32, with one update shape (its 'auto' row repeats the row of what 'auto' picks). The last line reads `device=<kind> decode_roofline=<x> mfu_0_5b=<y> mfu_1_5b=<z>`;
+shapes in fp32, with one update shape (its 'auto' row repeats the row of what 'auto' picks). The last line reads `device=<kind> decode_roofline=<x> mfu_0_5b=<y> mfu_1_5b=<z>` (the better
+decode and 0.5B rows);
 --out writes the rows as device.json and the table as device.md.
 """
 
@@ -138,13 +140,19 @@ def timed(fn) -> tuple[float, float]:
     return first, statistics.median(seconds(fn) for _ in range(TIMED))
 
 
-def decode(shapes: Shapes, bandwidth: float) -> Row:
+def decode_kinds() -> list[str]:
+    """The slot sampler's decode attentions that run here: XLA's, and Pallas's GPU kernel on a
+    GPU or (interpret mode) the CPU."""
+    return ["xla", "pallas"] if jax.default_backend() in ("gpu", "cpu") else ["xla"]
+
+
+def decode(shapes: Shapes, bandwidth: float, kind: str) -> Row:
     from flowrl_jax.models import Model
     from flowrl_jax.rollout import Sampler, SamplingParams
     from flowrl_jax.rollout.slots import SlotSettings
 
     name, slots, requests, prompt, new = shapes.decode
-    cfg = model_config(name, shapes.dtype, param_dtype=shapes.dtype)
+    cfg = model_config(name, shapes.dtype, param_dtype=shapes.dtype, decode_attention=kind)
     params = Model.random(cfg, 0).params
     n = 8
     prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, (requests // n, prompt))
@@ -160,7 +168,7 @@ def decode(shapes: Shapes, bandwidth: float) -> Row:
     fraction = decode_bytes(cfg, slots, requests, prompt, new) / bandwidth / t
     rate = f"{requests * new / t:,.0f} tok/s"
     detail = f"{slots} slots, {requests} requests, {prompt} + {new} tokens"
-    return Row("decode", name, "xla", t, rate, fraction, detail)
+    return Row("decode", name, kind, t, rate, fraction, detail)
 
 
 def decode_bytes(cfg, slots: int, requests: int, prompt: int, new: int) -> float:
@@ -227,7 +235,7 @@ def run(reduced: bool) -> tuple[list[Row], dict]:
 
     shapes = REDUCED if reduced or jax.default_backend() == "cpu" else FULL
     flops_peak, bandwidth, source = peaks()
-    rows = [decode(shapes, bandwidth)]
+    rows = [decode(shapes, bandwidth, kind) for kind in decode_kinds()]
     small, large = shapes.updates
     for attention in kinds():
         rows.append(update(*small, attention, shapes.dtype, flops_peak))
@@ -267,7 +275,7 @@ def table(rows: list[Row], info: dict) -> str:
 
 
 def summary(rows: list[Row], info: dict) -> str:
-    decode_row = next(r for r in rows if r.what == "decode")
+    decode_row = max((r for r in rows if r.what == "decode"), key=lambda r: r.fraction)
     updates = [r for r in rows if r.what == "update"]
     small = max(r.fraction for r in updates[:-1])  # the faster attention at the smaller size
     kind = info["device"].replace(" ", "_")

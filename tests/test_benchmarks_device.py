@@ -39,9 +39,10 @@ def test_the_reduced_run_prints_its_table_and_last_line_and_writes_them(
     saved = json.loads((tmp_path / "device.json").read_text())
     assert saved["summary"] == out[-1]
     rows = [(r["what"], r["attention"]) for r in saved["rows"]]
-    # On the CPU both implementations run: XLA's, and splash in Pallas's interpret mode.
+    # On the CPU every implementation runs: XLA's, and the kernels in Pallas's interpret mode.
     assert rows == [
         ("decode", "xla"),
+        ("decode", "pallas"),
         ("update", "xla"),
         ("update", "splash"),
         ("update", "auto"),
