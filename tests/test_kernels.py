@@ -229,3 +229,8 @@ def test_the_gpu_decode_kernel_reads_each_rows_visible_run_as_attention_by_hand(
             p = np.exp(s - s.max())
             want = (p / p.sum()) @ v[row, kv, first:end]
             np.testing.assert_allclose(got[row, kv, head % (H // K)], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_the_gpu_decode_kernel_on_a_gpu_equals_attention_by_hand():
+    test_the_gpu_decode_kernel_reads_each_rows_visible_run_as_attention_by_hand()
