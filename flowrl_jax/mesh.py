@@ -137,3 +137,27 @@ def default_config():
 
 # A size of -1 takes the devices the other axes leave.
 RULES = {axis: R.Range(1, integer=True, also=(-1,)) for axis in ("data", "fsdp", "tensor")}
+
+
+def on_own_rows(fn, args: tuple, head_axes: tuple, heads: int, check_vma: bool = True):
+    """fn(*args), run by each device on its own rows and heads when a context mesh is set
+    (`jax.set_mesh`): every argument's leading dim split over the data-parallel axes and its dim
+    `head_axes[i]` (None: no heads) over "tensor" where `heads` divide by its size; the result
+    laid out as args[0]. Without such a mesh, or rows it cannot divide, fn(*args). For scatters
+    into caches and for custom calls (kernels): the partitioner, left to place either over a
+    buffer split two ways, gathers it whole first. check_vma off for Pallas kernels, whose output
+    shapes do not say how they vary over the mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return fn(*args)
+    rows = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if any(x.shape[0] % rows for x in jax.tree.leaves(args)):
+        return fn(*args)
+    tensor = mesh.shape.get("tensor", 1)
+    split = "tensor" if tensor > 1 and heads % tensor == 0 else None
+    spec = lambda axis: (
+        P(BATCH_AXES) if axis is None else P(BATCH_AXES, *[None] * (axis - 1), split)
+    )
+    specs = tuple(spec(axis) for axis in head_axes)
+    run = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=specs[0], check_vma=check_vma)
+    return run(*args)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.mesh import BATCH_AXES
 from flowrl_jax.models import attention, kernels
 from flowrl_jax.models.attention import dtype_of, from_bits, to_bits
@@ -260,24 +261,10 @@ def _write_rows(k_buf, v_buf, k, v, slots, keys_major=False):
 
 
 def on_own_rows(write, buf, x, index, check_vma=True):
-    """write(buf, x, index) -> buf, run by each device on its own rows and KV heads when a context
-    mesh is set: buf, x [B, K, ...] split by rows over the data-parallel axes and by heads over
-    "tensor" (where they divide), index [B, ...] by rows. The partitioner, left to place a
-    scatter into a buffer split two ways, gathers the heads of the whole buffer first."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-        return write(buf, x, index)
-    rows = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    first = jax.tree.leaves(buf)[0]  # buf may be a tuple of buffers alike (keys and values)
-    if first.shape[0] % rows or x.shape[0] % rows or index.shape[0] % rows:
-        return write(buf, x, index)
-    tensor = mesh.shape.get("tensor", 1)
-    heads = "tensor" if tensor > 1 and first.shape[1] % tensor == 0 else None
-    spec = P(BATCH_AXES, heads)
-    in_specs = (spec, spec, P(BATCH_AXES))
-    return jax.shard_map(write, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=check_vma)(
-        buf, x, index
-    )
+    """write(buf, x, index) -> buf, run by each device on its own rows and KV heads
+    (`mesh.on_own_rows`): buf, x [B, K, ...] (buf may be a tuple of buffers alike), index [B, ...]."""
+    heads = jax.tree.leaves(buf)[0].shape[1]
+    return mesh_lib.on_own_rows(write, (buf, x, index), (1, 1, None), heads, check_vma)
 
 
 class MLP(nn.Module):

@@ -15,15 +15,13 @@ KV heads (`shard_map`), as it holds them: a custom call left to the partitioner 
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
-from flowrl_jax.mesh import BATCH_AXES
+from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.models.families import HALF
 
 # Which kernel 'auto' picks on each backend (jax.default_backend(), or lower.PLATFORMS' value).
@@ -79,24 +77,8 @@ def sequence_ids(kv_mask, segments=None) -> jax.Array:
 def attend(kind: str, q, k, v, ids):
     """Causal attention of q over k, v within each token's sequence id (see the module)."""
     run = {"cudnn": _cudnn, "splash": _splash}[kind]
-    return _on_own_rows(run, q, k, v, ids)
-
-
-def _on_own_rows(run, q, k, v, ids):
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-        return run(q, k, v, ids)
-    rows = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    if q.shape[0] % rows:
-        return run(q, k, v, ids)
-    tensor = mesh.shape.get("tensor", 1)
-    heads = "tensor" if tensor > 1 and k.shape[2] % tensor == 0 else None
-    spec = P(BATCH_AXES, None, heads, None)
-    # check_vma off: the Pallas kernel's output shapes do not say how they vary over the mesh.
-    in_specs = (spec, spec, spec, P(BATCH_AXES))
-    return jax.shard_map(run, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=False)(
-        q, k, v, ids
-    )
+    heads = k.shape[2]  # rows over the data-parallel axes, KV heads (axis 2) over "tensor"
+    return mesh_lib.on_own_rows(run, (q, k, v, ids), (2, 2, 2, None), heads, check_vma=False)
 
 
 def _pad_to(x, multiple: int, axis: int = 1):
