@@ -1,6 +1,7 @@
-"""Attention kernels per backend for a forward without a cache (log-probs, the update, SFT):
+"""Attention kernels per backend. For a forward without a cache (log-probs, the update, SFT):
 cuDNN's fused attention on NVIDIA GPUs, the Pallas splash kernel on TPUs, XLA's own
-(`attention.py`) on the CPU. `model.attention` picks one ('auto': by backend).
+(`attention.py`) on the CPU; `model.attention` picks one ('auto': by backend). For the slot
+sampler's decode step: Pallas's GPU decode kernel (`decode`), `model.decode_attention`.
 
 Both kernels take the mask as per-token sequence ids: a query sees the keys at or before it that
 carry its id. Real tokens carry their sequence's id (>= 1; packed rows hold several), padding 0.
@@ -9,7 +10,7 @@ query sees earlier padding instead of nothing, and its output is never used.
 
 Shapes: q [B, T, H, Dh], k and v [B, T, K, Dh] (GQA: query head h = k*R + r reads KV head k),
 ids [B, T] int32 -> [B, T, H, Dh]. Under a mesh each device runs the kernel on its own rows and
-KV heads (`shard_map`), as it holds them: a custom call left to the partitioner is gathered whole.
+KV heads (`mesh.on_own_rows`): a custom call left to the partitioner is gathered whole.
 """
 
 from __future__ import annotations
