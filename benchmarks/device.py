@@ -6,7 +6,7 @@
 Random weights of the published shapes (models.KNOWN_SHAPES), nothing downloaded. Rows:
 - decode: the slot sampler (`rollout.slots`) on 0.5B, 256 slots, 256 requests of a 128-token
   prompt that all run to 256 new tokens, with each decode attention that runs on the device
-  (`model.decode_attention`: XLA's, and Pallas's GPU kernel on a GPU). Tokens per second over the whole call (prefill
+  (`model.decode_attention`: XLA's, and the Pallas kernel of a GPU or a TPU). Tokens per second over the whole call (prefill
   included), and the fraction of the memory-bandwidth roofline: the bytes a decode step must read
   (the weights' matmul parameters in the compute dtype, and each row's filled KV cache), summed
   over the steps, over the device's peak bandwidth, divided by the measured time. Prefill is not
@@ -141,9 +141,14 @@ def timed(fn) -> tuple[float, float]:
 
 
 def decode_kinds() -> list[str]:
-    """The slot sampler's decode attentions that run here: XLA's, and Pallas's GPU kernel on a
-    GPU or (interpret mode) the CPU."""
-    return ["xla", "pallas"] if jax.default_backend() in ("gpu", "cpu") else ["xla"]
+    """The slot sampler's decode attentions that run here: XLA's, and the backend's Pallas
+    kernel (on the CPU both, in interpret mode)."""
+    from flowrl_jax.models import kernels
+
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return ["xla", "pallas_gpu", "pallas_tpu"]
+    return ["xla"] + ([kernels.AUTO_DECODE[backend]] if backend in kernels.AUTO_DECODE else [])
 
 
 def decode(shapes: Shapes, bandwidth: float, kind: str) -> Row:

@@ -275,10 +275,10 @@ def check(config: ConfigDict, platforms: list[str], devices: int, model: str = "
         # The attention kernels a run on that platform uses ('auto' resolved there, not here).
         device = PLATFORMS[platform]
         kind = kernels.resolve(cfg.attention, cfg.dtype, device)
-        kernels.check(kind, device)
-        there = cfg.replace(
-            attention=kind, decode_attention=kernels.resolve_decode(cfg.decode_attention, device)
-        )
+        decode = kernels.resolve_decode(cfg.decode_attention, device)
+        for choice in (kind, decode):
+            kernels.check(choice, device)
+        there = cfg.replace(attention=kind, decode_attention=decode)
         with jax.sharding.use_abstract_mesh(mesh), kernels.cudnn_lowerable():
             built = programs(config, there, mesh, device, reward)
         for program in built:

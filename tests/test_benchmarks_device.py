@@ -42,7 +42,8 @@ def test_the_reduced_run_prints_its_table_and_last_line_and_writes_them(
     # On the CPU every implementation runs: XLA's, and the kernels in Pallas's interpret mode.
     assert rows == [
         ("decode", "xla"),
-        ("decode", "pallas"),
+        ("decode", "pallas_gpu"),
+        ("decode", "pallas_tpu"),
         ("update", "xla"),
         ("update", "splash"),
         ("update", "auto"),

@@ -3,6 +3,8 @@ Pallas's interpret mode against a numpy attention written out by hand and agains
 alone and inside the decoder; each kernel exported for its platform over a mesh; what 'auto'
 picks; the errors. Tests marked gpu / tpu run the compiled kernels where that backend is JAX's."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,19 +210,21 @@ def test_splash_on_a_tpu_equals_the_xla_path_in_bf16():
     bf16_against_xla("splash")
 
 
-def test_the_gpu_decode_kernel_reads_each_rows_visible_run_as_attention_by_hand():
-    """Pallas's GPU decode kernel (interpret mode): rows left-padded then filled to their own
-    lengths, one row that sees nothing (a free slot: output unused, but finite)."""
+@pytest.mark.parametrize("kind", ["pallas_gpu", "pallas_tpu"])
+def test_each_decode_kernel_reads_each_rows_visible_run_as_attention_by_hand(kind):
+    """Pallas's GPU decode kernel and ours for the TPU (interpret mode): rows left-padded then
+    filled to their own lengths (one across a block boundary, one to the last slot), one row
+    that sees nothing (a free slot: output unused, but finite)."""
     rng = np.random.default_rng(0)
-    rows, slots = 4, 96
+    rows, slots = 4, 256
     q = rng.standard_normal((rows, K, H // K, DH)).astype(np.float32)
     k = rng.standard_normal((rows, K, slots, DH)).astype(np.float32)
     v = rng.standard_normal((rows, K, slots, DH)).astype(np.float32)
-    runs = [(3, 50), (0, 96), (10, 11), (0, 0)]  # [first, last + 1) visible per row
+    runs = [(3, 150), (0, 256), (130, 131), (0, 0)]  # [first, last + 1) visible per row
     mask = np.zeros((rows, slots), bool)
     for row, (first, end) in enumerate(runs):
         mask[row, first:end] = True
-    got = np.asarray(jax.jit(kernels.decode)(q, k, v, mask))
+    got = np.asarray(jax.jit(functools.partial(kernels.decode, kind))(q, k, v, mask))
     assert np.isfinite(got).all()
     for row, (first, end) in enumerate(runs[:3]):
         for head in range(H):
@@ -233,4 +237,9 @@ def test_the_gpu_decode_kernel_reads_each_rows_visible_run_as_attention_by_hand(
 
 @pytest.mark.gpu
 def test_the_gpu_decode_kernel_on_a_gpu_equals_attention_by_hand():
-    test_the_gpu_decode_kernel_reads_each_rows_visible_run_as_attention_by_hand()
+    test_each_decode_kernel_reads_each_rows_visible_run_as_attention_by_hand("pallas_gpu")
+
+
+@pytest.mark.tpu
+def test_the_tpu_decode_kernel_on_a_tpu_equals_attention_by_hand():
+    test_each_decode_kernel_reads_each_rows_visible_run_as_attention_by_hand("pallas_tpu")

@@ -86,16 +86,17 @@ def test_each_request_samples_what_the_static_batch_samples(slots, refill, prefi
     assert slotted.num_programs == 3
 
 
-def test_with_the_gpu_decode_kernel_each_request_samples_what_the_static_batch_samples():
-    """model.decode_attention='pallas' (the GPU's default; interpret mode here): keys cached
-    [.., S, Dh], windows of 20 and 28 positions rounded up to 128, each row's visible run read
-    by the kernel. Three slots refilling two at a time, on a mesh of 2 x 2 (rows and KV heads
-    split: each device runs the kernel on its own)."""
+@pytest.mark.parametrize("kind", ["pallas_gpu", "pallas_tpu"])
+def test_with_a_decode_kernel_each_request_samples_what_the_static_batch_samples(kind):
+    """model.decode_attention 'pallas_gpu' / 'pallas_tpu' (the GPU's and TPU's default;
+    interpret mode here): keys cached [.., S, Dh], windows of 20 and 28 positions rounded up to
+    128, each row's visible run read by the kernel. Four slots refilling two at a time, on a
+    mesh of 2 x 2 (rows and KV heads split: each device runs the kernel on its own)."""
     cfg, params = model()
     mesh = mesh_lib.make_mesh({"fsdp": 2, "tensor": 2}, jax.devices()[:4])
     sp = SamplingParams(max_new_tokens=12, n=3, temperature=1.0, stop_tokens=STOPS)
     settings = slots_lib.SlotSettings(slots=4, prefill_rows=2)
-    pallas = cfg.replace(decode_attention="pallas")
+    pallas = cfg.replace(decode_attention=kind)
     assert slots_lib.window(pallas, 20) == 128 and slots_lib.window(cfg, 20) == 20
     slotted = Sampler(pallas, mesh=mesh, prompt_buckets=(8, 16), slots=settings)
     placed = jax.device_put(

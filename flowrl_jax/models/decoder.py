@@ -166,7 +166,7 @@ class Attention(nn.Module):
         # XLA's CPU backend a key buffer stored [S, Dh] (contracting its minor dim) runs 4-10x slower
         # per decode step; without a cache the keys are fresh and stay [B, K, T, Dh].
         v = v.swapaxes(1, 2)  # [B, K, T, Dh]
-        # The slot sampler's cache on a GPU keeps keys [.., S, Dh], its decode kernel's layout.
+        # The slot sampler's cache under a decode kernel keeps keys [.., S, Dh], its layout.
         major = isinstance(cache, RowCache) and kernels.keys_major(cfg)
         k_minor = cache is not None and not major
         k = k.transpose(0, 2, 3, 1) if k_minor else k.swapaxes(1, 2)  # [B, K, Dh|T, T|Dh]
@@ -195,7 +195,10 @@ class Attention(nn.Module):
         q = q.reshape(B, T, K, R, Dh).transpose(0, 2, 1, 3, 4)  # [B, K, T, R, Dh]
         block = cfg.attention_block
         if major:
-            read = lambda kv, q, mask: kernels.decode(q, *(from_bits(x, dt) for x in kv), mask)
+            kind = kernels.resolve_decode(cfg.decode_attention)
+            read = lambda kv, q, mask: kernels.decode(
+                kind, q, *(from_bits(x, dt) for x in kv), mask
+            )
             # check_vma off: a Pallas kernel's output shapes do not say how they vary.
             kv = (cache.k, cache.v)
             out = on_own_rows(read, kv, q.reshape(B, K, R, Dh), mask[:, 0], check_vma=False)

@@ -16,7 +16,7 @@ FAMILIES = ("qwen2", "qwen3", "llama")
 ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTION = ("auto", "xla", "cudnn", "splash")  # see DecoderConfig.attention
-DECODE_ATTENTION = ("auto", "xla", "pallas")  # see DecoderConfig.decode_attention
+DECODE_ATTENTION = ("auto", "xla", "pallas_gpu", "pallas_tpu")  # DecoderConfig.decode_attention
 HALF = ("bfloat16", "float16")
 
 
@@ -57,8 +57,8 @@ class DecoderConfig:
     # fp16), 'splash' (the Pallas TPU kernel), or 'auto': by backend (models/kernels.py).
     attention: str = "auto"
     # The slot sampler's decode attention: 'xla' (on the CPU the ragged loop of `decode_block`,
-    # elsewhere the whole window), 'pallas' (Pallas's GPU decode kernel, reading each row's filled
-    # part; keys cached [.., S, Dh]; interpret mode on the CPU), or 'auto': 'pallas' on a GPU.
+    # elsewhere the whole window), 'pallas_gpu' / 'pallas_tpu' (Pallas kernels reading each row's
+    # filled part; keys cached [.., S, Dh]; interpret mode on the CPU), or 'auto': by backend.
     decode_attention: str = "auto"
 
     def __post_init__(self):

@@ -50,8 +50,8 @@ def default_config() -> ConfigDict:
             # Attention without a cache: 'auto' (cuDNN on a GPU in bf16, splash on a TPU, XLA on
             # the CPU), or one of 'xla', 'cudnn', 'splash' (models/kernels.py).
             "attention": DecoderConfig.attention,
-            # The slot sampler's decode attention: 'auto' (Pallas's GPU kernel on a GPU, XLA
-            # elsewhere), 'xla' or 'pallas' (models/kernels.py).
+            # The slot sampler's decode attention: 'auto' (a Pallas kernel on a GPU or TPU, XLA
+            # on the CPU), 'xla', 'pallas_gpu' or 'pallas_tpu' (models/kernels.py).
             "decode_attention": DecoderConfig.decode_attention,
         }
     )
@@ -113,7 +113,8 @@ def model_config(config: ConfigDict):
 
 def build(config: ConfigDict, mesh: Mesh, seed: int = 0):
     """-> (Model on `mesh`, tokenizer)."""
-    kernels.check(config.attention)  # a kernel this backend cannot run: before any compile
+    for choice in (config.attention, config.decode_attention):  # before anything compiles
+        kernels.check(choice)
     if config.checkpoint:
         model = load_hf(config.checkpoint, mesh=mesh, **overrides(config))
         tokenizer = load_tokenizer(config.tokenizer or config.checkpoint)

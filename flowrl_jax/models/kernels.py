@@ -1,7 +1,8 @@
 """Attention kernels per backend. For a forward without a cache (log-probs, the update, SFT):
 cuDNN's fused attention on NVIDIA GPUs, the Pallas splash kernel on TPUs, XLA's own
 (`attention.py`) on the CPU; `model.attention` picks one ('auto': by backend). For the slot
-sampler's decode step: Pallas's GPU decode kernel (`decode`), `model.decode_attention`.
+sampler's decode step (`decode`, `model.decode_attention`): Pallas's GPU decode kernel, or our
+Pallas TPU kernel.
 
 Both kernels take the mask as per-token sequence ids: a query sees the keys at or before it that
 carry its id. Real tokens carry their sequence's id (>= 1; packed rows hold several), padding 0.
@@ -45,27 +46,38 @@ def resolve(choice: str, dtype: str, platform: str | None = None) -> str:
     return "xla" if kind == "cudnn" and dtype not in HALF else kind
 
 
+# Which decode kernel 'auto' picks on each backend.
+AUTO_DECODE = {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}
+
+
 def resolve_decode(choice: str, platform: str | None = None) -> str:
     """`model.decode_attention` -> what the slot sampler's decode step uses on `platform`."""
     if choice != "auto":
         return choice
-    return "pallas" if (platform or jax.default_backend()) == "gpu" else "xla"
+    return AUTO_DECODE.get(platform or jax.default_backend(), "xla")
 
 
 def keys_major(cfg) -> bool:
-    """Whether the slot sampler caches keys [.., S, Dh] (the GPU decode kernel's layout) rather
+    """Whether the slot sampler caches keys [.., S, Dh] (the decode kernels' layout) rather
     than [.., Dh, S] (XLA's CPU decode dots' fastest: attention.py)."""
-    return resolve_decode(cfg.decode_attention) == "pallas"
+    return resolve_decode(cfg.decode_attention) != "xla"
 
 
 def check(choice: str, platform: str | None = None) -> None:
-    """A kernel asked for on a backend that cannot run it: an error before anything compiles
-    (splash runs on the CPU too, in Pallas's interpret mode: slow, for tests)."""
+    """A kernel (`model.attention` or `model.decode_attention`) asked for on a backend that
+    cannot run it: an error before anything compiles (the Pallas kernels run on the CPU too, in
+    interpret mode: slow, for tests)."""
     platform = platform or jax.default_backend()
     if choice == "cudnn" and platform != "gpu":
         raise ValueError(f"model.attention='cudnn' needs an NVIDIA GPU; this backend is {platform}")
     if choice == "splash" and platform not in ("tpu", "cpu"):
         raise ValueError(f"model.attention='splash' is a TPU kernel; this backend is {platform}")
+    for kind, where in (("pallas_gpu", "gpu"), ("pallas_tpu", "tpu")):
+        if choice == kind and platform not in (where, "cpu"):
+            raise ValueError(
+                f"model.decode_attention={kind!r} is a {where.upper()} kernel; this backend is "
+                f"{platform}"
+            )
 
 
 def sequence_ids(kv_mask, segments=None) -> jax.Array:
@@ -158,40 +170,138 @@ def _splits(length: int) -> tuple[int, int] | None:
     return None
 
 
-def decode(q, k, v, mask):
+def decode(kind: str, q, k, v, mask):
     """One query step of each row against its cached keys and values, reading only the slots
-    from the row's first visible one to its last (Pallas's GPU decode kernel; in interpret mode
-    on the CPU). q [B, K, R, Dh]; k, v [B, K, S, Dh]; mask [B, S], each row's visible slots one
-    run (a left-padded prompt, then its response) -> [B, K, R, Dh]. A row that sees no slot
-    reads slot 0 (its output is never used)."""
-    from jax.experimental.pallas.ops.gpu import decode_attention
-
+    from the row's first visible one to its last: Pallas's GPU decode kernel ('pallas_gpu') or
+    ours for the TPU ('pallas_tpu'), each in interpret mode on the CPU. q [B, K, R, Dh]; k, v
+    [B, K, S, Dh]; mask [B, S], each row's visible slots one run (a left-padded prompt, then its
+    response) -> [B, K, R, Dh]. A row that sees no slot reads slot 0 (its output is unused)."""
     from flowrl_jax.models.attention import filled
+
+    fill = jnp.maximum(filled(mask), 1)
+    start = jnp.minimum(jnp.argmax(mask, axis=-1).astype(jnp.int32), fill - 1)
+    run = {"pallas_gpu": _gpu_decode, "pallas_tpu": _tpu_decode}[kind]
+    args = (q, k, v, start, fill)
+    return jax.lax.platform_dependent(
+        *args, cpu=lambda *a: run(*a, interpret=True), default=lambda *a: run(*a, interpret=False)
+    )
+
+
+def _gpu_decode(q, k, v, start, fill, interpret):
+    """Pallas's GPU (Triton) decode kernel, one call per row and KV head with its R queries."""
+    from jax.experimental.pallas.ops.gpu import decode_attention
 
     B, K, R, Dh = q.shape
     S = k.shape[2]
     split = _splits(S)
     if split is None:
         raise ValueError(
-            f"model.decode_attention='pallas' reads a cache window in blocks of 16 slots; "
+            f"model.decode_attention='pallas_gpu' reads a cache window in blocks of 16 slots; "
             f"this one holds {S} (rollout/slots.py `window` rounds it up to 128)"
         )
-    fill = jnp.maximum(filled(mask), 1)
-    start = jnp.minimum(jnp.argmax(mask, axis=-1).astype(jnp.int32), fill - 1)
     per_head = lambda x: jnp.repeat(x, K)  # rows [B * K]: each KV head of each row
     flat = lambda x: x.reshape(B * K, *x.shape[2:])
-
-    def run(interpret):
-        def call(q, k, v, start, fill):
-            return decode_attention.mqa(
-                q, k, v, start, fill, k_splits=split[0], block_k=split[1], interpret=interpret
-            )
-
-        return call
-
-    args = (flat(q), flat(k), flat(v), per_head(start), per_head(fill))
-    out = jax.lax.platform_dependent(*args, cpu=run(True), default=run(False))
+    out = decode_attention.mqa(
+        flat(q),
+        flat(k),
+        flat(v),
+        per_head(start),
+        per_head(fill),
+        k_splits=split[0],
+        block_k=split[1],
+        interpret=interpret,
+    )
     return out.reshape(B, K, R, Dh)
+
+
+TPU_BLOCK = 128  # keys a step of the TPU decode kernel reads (slots.window rounds to it)
+LANES = 128  # the TPU's vector lane count: the softmax statistics' scratch width
+
+
+def _tpu_decode(q, k, v, start, fill, interpret):
+    """A Pallas TPU (Mosaic) decode kernel: grid (row, KV head, key block); each step folds one
+    block of TPU_BLOCK keys into a running softmax (flash-decoding), and only the blocks that
+    hold a row's visible run are computed. The index map sends every block past a row's run to
+    its last one (and before it to its first): the pipeline fetches a block once, so a row's
+    unfilled window is never read from memory."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import tpu as pltpu
+
+    B, K, R, Dh = q.shape
+    S = k.shape[2]
+    if S % TPU_BLOCK:
+        raise ValueError(
+            f"model.decode_attention='pallas_tpu' reads a cache window in blocks of {TPU_BLOCK} "
+            f"slots; this one holds {S} (rollout/slots.py `window` rounds it up)"
+        )
+    blocks, scale = S // TPU_BLOCK, 1.0 / np.sqrt(Dh)
+
+    def kv_block(b, h, j, start_ref, fill_ref):
+        # lax.div, not //: Mosaic lowers floor division by asking the local TPU's kind.
+        first = jax.lax.div(start_ref[b], TPU_BLOCK)
+        last = jax.lax.div(jnp.maximum(fill_ref[b] - 1, 0), TPU_BLOCK)
+        return (b, h, jnp.clip(j, first, last), 0)
+
+    def kernel(start_ref, fill_ref, q_ref, k_ref, v_ref, o_ref, top, total, acc):
+        b, j = pl.program_id(0), pl.program_id(2)
+        lo, hi = start_ref[b], fill_ref[b]
+
+        @pl.when(j == 0)
+        def _():
+            top[...] = jnp.full(top.shape, -jnp.inf, jnp.float32)
+            total[...] = jnp.zeros(total.shape, jnp.float32)
+            acc[...] = jnp.zeros(acc.shape, jnp.float32)
+
+        @pl.when((j * TPU_BLOCK < hi) & ((j + 1) * TPU_BLOCK > lo))
+        def _():
+            contract_dh = (((1,), (1,)), ((), ()))
+            scores = jax.lax.dot_general(
+                q_ref[...], k_ref[...], contract_dh, preferred_element_type=jnp.float32
+            )
+            slot = j * TPU_BLOCK + jax.lax.broadcasted_iota(jnp.int32, scores.shape, 1)
+            scores = jnp.where((slot >= lo) & (slot < hi), scores * scale, -jnp.inf)
+            old = top[:, :1]
+            new = jnp.maximum(old, scores.max(axis=1, keepdims=True))
+            probs = jnp.exp(scores - new)
+            rescale = jnp.exp(old - new)
+            total[...] = jnp.broadcast_to(
+                total[:, :1] * rescale + probs.sum(axis=1, keepdims=True), total.shape
+            )
+            top[...] = jnp.broadcast_to(new, top.shape)
+            weighted = jax.lax.dot_general(
+                probs.astype(v_ref.dtype),
+                v_ref[...],
+                (((1,), (0,)), ((), ())),
+                preferred_element_type=jnp.float32,
+            )
+            acc[...] = acc[...] * rescale + weighted
+
+        @pl.when(j == blocks - 1)
+        def _():
+            o_ref[...] = (acc[...] / total[:, :1]).astype(o_ref.dtype)
+
+    row = pl.BlockSpec((None, None, R, Dh), lambda b, h, j, *_: (b, h, 0, 0))
+    keys = pl.BlockSpec((None, None, TPU_BLOCK, Dh), kv_block)
+    grid = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=2,
+        grid=(B, K, blocks),
+        in_specs=[row, keys, keys],
+        out_specs=row,
+        scratch_shapes=[
+            pltpu.VMEM((R, LANES), jnp.float32),
+            pltpu.VMEM((R, LANES), jnp.float32),
+            pltpu.VMEM((R, Dh), jnp.float32),
+        ],
+    )
+    return pl.pallas_call(
+        kernel,
+        grid_spec=grid,
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary")
+        ),
+        interpret=interpret,
+    )(start, fill, q, k, v)
 
 
 # The GPU kernels' custom calls (cuDNN's, Pallas's Triton) carry no serialisation guarantee, which

@@ -120,9 +120,10 @@ class SlotSettings:
 
 def window(cfg: DecoderConfig, length: int) -> int:
     """Cache positions a slot holds for `length` (prompt bucket + response limit): that many, or
-    for the GPU decode kernel the next multiple of 128, its blocks of keys (the positions past
-    `length` are never written nor read)."""
-    return -(-length // 128) * 128 if kernels.keys_major(cfg) else length
+    under a decode kernel the next multiple of its blocks of keys (the positions past `length`
+    are never written nor read)."""
+    block = kernels.TPU_BLOCK
+    return -(-length // block) * block if kernels.keys_major(cfg) else length
 
 
 def phase_sizes(slots: int, shrink: int) -> list[int]:
@@ -218,7 +219,7 @@ def generate_slots(
     layer_params = split_layers(params)
     L, K, Dh, dt = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype)
     stops = jnp.asarray(sp.stop_tokens or (-1,), jnp.int32)
-    # Keys cached [K, Dh, W] a slot, or [K, W, Dh] for the GPU decode kernel (kernels.keys_major);
+    # Keys cached [K, Dh, W] a slot, or [K, W, Dh] for the decode kernels (kernels.keys_major);
     # the prefill hands them over as [K, Dh, P].
     if kernels.keys_major(cfg):
         key_shape, key_axis, prefilled_keys = (K, W, Dh), 1, lambda x: jnp.swapaxes(x, -1, -2)
