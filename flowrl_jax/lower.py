@@ -7,8 +7,10 @@ Every program the trainer compiles for the run (the sampler's prefill and decode
 log-probs, the advantages, the update, the fused RL step where the trainer would fuse on that
 platform, SFT's step where the warm-up is on) is built as the trainer builds it, at the run's real
 shapes, over an abstract mesh of --devices devices (the config's mesh resolved for that many), and
-exported with `jax.export` for each platform. Nothing is read or allocated: the parameters are
-shapes (`--model`, a known shape, or the config's checkpoint's config.json or tiny model).
+exported with `jax.export` for each platform, with the attention kernels a run there uses
+(`model.attention` and `model.decode_attention` resolved for it; the table names each program's
+custom calls). Nothing is read or allocated: the parameters are shapes (`--model`, a known shape,
+or the config's checkpoint's config.json or tiny model).
 
 A program that does not lower is named with the error; a host callback inside one (it lowers for
 the local backend only) is named with its source line. Prints a table; exit 1 when any program

@@ -168,6 +168,12 @@ def test_auto_picks_by_backend_and_dtype():
     assert kernels.resolve("auto", "bfloat16", "cpu") == "xla"
     assert kernels.resolve("splash", "float32", "cpu") == "splash"
     assert kernels.resolve("auto", "float32") == "xla"  # this suite's backend, the CPU
+    assert kernels.resolve_decode("auto", "gpu") == "pallas_gpu"
+    assert kernels.resolve_decode("auto", "tpu") == "pallas_tpu"
+    assert kernels.resolve_decode("auto") == "xla"
+    cfg = tiny.tiny_config("qwen2")
+    assert not kernels.keys_major(cfg)  # the CPU keeps its transposed key cache
+    assert kernels.keys_major(cfg.replace(decode_attention="pallas_tpu"))
 
 
 def test_a_kernel_the_setting_or_backend_cannot_run_is_refused_before_compiling():
@@ -180,6 +186,12 @@ def test_a_kernel_the_setting_or_backend_cannot_run_is_refused_before_compiling(
         kernels.check("cudnn")
     with pytest.raises(ValueError, match="'splash' is a TPU kernel; this backend is gpu"):
         kernels.check("splash", "gpu")
+    with pytest.raises(ValueError, match="'pallas_tpu' is a TPU kernel; this backend is gpu"):
+        kernels.check("pallas_tpu", "gpu")
+    with pytest.raises(ValueError, match="'pallas_gpu' is a GPU kernel; this backend is tpu"):
+        kernels.check("pallas_gpu", "tpu")
+    with pytest.raises(ValueError, match="decode_attention='pallas' must be one of"):
+        cfg.replace(decode_attention="pallas")
     config = config_lib.get_config()
     config.model.attention = "flash"
     from flowrl_jax.trainer import validate
