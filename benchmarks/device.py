@@ -102,15 +102,18 @@ def model_config(name: str, dtype: str, **overrides):
 
 
 def peaks() -> tuple[float, float, str]:
-    """(dense FLOP/s, bytes/s, where from) of one device."""
-    from flowrl_jax.trainer.metrics import PEAK_FLOPS, measured_matmul_peak
+    """(dense FLOP/s, bytes/s, where from) of one device: the trainer's FLOP peak
+    (`metrics.mesh_peak_flops`: the data sheet, or a measured matmul on the CPU) and the
+    bandwidth table above, else a measured reduction."""
+    from flowrl_jax import mesh as mesh_lib
+    from flowrl_jax.trainer.metrics import mesh_peak_flops
 
+    flops, source = mesh_peak_flops(mesh_lib.make_mesh({}, jax.devices()[:1]))
     kind = jax.devices()[0].device_kind
-    flops = next((f for name, f in PEAK_FLOPS if name in kind), None)
     bandwidth = next((b for name, b in PEAK_BANDWIDTH if name in kind), None)
-    if flops and bandwidth:
-        return flops, bandwidth, "data sheet (bf16)"
-    return measured_matmul_peak(), measured_bandwidth(), "measured (fp32 matmul, reduction)"
+    if bandwidth is None:
+        bandwidth, source = measured_bandwidth(), f"{source}; bandwidth measured (a reduction)"
+    return flops, bandwidth, source
 
 
 def measured_bandwidth(mb: int = 256) -> float:
@@ -123,15 +126,13 @@ def measured_bandwidth(mb: int = 256) -> float:
 
 
 def kinds() -> list[str]:
-    """The attention implementations that run on this backend: XLA's, and its kernel."""
+    """The attention implementations that run on this backend: XLA's, and the kernel 'auto'
+    picks there (on the CPU splash, in interpret mode)."""
     from flowrl_jax.models import kernels
 
-    kernel = {"gpu": "cudnn", "tpu": "splash", "cpu": "splash"}.get(jax.default_backend())
-    try:
-        kernels.check(kernel)
-    except (ValueError, TypeError):
-        return ["xla"]
-    return ["xla", kernel]
+    backend = jax.default_backend()
+    kernel = "splash" if backend == "cpu" else kernels.AUTO.get(backend, "xla")
+    return ["xla"] if kernel == "xla" else ["xla", kernel]
 
 
 def timed(fn) -> tuple[float, float]:

@@ -87,4 +87,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for mark in ("gpu", "tpu"):
             if mark in item.keywords and backend != mark:
-                item.add_marker(pytest.mark.skip(reason=f"needs a {mark}; the backend is {backend}"))
+                item.add_marker(
+                    pytest.mark.skip(reason=f"needs a {mark}; the backend is {backend}")
+                )

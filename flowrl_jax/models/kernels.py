@@ -94,6 +94,16 @@ def attend(kind: str, q, k, v, ids):
     return mesh_lib.on_own_rows(run, (q, k, v, ids), (2, 2, 2, None), heads, check_vma=False)
 
 
+def _interpreted_on_cpu(run, *args):
+    """run(*args, interpret=...) with Pallas's interpret mode in the CPU's program only (tests);
+    the accelerators' programs call the compiled kernel."""
+    return jax.lax.platform_dependent(
+        *args,
+        cpu=lambda *a: run(*a, interpret=True),
+        default=lambda *a: run(*a, interpret=False),
+    )
+
+
 def _pad_to(x, multiple: int, axis: int = 1):
     pad = -x.shape[axis] % multiple
     widths = [(0, 0)] * x.ndim
@@ -149,13 +159,12 @@ def _splash(q, k, v, ids):
     q = (q * np.asarray(Dh**-0.5, q.dtype)).reshape(B, L, K, R, Dh).transpose(0, 2, 3, 1, 4)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, L, Dh]
 
-    def run(interpret):
+    def run(q, k, v, ids, interpret):
         kernel = _splash_kernel(L, R, interpret)
         per_head = lambda q, k, v, s: kernel(q, k, v, SegmentIds(s, s))
-        by_head = jax.vmap(per_head, in_axes=(0, 0, 0, None))
-        return lambda q, k, v, ids: jax.vmap(by_head)(q, k, v, ids)
+        return jax.vmap(jax.vmap(per_head, in_axes=(0, 0, 0, None)))(q, k, v, ids)
 
-    out = jax.lax.platform_dependent(q, k, v, ids, cpu=run(True), default=run(False))
+    out = _interpreted_on_cpu(run, q, k, v, ids)
     return out.transpose(0, 3, 1, 2, 4).reshape(B, L, H, Dh)[:, :T]
 
 
@@ -181,10 +190,7 @@ def decode(kind: str, q, k, v, mask):
     fill = jnp.maximum(filled(mask), 1)
     start = jnp.minimum(jnp.argmax(mask, axis=-1).astype(jnp.int32), fill - 1)
     run = {"pallas_gpu": _gpu_decode, "pallas_tpu": _tpu_decode}[kind]
-    args = (q, k, v, start, fill)
-    return jax.lax.platform_dependent(
-        *args, cpu=lambda *a: run(*a, interpret=True), default=lambda *a: run(*a, interpret=False)
-    )
+    return _interpreted_on_cpu(run, q, k, v, start, fill)
 
 
 def _gpu_decode(q, k, v, start, fill, interpret):
@@ -197,7 +203,7 @@ def _gpu_decode(q, k, v, start, fill, interpret):
     if split is None:
         raise ValueError(
             f"model.decode_attention='pallas_gpu' reads a cache window in blocks of 16 slots; "
-            f"this one holds {S} (rollout/slots.py `window` rounds it up to 128)"
+            f"this one holds {S} (rollout/slots.py `window` rounds it up to {KEY_BLOCK})"
         )
     per_head = lambda x: jnp.repeat(x, K)  # rows [B * K]: each KV head of each row
     flat = lambda x: x.reshape(B * K, *x.shape[2:])
@@ -214,13 +220,15 @@ def _gpu_decode(q, k, v, start, fill, interpret):
     return out.reshape(B, K, R, Dh)
 
 
-TPU_BLOCK = 128  # keys a step of the TPU decode kernel reads (slots.window rounds to it)
+# Keys a block of the decode kernels: the TPU kernel's step, the GPU kernel's largest block;
+# slots.window rounds a slot's window up to it.
+KEY_BLOCK = 128
 LANES = 128  # the TPU's vector lane count: the softmax statistics' scratch width
 
 
 def _tpu_decode(q, k, v, start, fill, interpret):
     """A Pallas TPU (Mosaic) decode kernel: grid (row, KV head, key block); each step folds one
-    block of TPU_BLOCK keys into a running softmax (flash-decoding), and only the blocks that
+    block of KEY_BLOCK keys into a running softmax (flash-decoding), and only the blocks that
     hold a row's visible run are computed. The index map sends every block past a row's run to
     its last one (and before it to its first): the pipeline fetches a block once, so a row's
     unfilled window is never read from memory."""
@@ -229,17 +237,17 @@ def _tpu_decode(q, k, v, start, fill, interpret):
 
     B, K, R, Dh = q.shape
     S = k.shape[2]
-    if S % TPU_BLOCK:
+    if S % KEY_BLOCK:
         raise ValueError(
-            f"model.decode_attention='pallas_tpu' reads a cache window in blocks of {TPU_BLOCK} "
+            f"model.decode_attention='pallas_tpu' reads a cache window in blocks of {KEY_BLOCK} "
             f"slots; this one holds {S} (rollout/slots.py `window` rounds it up)"
         )
-    blocks, scale = S // TPU_BLOCK, 1.0 / np.sqrt(Dh)
+    blocks, scale = S // KEY_BLOCK, 1.0 / np.sqrt(Dh)
 
     def kv_block(b, h, j, start_ref, fill_ref):
         # lax.div, not //: Mosaic lowers floor division by asking the local TPU's kind.
-        first = jax.lax.div(start_ref[b], TPU_BLOCK)
-        last = jax.lax.div(jnp.maximum(fill_ref[b] - 1, 0), TPU_BLOCK)
+        first = jax.lax.div(start_ref[b], KEY_BLOCK)
+        last = jax.lax.div(jnp.maximum(fill_ref[b] - 1, 0), KEY_BLOCK)
         return (b, h, jnp.clip(j, first, last), 0)
 
     def kernel(start_ref, fill_ref, q_ref, k_ref, v_ref, o_ref, top, total, acc):
@@ -252,13 +260,13 @@ def _tpu_decode(q, k, v, start, fill, interpret):
             total[...] = jnp.zeros(total.shape, jnp.float32)
             acc[...] = jnp.zeros(acc.shape, jnp.float32)
 
-        @pl.when((j * TPU_BLOCK < hi) & ((j + 1) * TPU_BLOCK > lo))
+        @pl.when((j * KEY_BLOCK < hi) & ((j + 1) * KEY_BLOCK > lo))
         def _():
             contract_dh = (((1,), (1,)), ((), ()))
             scores = jax.lax.dot_general(
                 q_ref[...], k_ref[...], contract_dh, preferred_element_type=jnp.float32
             )
-            slot = j * TPU_BLOCK + jax.lax.broadcasted_iota(jnp.int32, scores.shape, 1)
+            slot = j * KEY_BLOCK + jax.lax.broadcasted_iota(jnp.int32, scores.shape, 1)
             scores = jnp.where((slot >= lo) & (slot < hi), scores * scale, -jnp.inf)
             old = top[:, :1]
             new = jnp.maximum(old, scores.max(axis=1, keepdims=True))
@@ -281,7 +289,7 @@ def _tpu_decode(q, k, v, start, fill, interpret):
             o_ref[...] = (acc[...] / total[:, :1]).astype(o_ref.dtype)
 
     row = pl.BlockSpec((None, None, R, Dh), lambda b, h, j, *_: (b, h, 0, 0))
-    keys = pl.BlockSpec((None, None, TPU_BLOCK, Dh), kv_block)
+    keys = pl.BlockSpec((None, None, KEY_BLOCK, Dh), kv_block)
     grid = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=2,
         grid=(B, K, blocks),

@@ -122,7 +122,7 @@ def window(cfg: DecoderConfig, length: int) -> int:
     """Cache positions a slot holds for `length` (prompt bucket + response limit): that many, or
     under a decode kernel the next multiple of its blocks of keys (the positions past `length`
     are never written nor read)."""
-    block = kernels.TPU_BLOCK
+    block = kernels.KEY_BLOCK
     return -(-length // block) * block if kernels.keys_major(cfg) else length
 
 
