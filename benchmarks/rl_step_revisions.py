@@ -1,6 +1,7 @@
 """Our RL step at two revisions of the code: did a change slow it down?
 
     python -m benchmarks.rl_step_revisions --base=REV [--new=DIR] [--mode programs] [--rounds 10]
+        [--train-step]
     python -m benchmarks.rl_step_revisions --base=REV --mode workers [--rounds 10]
     python -m benchmarks.rl_step_revisions --base=REV --mode processes [--pairs 4] [--steps 6]
 
@@ -14,6 +15,9 @@ trees' programs and runs them interleaved, base and new alternately (the order s
 for `--rounds` rounds after a warm-up call, so that both sides see the same machine at the same
 moments. This is the comparison the guide asks for (one process, A B A B); it times the device
 program only, without the host's step bookkeeping and without the phase-time callbacks.
+With `--train-step` it also times benchmarks/train_step.py's update (ours, at its tiny and small
+work): the program each tree's flowrl_jax compiles for it, set up in both trees by this tree's
+`train_step.our_update` (older trees' train_step.py set it up inline, the same calls).
 
 `--mode workers` times all four rows, the phased one and the host code included: one long-lived
 worker process per tree builds that tree's trainers and compiles them, then runs one RL step of
@@ -142,6 +146,32 @@ def export_fused_rows(directory: str):
                 pickle.dump((name, *exported(step, args)), f)
 
 
+def export_train_steps(directory: str):
+    """Run in a subprocess at one tree: benchmarks/train_step.py's update at each of its sizes, on
+    a random model of the size's shape (`init_params`, seed 0), exported to `directory`/t<i>.pkl."""
+    import importlib.util
+
+    from flowrl_jax.models import config_from_hf, init_params, tiny
+
+    # This tree's train_step.py over the other tree's flowrl_jax (its `benchmarks` imports resolve
+    # to the other tree's package, which has what it needs: `seconds`, `matmul_peak`).
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_step.py")
+    spec = importlib.util.spec_from_file_location("train_step_of_new_tree", path)
+    train_step = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = train_step  # its dataclasses look their module up there
+    spec.loader.exec_module(train_step)
+    for i, (size, (batch, prompt, response)) in enumerate(train_step.WORK.items()):
+        cfg = config_from_hf(tiny.BENCH_HF_CONFIGS[size], remat=train_step.REMAT)
+        params = init_params(cfg, jax.random.key(0))
+        tokens, rewards, group = train_step.make_batch(0, batch, prompt, response, cfg.vocab_size)
+        ours = train_step.our_update(
+            cfg, params, tokens, rewards, group, prompt, train_step.MICRO_BATCHES
+        )
+        args = (ours.state, ours.tokens, ours.mask, ours.prepared)
+        with open(os.path.join(directory, f"t{i}.pkl"), "wb") as f:
+            pickle.dump((f"train step {size}", *exported(ours.step, args)), f)
+
+
 def progress(label: str, times: dict[str, dict[str, list[float]]]):
     """One line per round: each row's latest base / new seconds."""
     latest = (f"{n} {t['base'][-1]:.2f}/{t['new'][-1]:.2f} s" for n, t in times.items())
@@ -239,20 +269,25 @@ def time_workers(trees: dict[str, str], rounds: int) -> dict[str, dict[str, list
                 worker.close()
 
 
-def time_programs(trees: dict[str, str], rounds: int) -> dict[str, dict[str, list[float]]]:
-    """Exports the fused rows in each tree, then times both sides' programs interleaved."""
+def time_programs(
+    trees: dict[str, str], rounds: int, train_step: bool = False
+) -> dict[str, dict[str, list[float]]]:
+    """Exports the fused rows (and with `train_step` the train-step benchmark's updates) in each
+    tree, then times both sides' programs interleaved."""
     programs = {}
     with tempfile.TemporaryDirectory() as scratch:
         for side, tree in trees.items():
             os.makedirs(f"{scratch}/{side}")
             script = os.path.abspath(__file__)
-            in_tree(tree, [sys.executable, script, "--export-to", f"{scratch}/{side}"])
+            argv = [sys.executable, script, "--export-to", f"{scratch}/{side}"]
+            in_tree(tree, argv + ["--train-step"] * train_step)
             for file in sorted(os.listdir(f"{scratch}/{side}")):
                 with open(f"{scratch}/{side}/{file}", "rb") as f:
                     name, blob, leaves = pickle.load(f)
                 programs[name, side] = loaded(blob, leaves)
                 jax.block_until_ready(programs[name, side][0](*programs[name, side][1]))  # warm-up
-    for name in FUSED_ROWS:
+    rows = list(dict.fromkeys(name for name, _ in programs))
+    for name in rows:
         (fb, bb), (fn, bn) = (cost(programs[name, side][0]) for side in trees)
         print(f"{name}: XLA cost base {fb:.4g} FLOP, {bb:.4g} B; new {fn:.4g} FLOP, {bn:.4g} B")
 
@@ -260,7 +295,7 @@ def time_programs(trees: dict[str, str], rounds: int) -> dict[str, dict[str, lis
         step, args = programs[row, side]
         jax.block_until_ready(step(*args))
 
-    return interleaved(FUSED_ROWS, list(trees), rounds, run)
+    return interleaved(rows, list(trees), rounds, run)
 
 
 def time_processes(trees: dict[str, str], pairs: int, steps: int):
@@ -305,11 +340,16 @@ def main(argv=None) -> dict[str, float]:
     )
     parser.add_argument("--pairs", type=int, default=4, help="processes: runs per side")
     parser.add_argument("--steps", type=int, default=6, help="processes: rounds per run")
+    parser.add_argument(
+        "--train-step", action="store_true", help="programs: also train_step.py's updates"
+    )
     parser.add_argument("--export-to", help=argparse.SUPPRESS)  # the per-tree subprocesses
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.export_to:
         export_fused_rows(args.export_to)
+        if args.train_step:
+            export_train_steps(args.export_to)
         return {}
     if args.serve:
         serve()
@@ -327,8 +367,8 @@ def main(argv=None) -> dict[str, float]:
         trees = {"base": base_tree, "new": new_tree}
         try:
             if args.mode == "programs":
-                times = time_programs(trees, args.rounds)
-                what = "one process, each call one fused RL step's program (s), sides alternating"
+                times = time_programs(trees, args.rounds, args.train_step)
+                what = "one process, each call one program (s), sides alternating"
             elif args.mode == "workers":
                 times = time_workers(trees, args.rounds)
                 what = "one worker per side, each request one RL step (s), sides alternating"
