@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 from flowrl_jax import algorithms, hardware, mesh, tasks
 from flowrl_jax.algorithms import heads
 from flowrl_jax.evaluation import sampled
-from flowrl_jax.models import from_config
+from flowrl_jax.models import from_config, lora
 from flowrl_jax.rollout import sampler
 from flowrl_jax.trainer import checkpoint, loop, sft, step
 
@@ -38,6 +38,8 @@ def base_config() -> ConfigDict:
     config.optimizer = step.default_config()
     config.train = loop.default_config()
     config.checkpoint = checkpoint.default_config()
+    # LoRA adapters on the policy, the base frozen (models/lora.py); off at rank 0.
+    config.lora = lora.default_config()
     # digits (synthetic) | countdown (built in, many answers) | file (--config.task.path=data.jsonl,
     # task.kind math|code) | gym:<reasoning-gym dataset> | humaneval; tasks/base.py documents each key.
     config.task = tasks.default_config()

@@ -1,12 +1,15 @@
 """Export a run's policy as a Hugging Face checkpoint directory that `transformers` loads.
 
     python -m flowrl_jax.export --workdir=runs/default [--step=N] [--out=DIR] [--dtype=bfloat16]
-        [--mesh=fsdp=4,tensor=2] [--distributed [--coordinator_address=H:P --num_processes=N
-        --process_id=I]]
+        [--adapters] [--mesh=fsdp=4,tensor=2] [--distributed [--coordinator_address=H:P
+        --num_processes=N --process_id=I]]
 
 Reads the run's resolved config (`<workdir>/config.json`) and its newest readable checkpoint (or
 `--step`), and writes the policy with its tokenizer to `--out` (default `<workdir>/export/step_<N>`).
-The log-Z and value heads are never exported. Only the policy's parameters are read from the
+The log-Z and value heads are never exported. A LoRA run (config.lora) is exported merged (each
+adapter folded into its kernel: a plain checkpoint), or with --adapters as the adapters alone in
+PEFT's format (adapter_model.safetensors + adapter_config.json, for `peft.PeftModel.from_pretrained`
+on the run's base checkpoint). Only the policy's parameters are read from the
 checkpoint (each checked against the fingerprint saved with it): not the optimiser's moments, so
 the host needs memory for the weights alone. On several hosts every host runs the same command with
 --distributed (as train's --config.distributed.*): each restores its devices' slices, all gather,
@@ -22,12 +25,13 @@ import os
 import tempfile
 
 import jax
+from safetensors.numpy import save_file
 
 from flowrl_jax import cli, storage
-from flowrl_jax.models import save_hf
+from flowrl_jax.models import Model, lora, save_hf
 from flowrl_jax.models.hf_io import dtype_name
 from flowrl_jax.rollout.sampler import stop_token_ids
-from flowrl_jax.trainer.restore import load_run_policy
+from flowrl_jax.trainer.restore import load_run_policy, run_config
 
 log = logging.getLogger("flowrl_jax")
 
@@ -39,15 +43,29 @@ def export(
     dtype=None,
     sft_phase=False,
     mesh=None,
+    adapters=False,
 ) -> str:
     """-> the directory written: weights, config.json, generation_config.json (every token that
-    ends a response in training: the tokenizer's EOS and rollout.stop_tokens) and the tokenizer.
+    ends a response in training: the tokenizer's EOS and rollout.stop_tokens) and the tokenizer;
+    with `adapters`, a LoRA run's adapters in PEFT's format and the tokenizer.
     mesh: where the checkpoint is restored (default: fsdp over every device)."""
     if dtype is not None:
         dtype_name(dtype)  # a bad name fails before the checkpoint is read
+    if adapters and (sft_phase or not lora.enabled(run_config(workdir).get("lora"))):
+        raise ValueError(
+            f"--adapters: the {'SFT warm-up' if sft_phase else 'run'} in {workdir} trained no "
+            "LoRA adapters (config.lora.rank is 0); export the whole model without --adapters"
+        )
     model, tokenizer, record = load_run_policy(workdir, step, mesh, sft_phase=sft_phase)
     config = record["run_config"]
-    name = f"{'sft_' if sft_phase else ''}step_{record['rl_step']}"
+    name = f"{'sft_' if sft_phase else ''}{'adapters_' if adapters else ''}step_{record['rl_step']}"
+    if lora.adapted(model.params) and not adapters:
+        model = Model(
+            model.cfg.replace(lora_scale=0.0),
+            lora.merged(model.params, model.cfg.lora_scale),
+            model.mesh,
+            model.hf_config,
+        )
     out = out or os.path.join(workdir, "export", name)
     base = None
     source = config.model.checkpoint
@@ -56,6 +74,9 @@ def export(
             base = json.load(f)
 
     def save(where):
+        if adapters:
+            save_adapters(model, config, where, tokenizer)
+            return
         save_hf(
             model,
             where,
@@ -82,6 +103,21 @@ def export(
     return out
 
 
+def save_adapters(model, config, where: str, tokenizer) -> None:
+    """A LoRA policy's adapters in PEFT's format, with the tokenizer (process 0 writes)."""
+    tensors, adapter_config = lora.peft_files(
+        model.cfg, model.params, config.lora, config.model.checkpoint
+    )
+    if jax.process_index() != 0:
+        return
+    os.makedirs(where, exist_ok=True)
+    save_file(tensors, os.path.join(where, "adapter_model.safetensors"))
+    with open(os.path.join(where, "adapter_config.json"), "w") as f:
+        json.dump(adapter_config, f, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(where)
+
+
 def main(argv=None) -> None:
     # argparse, not absl flags: importing this module beside flowrl_jax.train (whose absl flags
     # include --workdir) must not define a flag twice.
@@ -92,6 +128,11 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", help="dtype of the exported weights (default: as trained)")
     parser.add_argument(
         "--sft", action="store_true", help="the SFT warm-up's checkpoint (<workdir>/sft), not RL's"
+    )
+    parser.add_argument(
+        "--adapters",
+        action="store_true",
+        help="a LoRA run: the adapters alone in PEFT's format (default: the merged model)",
     )
     parser.add_argument(
         "--mesh",
@@ -108,7 +149,7 @@ def main(argv=None) -> None:
     cli.distributed_from_args(args)  # before the mesh: it spans every host's devices
     mesh = cli.mesh_arg(parser, args.mesh)
     cli.setup_logging()
-    out = export(args.workdir, args.step, args.out, args.dtype, args.sft, mesh)
+    out = export(args.workdir, args.step, args.out, args.dtype, args.sft, mesh, args.adapters)
     if jax.process_index() == 0:  # every host gathers the weights, process 0 writes and prints
         print(out)
 

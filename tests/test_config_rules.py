@@ -58,7 +58,7 @@ def test_the_rules_cover_the_keys_that_have_choices_or_ranges():
         "seed", "workdir", "model.checkpoint", "model.tokenizer", "rollout.stop_tokens",
         "distributed.coordinator_address", "task.name", "task.path", "task.gym_config",
         "task.system_prompt", "task.reward", "task.reward_weights", "sft.path", "eval.data", "train.compile_cache",
-        "eval.tasks", "eval.pass_k", "plan.model",
+        "eval.tasks", "eval.pass_k", "plan.model", "lora.targets",
         "algorithm.grpo.scale_rewards", "algorithm.dapo.overlong_penalty",
     }  # fmt: skip
     unruled = []

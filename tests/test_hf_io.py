@@ -73,7 +73,7 @@ def test_interrupted_export_leaves_nothing(checkpoint, tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return np.asarray(array if i is None else array[i])
 
-    monkeypatch.setattr(hf_io, "_host_layer", failing_layer)
+    monkeypatch.setattr(hf_io, "host_array", failing_layer)
     with pytest.raises(RuntimeError, match="disk full"):
         save_hf(model, str(tmp_path / "export"))
     assert os.listdir(tmp_path) == []  # no partial directory, no temporary left behind

@@ -70,6 +70,7 @@ class Linear(nn.Module):
     dtype: jnp.dtype
     param_dtype: jnp.dtype
     out_dtype: jnp.dtype | None = None
+    lora_scale: float = 0.0  # s of the LoRA adapters, applied where the tree has them (lora.py)
 
     @nn.compact
     def __call__(self, x):
@@ -81,10 +82,29 @@ class Linear(nn.Module):
             x.reshape(-1, x.shape[-1]).astype(self.dtype),
             kernel.astype(self.dtype),
             preferred_element_type=jnp.float32,
-        ).reshape(*x.shape[:-1], self.features)
+        )
+        if self.has_variable("params", "lora_a"):  # y += s · (x A) B (models/lora.py)
+            y = y + self._adapted(x.reshape(-1, x.shape[-1]).astype(self.dtype))
+        y = y.reshape(*x.shape[:-1], self.features)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         return y.astype(self.out_dtype or self.dtype)
+
+    def _adapted(self, x2):
+        if not self.lora_scale:
+            raise ValueError(
+                f"{self.name} has LoRA adapters but DecoderConfig.lora_scale is 0 (set it to "
+                "lora.alpha / lora.rank: models/lora.py)"
+            )
+        a, b = (self.get_variable("params", n).astype(self.dtype) for n in ("lora_a", "lora_b"))
+        xa = jnp.dot(x2, a, preferred_element_type=jnp.float32).astype(self.dtype)
+        return self.lora_scale * jnp.dot(xa, b, preferred_element_type=jnp.float32)
+
+
+def _proj(cfg: DecoderConfig, features: int, bias: bool, name: str) -> Linear:
+    """A layer's projection (q/k/v/o, gate/up/down): the Linear LoRA adapters may sit on."""
+    dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    return Linear(features, bias, dt, pdt, name=name, lora_scale=cfg.lora_scale)
 
 
 class RMSNorm(nn.Module):
@@ -150,9 +170,9 @@ class Attention(nn.Module):
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         B, T, _ = x.shape
         H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q = Linear(H * Dh, cfg.qkv_bias, dt, pdt, name="q_proj")(x).reshape(B, T, H, Dh)
-        k = Linear(K * Dh, cfg.qkv_bias, dt, pdt, name="k_proj")(x).reshape(B, T, K, Dh)
-        v = Linear(K * Dh, cfg.qkv_bias, dt, pdt, name="v_proj")(x).reshape(B, T, K, Dh)
+        q = _proj(cfg, H * Dh, cfg.qkv_bias, "q_proj")(x).reshape(B, T, H, Dh)
+        k = _proj(cfg, K * Dh, cfg.qkv_bias, "k_proj")(x).reshape(B, T, K, Dh)
+        v = _proj(cfg, K * Dh, cfg.qkv_bias, "v_proj")(x).reshape(B, T, K, Dh)
         if cfg.qk_norm:
             q = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, dt, pdt, name="k_norm")(k)
@@ -160,7 +180,7 @@ class Attention(nn.Module):
         if isinstance(mask, kernels.SequenceIds):  # a forward without a cache, by a kernel
             kind = kernels.resolve(cfg.attention, cfg.dtype)
             out = kernels.attend(kind, q, k, v, mask.ids).reshape(B, T, H * Dh)
-            return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
+            return _proj(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), cache
         # Keys as [B, K, Dh, S] and values as [B, K, S, Dh] in the cache: both decode dots are then
         # plain row-major batched matmuls over (b, k), q[R, Dh] @ k[Dh, S] and p[R, S] @ v[S, Dh]. On
         # XLA's CPU backend a key buffer stored [S, Dh] (contracting its minor dim) runs 4-10x slower
@@ -214,7 +234,7 @@ class Attention(nn.Module):
         else:
             out = attention.attend(q.reshape(B, K, T * R, Dh), ks, vs, mask, dt, k_minor)
         out = out.reshape(B, K, T, R, Dh).transpose(0, 2, 1, 3, 4).reshape(B, T, H * Dh)
-        return Linear(cfg.hidden_size, cfg.o_bias, dt, pdt, name="o_proj")(out), cache
+        return _proj(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), cache
 
 
 def _row_decode(q, cache: RowCache, mask, dt, keys: int):
@@ -276,10 +296,9 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
-        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        gate = Linear(cfg.intermediate_size, False, dt, pdt, name="gate_proj")(x)
-        up = Linear(cfg.intermediate_size, False, dt, pdt, name="up_proj")(x)
-        return Linear(cfg.hidden_size, False, dt, pdt, name="down_proj")(nn.silu(gate) * up)
+        gate = _proj(cfg, cfg.intermediate_size, False, "gate_proj")(x)
+        up = _proj(cfg, cfg.intermediate_size, False, "up_proj")(x)
+        return _proj(cfg, cfg.hidden_size, False, "down_proj")(nn.silu(gate) * up)
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:

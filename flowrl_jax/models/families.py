@@ -60,6 +60,9 @@ class DecoderConfig:
     # elsewhere the whole window), 'pallas_gpu' / 'pallas_tpu' (Pallas kernels reading each row's
     # filled part; keys cached [.., S, Dh]; interpret mode on the CPU), or 'auto': by backend.
     decode_attention: str = "auto"
+    # LoRA: the scale s = alpha / rank of the adapters where the parameter tree has them
+    # (models/lora.py); 0 without LoRA.
+    lora_scale: float = 0.0
 
     def __post_init__(self):
         check_config(self)
@@ -113,6 +116,8 @@ def check_config(cfg: DecoderConfig) -> None:
         raise ValueError(
             f"attention='cudnn' computes in bfloat16 or float16, not dtype={cfg.dtype!r}"
         )
+    if cfg.lora_scale < 0:
+        raise ValueError(f"lora_scale={cfg.lora_scale} must be >= 0 (lora.alpha / lora.rank)")
     if cfg.remat not in REMAT_POLICIES:
         raise ValueError(f"remat={cfg.remat!r} must be one of {REMAT_POLICIES}")
     for key in ("param_dtype", "dtype"):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from flowrl_jax.models import partition, safetensors_file
+from flowrl_jax.models import lora, partition, safetensors_file
 from flowrl_jax.models.decoder import param_shapes
 from flowrl_jax.models.families import DecoderConfig, config_from_hf, config_to_hf, read_hf_config
 from flowrl_jax.models.model import Model
@@ -194,7 +194,7 @@ def load_hf(
     return Model(cfg, params, mesh=mesh, hf_config=hf)
 
 
-def _host_layer(array: jax.Array, i: int | None) -> np.ndarray:
+def host_array(array: jax.Array, i: int | None) -> np.ndarray:
     """One layer (or the whole tensor) of a possibly sharded, possibly multi-host array on host."""
     part = array if i is None else array[i]
     if jax.process_count() > 1:
@@ -268,6 +268,12 @@ def save_hf(
     gathers, process 0 writes. Only the decoder is exported (never the log-Z or value heads).
     """
     path = os.fspath(path).rstrip("/")
+    if lora.adapted(model.params):
+        raise ValueError(
+            "the model has LoRA adapters, which an HF checkpoint has no place for: save "
+            "lora.merged(params, cfg.lora_scale) (python -m flowrl_jax.export does), or the "
+            "adapters alone in PEFT's format (export --adapters)"
+        )
     if os.path.exists(path) and os.listdir(path) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
     cfg = model.cfg
@@ -286,7 +292,7 @@ def save_hf(
 
     def fetch(name):
         entry, i = by_name[name]
-        array = _host_layer(_tree_get(model.params, entry.ours), i)
+        array = host_array(_tree_get(model.params, entry.ours), i)
         return array.T if entry.transpose else array
 
     writer = jax.process_index() == 0

@@ -112,11 +112,28 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh | None, name: str) -> P:
     return P(*out)
 
 
+def _adapter_spec(rules: Rules, name: str) -> P | None:
+    """A LoRA adapter's spec (models/lora.py), from its kernel's rule [L, in, out]: A [L, in, r]
+    split as the kernel's input, B [L, r, out] as its output; the rank dim whole."""
+    module, _, which = name.rpartition("/")
+    if which not in ("lora_a", "lora_b"):
+        return None
+    kernel = f"{module}/kernel"
+    spec = next((s for pattern, s in rules if re.search(pattern, kernel)), None)
+    if spec is None:
+        return None
+    layer, d_in, d_out = (tuple(spec) + (None,) * 3)[:3]
+    return P(layer, d_in, None) if which == "lora_a" else P(layer, None, d_out)
+
+
 def match(rules: Rules, params, mesh: Mesh | None = None):
     """Pytree of PartitionSpecs for `params` (arrays or ShapeDtypeStructs)."""
 
     def one(path, leaf):
         name = path_str(path)
+        adapter = _adapter_spec(rules, name)
+        if adapter is not None:
+            return _fit(adapter, tuple(leaf.shape), mesh, name)
         for pattern, spec in rules:
             if re.search(pattern, name):
                 return _fit(spec, tuple(leaf.shape), mesh, name)

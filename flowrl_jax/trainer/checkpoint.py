@@ -28,6 +28,7 @@ from ml_collections import ConfigDict
 
 from flowrl_jax import rules as R
 from flowrl_jax import storage
+from flowrl_jax.models import lora
 from flowrl_jax.trainer.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,11 @@ RULES = {"every": R.COUNT, "keep": R.POSITIVE_INT}
 
 
 def _arrays(state: TrainState) -> dict:
-    """TrainState -> a tree of plain arrays (a typed PRNG key is stored as its key data)."""
+    """TrainState -> a tree of plain arrays (a typed PRNG key is stored as its key data). With
+    LoRA only what is trained is saved (`lora.split`): the frozen base is the run's model."""
     return {
         "step": state.step,
-        "params": state.params,
+        "params": lora.split(state.params)[0],
         "opt_state": state.opt_state,
         "rng": jax.random.key_data(state.rng),
     }
@@ -62,7 +64,8 @@ def _target(like: TrainState) -> dict:
     rng = like.rng
     data = jax.eval_shape(jax.random.key_data, rng)
     rng = jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=rng.sharding)
-    tree = {"step": like.step, "params": like.params, "opt_state": like.opt_state}
+    params = lora.split(like.params)[0]
+    tree = {"step": like.step, "params": params, "opt_state": like.opt_state}
     tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
     return tree | {"rng": rng}
 
@@ -127,14 +130,14 @@ class Checkpoints:
         none. Unreadable or corrupt steps are skipped with a warning, and with `set_aside` moved to
         `<workdir>/checkpoints.damaged/` (the trainer's choice; a reader such as the export leaves
         them). like: a TrainState of arrays or of ShapeDtypeStructs with shardings. step: that step
-        only."""
+        only. With LoRA the restored state's frozen base is `like`'s own."""
         found = self._restore(_target(like), step, set_aside, policy_only=False)
         if found is None:
             return None
         arrays, record = found
         state = TrainState(
             arrays["step"],
-            arrays["params"],
+            lora.join(arrays["params"], lora.split(like.params)[1]),
             arrays["opt_state"],
             jax.random.wrap_key_data(arrays["rng"]),  # the default impl, as jax.random.key
         )
@@ -142,7 +145,8 @@ class Checkpoints:
 
     def restore_policy(self, like: TrainState, step: int | None = None) -> tuple[dict, dict] | None:
         """The policy parameters alone of the newest readable checkpoint (or `step`), as
-        (params placed like `like.params["policy"]`, record), or None. Nothing else is read: a
+        (params placed like `like.params["policy"]`, record), or None; with LoRA its adapters
+        alone (`lora.base` of the run's model completes them). Nothing else is read: a
         reader (export, evaluation) needs neither the optimiser's moments nor the heads. like: the
         run's whole TrainState as shapes (jax.eval_shape; its optimiser structure locates the
         policy's rows in the saved fingerprint)."""

@@ -19,6 +19,7 @@ from ml_collections import ConfigDict
 from flowrl_jax import algorithms
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax import rules as R
+from flowrl_jax.models import lora
 from flowrl_jax.rollout import SampleOutput
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks import Task, prompt_limit
@@ -247,6 +248,11 @@ class Trainer:
 
     def __init__(self, config: ConfigDict, model, tokenizer, mesh, task: Task):
         self.minibatch = minibatch_size(config)  # its sizes are checked once, by run.check
+        if lora.enabled(config.lora) and not lora.adapted(model.params):
+            # LoRA: fresh adapters on the model. The state takes the model's base arrays over
+            # (one copy of the weights; the updates donate them), so after the first update only
+            # `self.state` holds the policy.
+            model = lora.adapt(config.lora, model, config.seed)
         self.config, self.model, self.tokenizer, self.mesh = config, model, tokenizer, mesh
         self.task = task
         self.sampler, self.sp = sampler_lib.from_config(model.cfg, config.rollout, mesh, tokenizer)
@@ -266,7 +272,11 @@ class Trainer:
         # A compiled init writes new buffers: updates donate (overwrite) the state's, while the
         # reference model keeps the initial weights.
         self.state = jax.jit(init, out_shardings=self.state_sharding)(model.params, rng=rng)
-        self.ref_params = model.params if self.alg.needs_ref(self.algo_cfg) else None
+        self.ref_params = None
+        if self.alg.needs_ref(self.algo_cfg):
+            # With LoRA the reference is the state's own base with no adapters of its own
+            # (step.reference_policy); without, the initial weights, kept beside the state.
+            self.ref_params = {} if lora.adapted(model.params) else model.params
         self._phases: dict[int, tuple] = {}
         self._fused: dict[int, Callable] = {}
         self._clock = fused.PhaseClock()  # the fused step's phase timestamps

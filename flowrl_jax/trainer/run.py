@@ -38,7 +38,7 @@ from ml_collections import ConfigDict
 from flowrl_jax import storage, tasks
 from flowrl_jax.evaluation import job_report, sampled
 from flowrl_jax.evaluation import report as report_lib
-from flowrl_jax.models import from_config
+from flowrl_jax.models import from_config, lora, param_shapes
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks import Task, prompt_limit
 from flowrl_jax.trainer import compile_cache, demonstrations, validate
@@ -109,6 +109,8 @@ def check(config: ConfigDict, mesh, task: Task | None = None) -> Checked:
     job_report.check(config.eval, config.eval.k in settings.pass_k)
     sft_lib.check(config.sft, mesh)  # its sizes, before its demonstrations are read
     model_cfg, tokenizer = from_config.model_config(config.model)
+    if lora.enabled(config.lora):  # the targets against the model's parameter shapes
+        lora.targets(config.lora, param_shapes(model_cfg))
     sampler_lib.stop_token_ids(tokenizer, config.rollout.stop_tokens)
     sampler_lib.check_slots(config.rollout, model_cfg, mesh)
     demos = demonstrations_for(config, task, tokenizer)
@@ -197,7 +199,10 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo, demo
         return prompts.take(config.train.prompts_per_step)
 
     if config.eval.before and not first:
-        _evaluate(config, model.cfg, model.params, tokenizer, mesh, 0, eval_todo, "before")
+        # The policy before any update (with LoRA, the base with its fresh adapters: the same
+        # function; the state holds the base arrays since the trainer took them over).
+        policy = trainer.state.params["policy"]
+        _evaluate(config, trainer.model.cfg, policy, tokenizer, mesh, 0, eval_todo, "before")
     metrics_log = MetricsLog(workdir, total, first)
     log.info("MFU is against a peak of %.3g FLOP/s (%s)", trainer.peak, trainer.peak_source)
     result = RunResult([], first, first, sft=warm)
@@ -230,7 +235,8 @@ def _run(config: ConfigDict, mesh, model, tokenizer, task: Task, eval_todo, demo
             every = config.eval.every
             if every and (rl_step % every == 0 or rl_step == total):
                 policy = trainer.state.params["policy"]
-                metrics |= _evaluate(config, model.cfg, policy, tokenizer, mesh, rl_step, eval_todo)
+                cfg = trainer.model.cfg
+                metrics |= _evaluate(config, cfg, policy, tokenizer, mesh, rl_step, eval_todo)
             metrics_log.write(rl_step, metrics)
             result.history.append(metrics)
             result.last_step = rl_step

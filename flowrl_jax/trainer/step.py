@@ -27,7 +27,7 @@ from flowrl_jax import algorithms
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax import rules as R
 from flowrl_jax.algorithms import heads
-from flowrl_jax.models import partition
+from flowrl_jax.models import lora, partition
 from flowrl_jax.models.decoder import constrain_batch
 from flowrl_jax.models.families import DecoderConfig
 from flowrl_jax.models.model import forward, forward_packed
@@ -171,12 +171,14 @@ def optimizer_shapes(cfg: ConfigDict, heads_cfg: ConfigDict | None) -> optax.Gra
 
 
 def init_state(spec: StepSpec, policy_params, optimizer, rng) -> TrainState:
+    """The state before the first step; with LoRA adapters in `policy_params` the optimiser's
+    state covers only what is trained (`lora.split`)."""
     alg = spec.alg
     head_rng, rng = jax.random.split(rng)
     params = {"policy": policy_params} | heads.init(
         head_rng, spec.model.hidden_size, spec.heads_cfg, alg.needs_logz, alg.needs_values
     )
-    return TrainState(jnp.int32(0), params, optimizer.init(params), rng)
+    return TrainState(jnp.int32(0), params, optimizer.init(lora.split(params)[0]), rng)
 
 
 # --- phases ---
@@ -227,12 +229,25 @@ def _packed_values(spec: StepSpec, params, hidden):
     return jnp.pad(_values(spec, params, hidden, first=1), ((0, 0), (1, 0)))
 
 
+def reference_policy(params, ref_params):
+    """The reference policy's parameters. Without LoRA, `ref_params` are its own (the initial
+    weights, held beside the state). With LoRA adapters in params["policy"], `ref_params` holds
+    only the reference's own adapters (an empty tree: none), and the reference is the policy's
+    frozen base with them: no second copy of the base weights, and none passed into a program
+    that donates the state."""
+    policy = params["policy"]
+    if not lora.adapted(policy):
+        return ref_params
+    return lora.with_adapters(lora.base(policy), lora.flat(ref_params))
+
+
 def score(spec: StepSpec, params, ref_params, tokens, mask):
     """Inputs of `prepare` that need a forward and no gradient: (ref log-probs [B, N] or None, old
     values [B, N] or None). tokens, mask [B, P + N]."""
     P = spec.prompt_len
     ref = None
     if spec.alg.needs_ref(spec.algo_cfg):
+        ref_params = reference_policy(params, ref_params)
         ref = token_logprobs(spec.model, ref_params, tokens, mask, spec.temperature, spec.chunk)
         ref = ref[:, P:]
     values = None
@@ -257,6 +272,7 @@ def score_rollout(spec: StepSpec, params, ref_params, tokens, mask, block: int):
 
 def _score_packed(spec: StepSpec, params, ref_params, tokens, mask):
     P, cfg = spec.prompt_len, spec.model
+    ref_params = reference_policy(params, ref_params)
     packed = packing.pack(tokens, mask, spec.layout(tokens.shape[0]), P)
 
     def body(_, j, x):
@@ -356,11 +372,14 @@ def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: al
     rng = phase_key(state.rng, state.step, UPDATE)
     count = loss_count(spec, batch)
     gradients = _packed_gradients if spec.pack_len else _strided_gradients
-    grads, outputs = gradients(spec, state.params, tokens, mask, batch, rng, count)
+    # With LoRA only the adapters and heads are differentiated and stepped (lora.split); the
+    # frozen base is an input of the loss, with no gradient and no optimiser state.
+    trainable, frozen = lora.split(state.params)
+    grads, outputs = gradients(spec, trainable, frozen, tokens, mask, batch, rng, count)
     total, _, metrics = spec.alg.loss_terms(batch._replace(**outputs), spec.algo_cfg)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+    updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+    params = lora.join(optax.apply_updates(trainable, updates), frozen)
     metrics = metrics | {"loss": total / count, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
@@ -404,19 +423,20 @@ def updates(
     return state, jax.tree.map(lambda m: jnp.mean(m, axis=(0, 1)), metrics)
 
 
-def _strided_gradients(spec: StepSpec, params, tokens, mask, batch, rng, count):
-    """micro_batches strided shares of the rows -> (summed gradients, per-row outputs [B, ...])."""
+def _strided_gradients(spec: StepSpec, params, frozen, tokens, mask, batch, rng, count):
+    """micro_batches strided shares of the rows -> (summed gradients of `params`, per-row outputs
+    [B, ...]). frozen: the rest of the parameters (`lora.split`), or None."""
     B = tokens.shape[0]
     k = spec.micro_batches
     check_micro_batches(B, k)
     rows = jnp.arange(B, dtype=jnp.int32)
     pieces = jax.tree.map(functools.partial(micro.split_rows, k), (tokens, mask, batch, rows))
-    loss = lambda p, _, x: _micro_batch_loss(spec, p, *x, rng, count)
+    loss = lambda p, _, x: _micro_batch_loss(spec, lora.join(p, frozen), *x, rng, count)
     _, grads, outputs = micro.gradients(loss, params, pieces)
     return grads, jax.tree.map(functools.partial(micro.merge_rows, k), outputs)
 
 
-def _packed_gradients(spec: StepSpec, params, tokens, mask, batch, rng, count):
+def _packed_gradients(spec: StepSpec, params, frozen, tokens, mask, batch, rng, count):
     """The mini-batch packed (trainer/packing.py), one micro-batch of packed rows at a time ->
     (summed gradients, per-row outputs [B, ...]). Micro-batch j's loss is the algorithm's total
     over the sequences it holds: the others are masked out, their outputs the rollout's own."""
@@ -432,7 +452,7 @@ def _packed_gradients(spec: StepSpec, params, tokens, mask, batch, rng, count):
         stand_in["values"] = batch.old_values
 
     def loss(p, j, x):
-        out = _packed_outputs(spec, p, x, keys, B)
+        out = _packed_outputs(spec, lora.join(p, frozen), x, keys, B)
         mine = packed.micro == j
         fields = {
             k: jnp.where(mine[:, None], packing.unpack_micro(out[k], packed, j, P), v)

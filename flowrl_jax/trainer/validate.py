@@ -10,7 +10,7 @@ from flowrl_jax import algorithms, hardware, mesh, tasks
 from flowrl_jax import rules as R
 from flowrl_jax.algorithms import heads
 from flowrl_jax.evaluation import sampled
-from flowrl_jax.models import from_config
+from flowrl_jax.models import from_config, lora
 from flowrl_jax.rollout import sampler
 from flowrl_jax.trainer import checkpoint, loop, sft, step
 
@@ -32,6 +32,7 @@ def rules() -> dict:
         "optimizer": step.RULES,
         "train": loop.RULES,
         "checkpoint": checkpoint.RULES,
+        "lora": lora.RULES,
         "task": tasks.RULES,
         "sft": sft.RULES,
         "eval": sampled.RULES,

@@ -1,0 +1,221 @@
+"""LoRA in the trainer (config.lora): only the adapters and heads are trained and have optimiser
+state, the reference policy is the base model, the fused step equals the phased loop, a killed run
+resumes exactly from checkpoints that hold the adapters alone, and both exports (merged for
+`transformers`, adapters for `peft`) give our model's logits."""
+
+import json
+import os
+import signal
+
+import jax
+import jobs
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from test_fused import make_trainer, prompt_source
+
+from flowrl_jax import mesh as mesh_lib
+from flowrl_jax import testing
+from flowrl_jax.config import base_config
+from flowrl_jax.export import export
+from flowrl_jax.models import forward, from_config, lora
+from flowrl_jax.rollout.logprobs import token_logprobs
+from flowrl_jax.trainer import step as step_lib
+from flowrl_jax.trainer.restore import load_run_policy
+from flowrl_jax.trainer.run import train
+
+LORA = {"lora.rank": 4, "lora.alpha": 8.0}
+SKIP = ("time/", "perf/", "rollout/tokens_per_s", "train/tokens_per_s")
+
+
+def leaves(tree) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in lora.flat(tree).items()}
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return mesh_lib.make_mesh({}, jax.devices()[:1])
+
+
+def test_only_adapters_and_heads_train(tmp_path, mesh):
+    with jax.set_mesh(mesh):
+        trainer, tokenizer = make_trainer(tmp_path, "flowrl", mesh, changes=LORA)
+        before = leaves(trainer.state.params)
+        draw = prompt_source(tokenizer, trainer.task, 2)
+        for _ in range(2):
+            trainer.step(draw)
+        after = leaves(trainer.state.params)
+    assert before.keys() == after.keys()
+    adapters = [k for k in before if lora.is_adapter(k)]
+    assert len(adapters) == 2 * 7 and all("/layers/" in f"/{k}" for k in adapters)
+    for k in before:
+        if lora.is_adapter(k) or k.startswith("logz_head/"):
+            assert not np.array_equal(before[k], after[k]), f"{k} did not train"
+        else:
+            np.testing.assert_array_equal(after[k], before[k], err_msg=f"{k} changed")
+    assert after["policy/layers/attn/q_proj/lora_b"].any()  # B moved off zero
+    # Adam's two moments for exactly the trained arrays, none for the frozen base.
+    trainable, frozen = lora.split(trainer.state.params)
+    moments = [x for x in jax.tree.leaves(trainer.state.opt_state) if x.ndim]
+    assert sum(x.size for x in moments) == 2 * sum(x.size for x in jax.tree.leaves(trainable))
+    frozen_keys = {f"policy/{k}" for k in lora.flat(frozen["policy"])}
+    assert frozen_keys == {k for k in before if k.startswith("policy/") and not lora.is_adapter(k)}
+
+
+def test_reference_is_the_base_model(tmp_path, mesh):
+    with jax.set_mesh(mesh):
+        trainer, tokenizer = make_trainer(tmp_path, "flowrl", mesh, changes=LORA)
+        assert trainer.ref_params == {}  # no second copy of the weights
+        draw = prompt_source(tokenizer, trainer.task, 2)
+        for _ in range(2):
+            trainer.step(draw)
+        # An untouched model of the same seed: the run's base, built again.
+        config = base_config()
+        original, _ = from_config.build(config.model, mesh, config.seed)
+        prompts, _ = draw()
+        tokens, mask, _ = trainer.sampler.pad(prompts)
+        spec = trainer._spec(tokens.shape[1] // 2)
+        state = trainer.state
+        ref, _ = step_lib.score(spec, state.params, trainer.ref_params, tokens, mask)
+        expected = token_logprobs(original.cfg, original.params, tokens, mask)[:, spec.prompt_len :]
+        policy = token_logprobs(trainer.model.cfg, state.params["policy"], tokens, mask)
+    np.testing.assert_array_equal(np.asarray(ref), np.asarray(expected))
+    diff = np.abs(np.asarray(policy)[:, spec.prompt_len :] - np.asarray(expected))
+    assert (diff * np.asarray(mask)[:, spec.prompt_len :]).max() > 1e-4  # the adapters moved it
+
+
+def test_fused_equals_phased_with_lora(tmp_path, mesh):
+    runs = {}
+    with jax.set_mesh(mesh):
+        for form in ("phased", "fused"):
+            trainer, tokenizer = make_trainer(tmp_path / form, "flowrl", mesh, changes=LORA)
+            draw = prompt_source(tokenizer, trainer.task, 2)
+            step = trainer.fused_step if form == "fused" else trainer.step
+            history = [step(draw) for _ in range(3)]
+            runs[form] = (history, leaves(trainer.state.params))
+    (phased, p_params), (fused, f_params) = runs["phased"], runs["fused"]
+    for a, b in zip(phased, fused):
+        for k in sorted(k for k in a if not k.startswith(SKIP)):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-6, err_msg=k)
+    for k, x in p_params.items():
+        np.testing.assert_allclose(f_params[k], x, rtol=1e-6, atol=1e-6, err_msg=k)
+
+
+STEPS = 6
+
+
+def metrics(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if not k.startswith(SKIP)} for r in rows]
+
+
+def saved(workdir, step):
+    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+        got = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return got["state"]
+
+
+def test_killed_lora_run_resumes_exactly(tmp_path):
+    args = (
+        f"--config.train.steps={STEPS}",
+        "--config.checkpoint.every=2",
+        "--config.lora.rank=4",
+        "--config.optimizer.learning_rate=1e-3",
+    )
+    plain, broken = str(tmp_path / "plain"), str(tmp_path / "broken")
+    out = jobs.start(plain, *args).communicate(timeout=600)[0]
+    assert "step 6/6" in out, out[-3000:]
+    job = jobs.start(broken, *args)
+    jobs.read_until(job, f"step 4/{STEPS}")
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    out = jobs.start(broken, *args).communicate(timeout=600)[0]
+    assert "resuming after RL step" in out, out[-3000:]
+    assert metrics(plain) == metrics(broken)
+    a, b = saved(plain, STEPS), saved(broken, STEPS)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(x), err_msg=str(path))
+    # The checkpoint holds the adapters and the head, not the base weights.
+    policy = lora.flat(a["params"]["policy"])
+    assert policy and all(lora.is_adapter(k) for k in policy), sorted(policy)
+    assert "logz_head" in a["params"]
+
+
+def torch_logits(model, tokens, mask):
+    import torch
+
+    ids, m = torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+    positions = (m.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=m, position_ids=positions).logits.numpy()
+
+
+def test_merged_and_adapter_exports_give_our_logits(tmp_path, mesh):
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    ckpt = str(tmp_path / "base")
+    testing.make_torch_checkpoint("qwen2", ckpt, seed=2)  # q/k/v biases, tied embeddings
+    testing.make_tiny_tokenizer(ckpt)
+    config = base_config()
+    config.workdir = str(tmp_path / "run")
+    config.model.checkpoint = ckpt
+    config.lora.rank, config.lora.alpha = 4, 8.0
+    config.optimizer.learning_rate = 1e-2  # adapters that move the logits in two steps
+    with jax.set_mesh(mesh):
+        train(config, mesh)
+    ours, _, _ = load_run_policy(config.workdir, mesh=mesh)
+    assert lora.adapted(ours.params)
+    tokens, mask = testing.left_padded_batch(0, batch=3, length=20, vocab=512, min_len=5)
+    logits = np.asarray(forward(ours.cfg, ours.params, tokens, mask).logits)
+    valid = mask.astype(bool)
+    scale = np.abs(logits[valid]).max()
+
+    merged = export(config.workdir, out=str(tmp_path / "merged"), mesh=mesh)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    got = torch_logits(hf, tokens, mask)
+    assert np.abs(got[valid] - logits[valid]).max() <= 1e-4 * scale
+
+    adapters = export(config.workdir, out=str(tmp_path / "adapters"), mesh=mesh, adapters=True)
+    assert sorted(os.listdir(adapters)) >= ["adapter_config.json", "adapter_model.safetensors"]
+    base = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    base_logits = torch_logits(base, tokens, mask)
+    assert np.abs(base_logits[valid] - logits[valid]).max() > 100 * 1e-4 * scale  # trained
+    with_peft = peft.PeftModel.from_pretrained(base, adapters).eval()
+    got = torch_logits(with_peft, tokens, mask)
+    assert np.abs(got[valid] - logits[valid]).max() <= 1e-4 * scale
+
+
+def test_adapter_export_of_a_full_run_is_refused(tmp_path, mesh):
+    config = base_config()
+    config.workdir = str(tmp_path / "run")
+    config.train.steps = 1
+    with jax.set_mesh(mesh):
+        train(config, mesh)
+    with pytest.raises(ValueError, match="trained no LoRA adapters"):
+        export(config.workdir, out=str(tmp_path / "x"), mesh=mesh, adapters=True)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"targets": ["attn/qq_proj"]}, "matches no parameter"),
+        ({"targets": ["embed"]}, "embed/embedding, which the adapters cannot sit on"),
+        ({"rank": 1000}, "lora.rank=1000 exceeds"),
+        ({"rank": -1}, "lora.rank"),
+        ({"alpha": 0.0}, "lora.alpha"),
+    ],
+)
+def test_bad_lora_settings_fail_the_check(tmp_path, mesh, change, message):
+    """Refused by the run's one check, before a weight is read or a program compiled."""
+    from flowrl_jax.trainer import run
+
+    config = base_config()
+    config.workdir = str(tmp_path)
+    config.lora.rank = 4
+    for key, value in change.items():
+        config.lora[key] = value
+    with pytest.raises(ValueError, match=message):
+        run.check(config, mesh)
+    assert not os.listdir(tmp_path)
