@@ -12,7 +12,7 @@ import jobs
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_fused import make_trainer, prompt_source
+from test_fused import make_trainer, phased_and_fused, prompt_source
 
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax import testing
@@ -37,9 +37,10 @@ def mesh():
     return mesh_lib.make_mesh({}, jax.devices()[:1])
 
 
-def test_only_adapters_and_heads_train(tmp_path, mesh):
+@pytest.mark.parametrize("algorithm, head", [("flowrl", "logz_head"), ("ppo", "value_head")])
+def test_only_adapters_and_heads_train(tmp_path, mesh, algorithm, head):
     with jax.set_mesh(mesh):
-        trainer, tokenizer = make_trainer(tmp_path, "flowrl", mesh, changes=LORA)
+        trainer, tokenizer = make_trainer(tmp_path, algorithm, mesh, changes=LORA)
         before = leaves(trainer.state.params)
         draw = prompt_source(tokenizer, trainer.task, 2)
         for _ in range(2):
@@ -49,11 +50,12 @@ def test_only_adapters_and_heads_train(tmp_path, mesh):
     adapters = [k for k in before if lora.is_adapter(k)]
     assert len(adapters) == 2 * 7 and all("/layers/" in f"/{k}" for k in adapters)
     for k in before:
-        if lora.is_adapter(k) or k.startswith("logz_head/"):
+        if lora.is_adapter(k) or k.startswith(f"{head}/"):
             assert not np.array_equal(before[k], after[k]), f"{k} did not train"
         else:
             np.testing.assert_array_equal(after[k], before[k], err_msg=f"{k} changed")
     assert after["policy/layers/attn/q_proj/lora_b"].any()  # B moved off zero
+    assert any(k.startswith(f"{head}/") for k in before)
     # Adam's two moments for exactly the trained arrays, none for the frozen base.
     trainable, frozen = lora.split(trainer.state.params)
     moments = [x for x in jax.tree.leaves(trainer.state.opt_state) if x.ndim]
@@ -84,21 +86,24 @@ def test_reference_is_the_base_model(tmp_path, mesh):
     assert (diff * np.asarray(mask)[:, spec.prompt_len :]).max() > 1e-4  # the adapters moved it
 
 
-def test_fused_equals_phased_with_lora(tmp_path, mesh):
-    runs = {}
-    with jax.set_mesh(mesh):
-        for form in ("phased", "fused"):
-            trainer, tokenizer = make_trainer(tmp_path / form, "flowrl", mesh, changes=LORA)
-            draw = prompt_source(tokenizer, trainer.task, 2)
-            step = trainer.fused_step if form == "fused" else trainer.step
-            history = [step(draw) for _ in range(3)]
-            runs[form] = (history, leaves(trainer.state.params))
-    (phased, p_params), (fused, f_params) = runs["phased"], runs["fused"]
+@pytest.mark.parametrize("sampler", ["static", "slots_and_packing"])
+def test_fused_equals_phased_with_lora(tmp_path, mesh, sampler):
+    """The fused step runs the adapted model without merging: in its sampler (the static batch,
+    or refilling slots with packed scoring and update) and its update, equal to the phased loop
+    with the static batch (tolerances as tests/test_slots.py's)."""
+    slots, fused_changes, tol = (0, 0), LORA, 1e-6
+    if sampler == "slots_and_packing":
+        packed = {"train.pack_length": 96, "task.max_prompt_len": 32}
+        slots, fused_changes, tol = (0, 3), LORA | packed, 1e-5
+    (phased, p_params), (fused, f_params) = phased_and_fused(
+        tmp_path, "flowrl", mesh, slots=slots, changes=(LORA, fused_changes)
+    )
     for a, b in zip(phased, fused):
         for k in sorted(k for k in a if not k.startswith(SKIP)):
-            np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-6, err_msg=k)
-    for k, x in p_params.items():
-        np.testing.assert_allclose(f_params[k], x, rtol=1e-6, atol=1e-6, err_msg=k)
+            np.testing.assert_allclose(b[k], a[k], rtol=tol, atol=tol, err_msg=k)
+    assert lora.adapted(p_params["policy"])
+    for k, x in leaves(p_params).items():
+        np.testing.assert_allclose(leaves(f_params)[k], x, rtol=0, atol=tol, err_msg=k)
 
 
 STEPS = 6
