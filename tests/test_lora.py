@@ -171,3 +171,38 @@ def test_adapters_without_a_scale_are_refused():
     tokens = np.ones((1, 4), np.int32)
     with pytest.raises(ValueError, match="lora_scale is 0"):
         forward(cfg, policy, tokens, tokens)
+
+
+def test_dropout_only_in_a_forward_given_a_key_and_unbiased():
+    """LoRA dropout drops the adapter's input (PEFT's place) where the forward has a "dropout"
+    key (the update's), never in sampling or scoring; scaled by 1 / (1 - p), its mean over
+    masks is the forward without it."""
+    cfg, params = small_model()
+    acfg, adapted = adapted_model(cfg, params, lora_config(), b_scale=0.2)
+    dropping = acfg.replace(lora_dropout=0.5)
+    tokens, mask = testing.left_padded_batch(0, batch=2, length=8, vocab=512, min_len=4)
+    plain = np.asarray(forward(acfg, adapted, tokens, mask).logits)
+    np.testing.assert_array_equal(
+        np.asarray(forward(dropping, adapted, tokens, mask).logits), plain
+    )
+    once = lambda key: forward(dropping, adapted, tokens, mask, dropout=key).logits
+    a, b = np.asarray(once(jax.random.key(1))), np.asarray(once(jax.random.key(2)))
+    assert not np.allclose(a, plain) and not np.allclose(a, b)
+    np.testing.assert_array_equal(np.asarray(once(jax.random.key(1))), a)  # a key's own mask
+    # One projection is linear in the mask: its mean over 2,000 masks is the plain output.
+    from flowrl_jax.models.decoder import Linear
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "kernel": rng.normal(size=(16, 8)).astype(np.float32),
+        "lora_a": rng.normal(size=(16, 4)).astype(np.float32),
+        "lora_b": rng.normal(size=(4, 8)).astype(np.float32),
+    }
+    x = rng.normal(size=(3, 16)).astype(np.float32)
+    layer = Linear(8, False, jnp.float32, jnp.float32, lora_scale=2.0, lora_dropout=0.5)
+    run = lambda key: layer.apply({"params": weights}, x, rngs={"dropout": key})
+    many = np.asarray(jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(3), 2000)))
+    expected = x @ weights["kernel"] + 2.0 * (x @ weights["lora_a"]) @ weights["lora_b"]
+    np.testing.assert_allclose(np.asarray(layer.apply({"params": weights}, x)), expected, rtol=1e-5)
+    error = np.abs(many.mean(0) - expected) / (many.std(0) / np.sqrt(2000))
+    assert many.std(0).min() > 0.1 and error.max() < 5  # within 5 standard errors

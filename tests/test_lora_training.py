@@ -37,10 +37,22 @@ def mesh():
     return mesh_lib.make_mesh({}, jax.devices()[:1])
 
 
-@pytest.mark.parametrize("algorithm, head", [("flowrl", "logz_head"), ("ppo", "value_head")])
-def test_only_adapters_and_heads_train(tmp_path, mesh, algorithm, head):
+@pytest.mark.parametrize(
+    "algorithm, head, extra",
+    [
+        ("flowrl", "logz_head", {}),
+        ("ppo", "value_head", {}),
+        (
+            "flowrl",
+            "logz_head",
+            {"lora.dropout": 0.1, "train.pack_length": 96, "task.max_prompt_len": 32},
+        ),
+    ],
+)
+def test_only_adapters_and_heads_train(tmp_path, mesh, algorithm, head, extra):
     with jax.set_mesh(mesh):
-        trainer, tokenizer = make_trainer(tmp_path, algorithm, mesh, changes=LORA)
+        trainer, tokenizer = make_trainer(tmp_path, algorithm, mesh, changes=LORA | extra)
+        assert trainer.model.cfg.lora_dropout == extra.get("lora.dropout", 0.0)
         before = leaves(trainer.state.params)
         draw = prompt_source(tokenizer, trainer.task, 2)
         for _ in range(2):

@@ -71,6 +71,7 @@ class Linear(nn.Module):
     param_dtype: jnp.dtype
     out_dtype: jnp.dtype | None = None
     lora_scale: float = 0.0  # s of the LoRA adapters, applied where the tree has them (lora.py)
+    lora_dropout: float = 0.0  # on the adapters' input, where the forward has a "dropout" key
 
     @nn.compact
     def __call__(self, x):
@@ -97,6 +98,10 @@ class Linear(nn.Module):
                 "lora.alpha / lora.rank: models/lora.py)"
             )
         a, b = (self.get_variable("params", n).astype(self.dtype) for n in ("lora_a", "lora_b"))
+        p = self.lora_dropout
+        if p and self.has_rng("dropout"):  # the update's forward; PEFT drops x before A
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - p, x2.shape)
+            x2 = jnp.where(keep, x2 / (1.0 - p), 0).astype(x2.dtype)
         xa = jnp.dot(x2, a, preferred_element_type=jnp.float32).astype(self.dtype)
         return self.lora_scale * jnp.dot(xa, b, preferred_element_type=jnp.float32)
 
@@ -104,7 +109,9 @@ class Linear(nn.Module):
 def _proj(cfg: DecoderConfig, features: int, bias: bool, name: str) -> Linear:
     """A layer's projection (q/k/v/o, gate/up/down): the Linear LoRA adapters may sit on."""
     dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    return Linear(features, bias, dt, pdt, name=name, lora_scale=cfg.lora_scale)
+    return Linear(
+        features, bias, dt, pdt, name=name, lora_scale=cfg.lora_scale, lora_dropout=cfg.lora_dropout
+    )
 
 
 class RMSNorm(nn.Module):
@@ -350,7 +357,7 @@ def _layer_stack(cfg: DecoderConfig):
     return nn.scan(
         layer,
         variable_axes={"params": 0},
-        split_rngs={"params": True},
+        split_rngs={"params": True, "dropout": True},  # a layer's own dropout masks
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
     )

@@ -63,6 +63,9 @@ class DecoderConfig:
     # LoRA: the scale s = alpha / rank of the adapters where the parameter tree has them
     # (models/lora.py); 0 without LoRA.
     lora_scale: float = 0.0
+    # LoRA dropout on the adapters' input, in a forward given a "dropout" key (the update's);
+    # sampling and scoring run without one.
+    lora_dropout: float = 0.0
 
     def __post_init__(self):
         check_config(self)
@@ -118,6 +121,8 @@ def check_config(cfg: DecoderConfig) -> None:
         )
     if cfg.lora_scale < 0:
         raise ValueError(f"lora_scale={cfg.lora_scale} must be >= 0 (lora.alpha / lora.rank)")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout={cfg.lora_dropout} must be in [0, 1)")
     if cfg.remat not in REMAT_POLICIES:
         raise ValueError(f"remat={cfg.remat!r} must be one of {REMAT_POLICIES}")
     for key in ("param_dtype", "dtype"):

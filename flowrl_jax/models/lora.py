@@ -39,6 +39,7 @@ def default_config() -> ConfigDict:
         {
             "rank": 0,  # r; 0 = full fine-tuning
             "alpha": 16.0,  # the adapters' output is scaled by alpha / rank (PEFT's lora_alpha)
+            "dropout": 0.0,  # on each adapter's input, in the update only (PEFT's lora_dropout)
             # Regexes (re.search) over the policy's '/'-joined parameter paths, as the partition
             # rules: every projection kernel a pattern matches gets an adapter; a pattern that
             # matches nothing, or matches a parameter that is not a projection kernel, is an error.
@@ -47,7 +48,7 @@ def default_config() -> ConfigDict:
     )
 
 
-RULES = {"rank": R.COUNT, "alpha": R.POSITIVE}
+RULES = {"rank": R.COUNT, "alpha": R.POSITIVE, "dropout": R.Range(0.0, 1.0, high_open=True)}
 
 
 def enabled(cfg: ConfigDict | None) -> bool:
@@ -57,6 +58,12 @@ def enabled(cfg: ConfigDict | None) -> bool:
 def scale(cfg: ConfigDict) -> float:
     """s = alpha / r: `DecoderConfig.lora_scale` when LoRA is on, else 0."""
     return cfg.alpha / cfg.rank if enabled(cfg) else 0.0
+
+
+def model_config(model_cfg: DecoderConfig, cfg: ConfigDict) -> DecoderConfig:
+    """`model_cfg` with config.lora's scale and dropout (both 0 when LoRA is off)."""
+    dropout = cfg.dropout if enabled(cfg) else 0.0
+    return model_cfg.replace(lora_scale=scale(cfg), lora_dropout=dropout)
 
 
 def flat(tree) -> dict[str, object]:
@@ -231,5 +238,5 @@ def adapt(lora_cfg: ConfigDict, model, seed: int = 0):
         shardings = flat(partition.shardings(rules, tree, model.mesh))
     make = jax.jit(lambda rng: init(lora_cfg, model.params, rng), out_shardings=shardings)
     adapters = make(jax.random.key(seed))
-    cfg = model.cfg.replace(lora_scale=scale(lora_cfg))
+    cfg = model_config(model.cfg, lora_cfg)
     return Model(cfg, with_adapters(model.params, adapters), model.mesh, model.hf_config)

@@ -26,18 +26,29 @@ from flowrl_jax.models.decoder import (
 from flowrl_jax.models.families import DecoderConfig
 
 
-def forward(cfg: DecoderConfig, params, tokens, mask, return_logits: bool = True) -> DecoderOutput:
-    """Full forward without cache. tokens, mask [B, T] (left padding); positions follow the mask."""
+def _rngs(dropout) -> dict:
+    """A forward's random keys: LoRA dropout's (DecoderConfig.lora_dropout) where given."""
+    return {} if dropout is None else {"dropout": dropout}
+
+
+def forward(
+    cfg: DecoderConfig, params, tokens, mask, return_logits: bool = True, dropout=None
+) -> DecoderOutput:
+    """Full forward without cache. tokens, mask [B, T] (left padding); positions follow the mask.
+    dropout: a key for LoRA dropout (training), or None."""
     return Decoder(cfg).apply(
         {"params": params},
         tokens,
         positions_from_mask(mask),
         mask.astype(bool),
         return_logits=return_logits,
+        rngs=_rngs(dropout),
     )
 
 
-def forward_packed(cfg: DecoderConfig, params, tokens, positions, segments) -> DecoderOutput:
+def forward_packed(
+    cfg: DecoderConfig, params, tokens, positions, segments, dropout=None
+) -> DecoderOutput:
     """Forward over packed rows without logits: tokens, positions, segments [B, T], several
     sequences per row, each its own segment id (0 = padding); attention stays within a segment
     and each sequence's positions start at 0, so a sequence's hidden states equal its own forward's."""
@@ -48,6 +59,7 @@ def forward_packed(cfg: DecoderConfig, params, tokens, positions, segments) -> D
         segments > 0,
         return_logits=False,
         segments=segments,
+        rngs=_rngs(dropout),
     )
 
 

@@ -47,7 +47,7 @@ def lora_config(config: ConfigDict, model_cfg, sft_phase: bool = False):
     lora_cfg = config.get("lora")
     if sft_phase or not lora.enabled(lora_cfg):
         return model_cfg
-    return model_cfg.replace(lora_scale=lora.scale(lora_cfg))
+    return lora.model_config(model_cfg, lora_cfg)
 
 
 def base_policy(config: ConfigDict, workdir: str, mesh) -> dict:

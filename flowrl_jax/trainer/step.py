@@ -302,15 +302,16 @@ def prepare(spec: StepSpec, batch: algorithms.Batch) -> algorithms.Batch:
     return spec.alg.prepare(batch, spec.algo_cfg)
 
 
-def policy_outputs(spec: StepSpec, params, tokens, mask, rows, rng) -> dict:
+def policy_outputs(spec: StepSpec, params, tokens, mask, rows, rng, dropout=None) -> dict:
     """The Batch fields the current parameters compute, differentiable: logp [B, N], entropy [B, N]
     (detached), and logz [B] / values [B, N] where the algorithm has them. tokens, mask [B, P + N];
     rows [B] int: each row's index in the mini-batch, which seeds its log-Z dropout, so a row's
-    mask does not depend on which micro-batch it is in."""
+    mask does not depend on which micro-batch it is in. dropout: LoRA dropout's key, or None."""
     P = spec.prompt_len
-    hidden = forward(spec.model, params["policy"], tokens, mask, return_logits=False).hidden
+    policy = params["policy"]
+    hidden = forward(spec.model, policy, tokens, mask, return_logits=False, dropout=dropout).hidden
     logp, entropy = logprobs_from_hidden(
-        spec.model, params["policy"], hidden, tokens, spec.temperature, spec.chunk, True
+        spec.model, policy, hidden, tokens, spec.temperature, spec.chunk, True
     )
     out = {"logp": logp[:, P:], "entropy": jax.lax.stop_gradient(entropy[:, P:])}
     if spec.alg.needs_logz:
@@ -338,10 +339,21 @@ def check_micro_batches(minibatch: int, micro_batches: int, mesh: Mesh | None = 
     return rows
 
 
-def _micro_batch_loss(spec: StepSpec, params, tokens, mask, batch, rows, rng, count):
+def lora_dropout_key(spec: StepSpec, rng, j):
+    """Micro-batch j's key for LoRA dropout (its own stream of the update's key, apart from the
+    rows' log-Z dropout keys), or None where the model has none."""
+    if not spec.model.lora_dropout:
+        return None
+    return jax.random.fold_in(jax.random.fold_in(rng, LORA_DROPOUT_STREAM), j)
+
+
+LORA_DROPOUT_STREAM = 2**31 - 1  # never a row index
+
+
+def _micro_batch_loss(spec: StepSpec, params, tokens, mask, batch, rows, rng, count, dropout):
     """The algorithm's loss total on one micro-batch over the mini-batch's count (its share of the
     mini-batch's loss) -> (that share, policy_outputs)."""
-    outputs = policy_outputs(spec, params, tokens, mask, rows, rng)
+    outputs = policy_outputs(spec, params, tokens, mask, rows, rng, dropout)
     total, _, _ = spec.alg.loss_terms(batch._replace(**outputs), spec.algo_cfg)
     return total / count, outputs
 
@@ -431,7 +443,11 @@ def _strided_gradients(spec: StepSpec, params, frozen, tokens, mask, batch, rng,
     check_micro_batches(B, k)
     rows = jnp.arange(B, dtype=jnp.int32)
     pieces = jax.tree.map(functools.partial(micro.split_rows, k), (tokens, mask, batch, rows))
-    loss = lambda p, _, x: _micro_batch_loss(spec, lora.join(p, frozen), *x, rng, count)
+
+    def loss(p, j, x):
+        dropout = lora_dropout_key(spec, rng, j)
+        return _micro_batch_loss(spec, lora.join(p, frozen), *x, rng, count, dropout)
+
     _, grads, outputs = micro.gradients(loss, params, pieces)
     return grads, jax.tree.map(functools.partial(micro.merge_rows, k), outputs)
 
@@ -452,7 +468,8 @@ def _packed_gradients(spec: StepSpec, params, frozen, tokens, mask, batch, rng, 
         stand_in["values"] = batch.old_values
 
     def loss(p, j, x):
-        out = _packed_outputs(spec, lora.join(p, frozen), x, keys, B)
+        dropout = lora_dropout_key(spec, rng, j)
+        out = _packed_outputs(spec, lora.join(p, frozen), x, keys, B, dropout)
         mine = packed.micro == j
         fields = {
             k: jnp.where(mine[:, None], packing.unpack_micro(out[k], packed, j, P), v)
@@ -471,12 +488,12 @@ def _packed_gradients(spec: StepSpec, params, frozen, tokens, mask, batch, rng, 
     return grads, outputs
 
 
-def _packed_outputs(spec: StepSpec, params, piece, keys, sequences: int) -> dict:
+def _packed_outputs(spec: StepSpec, params, piece, keys, sequences: int, dropout=None) -> dict:
     """`policy_outputs` on one micro-batch of packed rows: logp, entropy (and values) per slot
     [rows, T], log Z [sequences] (meaningful for the sequences in these rows)."""
     tokens, positions, segments, pooled = piece
     policy = params["policy"]
-    hidden = forward_packed(spec.model, policy, tokens, positions, segments).hidden
+    hidden = forward_packed(spec.model, policy, tokens, positions, segments, dropout).hidden
     logp, entropy = logprobs_from_hidden(
         spec.model, policy, hidden, tokens, spec.temperature, spec.chunk, True
     )
