@@ -236,3 +236,63 @@ def test_bad_lora_settings_fail_the_check(tmp_path, mesh, change, message):
     with pytest.raises(ValueError, match=message):
         run.check(config, mesh)
     assert not os.listdir(tmp_path)
+
+
+def test_lora_warm_up_then_lora_rl(tmp_path, mesh):
+    """SFT trains adapters on the frozen base; RL goes on from them with the warm-up model (base +
+    the warm-up's adapters, a copy) as its reference; both phases' checkpoints hold adapters."""
+    from flowrl_jax.trainer import run as run_lib
+    from flowrl_jax.trainer import sft as sft_lib
+    from flowrl_jax.trainer.loop import Trainer
+
+    config = base_config()
+    config.workdir = str(tmp_path / "run")
+    config.task.name = "countdown"
+    config.sft.steps, config.sft.batch_size, config.sft.optimizer.warmup_steps = 4, 8, 1
+    config.sft.optimizer.learning_rate = 1e-2
+    config.lora.rank, config.lora.alpha = 4, 8.0
+    with jax.set_mesh(mesh):
+        checked = run_lib.check(config, mesh)
+        model, tokenizer = from_config.build(config.model, mesh, config.seed)
+        base = leaves(model.params)
+        warm = sft_lib.run(config, mesh, model, tokenizer, checked.demos)
+        losses = [m["sft/loss"] for m in warm.history]
+        assert losses[-1] < losses[0]
+        warm_policy = leaves(warm.model.params)
+        for k, x in base.items():  # the base untouched, the adapters trained
+            np.testing.assert_array_equal(warm_policy[k], x, err_msg=k)
+        assert warm_policy["layers/mlp/up_proj/lora_b"].any()
+        warm_cfg = warm.model.cfg
+
+        trainer = Trainer(config, warm.model, tokenizer, mesh, checked.task)
+        ref = leaves(trainer.ref_params)
+        assert ref.keys() == {k for k in warm_policy if lora.is_adapter(k)}
+        for k, x in ref.items():
+            np.testing.assert_array_equal(x, warm_policy[k], err_msg=k)
+        draw = prompt_source(tokenizer, checked.task, 2)
+        for _ in range(2):
+            trainer.step(draw)
+        tokens, mask, _ = trainer.sampler.pad(draw()[0])
+        spec = trainer._spec(tokens.shape[1] // 2)
+        ref_logp, _ = step_lib.score(spec, trainer.state.params, trainer.ref_params, tokens, mask)
+        warm_params = lora.with_adapters(lora.base(trainer.state.params["policy"]), ref)
+        expected = token_logprobs(warm_cfg, warm_params, tokens, mask)[:, spec.prompt_len :]
+        np.testing.assert_array_equal(np.asarray(ref_logp), np.asarray(expected))
+        moved = leaves(trainer.state.params["policy"])["layers/mlp/up_proj/lora_b"]
+        assert not np.array_equal(moved, warm_policy["layers/mlp/up_proj/lora_b"])
+
+    # The whole run in one command, read back: each phase's policy is base + its adapters.
+    config.workdir = str(tmp_path / "whole")
+    config.train.steps = 2
+    with jax.set_mesh(mesh):
+        train(config, mesh)
+    sft_model, _, _ = load_run_policy(config.workdir, mesh=mesh, sft_phase=True)
+    for k, x in leaves(sft_model.params).items():
+        np.testing.assert_array_equal(x, warm_policy[k], err_msg=k)
+    for phase in ("sft/checkpoints", "checkpoints"):
+        with ocp.CheckpointManager(os.path.join(config.workdir, phase)) as manager:
+            got = manager.restore(
+                manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            )["state"]
+        policy = lora.flat(got["params"]["policy"])
+        assert policy and all(lora.is_adapter(k) for k in policy), phase

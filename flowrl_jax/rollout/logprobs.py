@@ -34,12 +34,14 @@ def token_logprobs(
     temperature: float = 1.0,
     chunk: int = 256,
     with_entropy: bool = False,
+    dropout=None,
 ):
     """tokens, mask [B, T] (prompt left-padded, then the response) -> logprobs [B, T] float32 with
     logprobs[:, t] = log p(tokens[:, t] | tokens[:, :t]) under logits / temperature, and 0 at t = 0.
     With with_entropy, also the entropy [B, T] of that same distribution (0 at t = 0).
-    Positions whose mask is 0 hold meaningless values: mask them."""
-    hidden = forward(cfg, params, tokens, mask, return_logits=False).hidden  # [B, T, D]
+    Positions whose mask is 0 hold meaningless values: mask them. dropout: LoRA dropout's key
+    (training), or None."""
+    hidden = forward(cfg, params, tokens, mask, return_logits=False, dropout=dropout).hidden
     return logprobs_from_hidden(cfg, params, hidden, tokens, temperature, chunk, with_entropy)
 
 

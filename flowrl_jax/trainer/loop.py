@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
@@ -248,11 +249,16 @@ class Trainer:
 
     def __init__(self, config: ConfigDict, model, tokenizer, mesh, task: Task):
         self.minibatch = minibatch_size(config)  # its sizes are checked once, by run.check
-        if lora.enabled(config.lora) and not lora.adapted(model.params):
-            # LoRA: fresh adapters on the model. The state takes the model's base arrays over
-            # (one copy of the weights; the updates donate them), so after the first update only
-            # `self.state` holds the policy.
-            model = lora.adapt(config.lora, model, config.seed)
+        # LoRA: fresh adapters on the model, or a LoRA warm-up's (then the reference policy
+        # keeps a copy of them: they are small). The state takes the model's arrays over (one
+        # copy of the weights: `init` donates them), so after it only `self.state` holds them.
+        ref_adapters = {}
+        if lora.enabled(config.lora):
+            if lora.adapted(model.params):
+                ref_adapters = jax.tree.map(jnp.copy, lora.split({"policy": model.params})[0])
+                ref_adapters = ref_adapters["policy"]
+            else:
+                model = lora.adapt(config.lora, model, config.seed)
         self.config, self.model, self.tokenizer, self.mesh = config, model, tokenizer, mesh
         self.task = task
         self.sampler, self.sp = sampler_lib.from_config(model.cfg, config.rollout, mesh, tokenizer)
@@ -271,12 +277,15 @@ class Trainer:
         )
         # A compiled init writes new buffers: updates donate (overwrite) the state's, while the
         # reference model keeps the initial weights.
-        self.state = jax.jit(init, out_shardings=self.state_sharding)(model.params, rng=rng)
+        donate = ("policy_params",) if lora.adapted(model.params) else ()
+        self.state = jax.jit(init, out_shardings=self.state_sharding, donate_argnames=donate)(
+            model.params, rng=rng
+        )
         self.ref_params = None
         if self.alg.needs_ref(self.algo_cfg):
-            # With LoRA the reference is the state's own base with no adapters of its own
-            # (step.reference_policy); without, the initial weights, kept beside the state.
-            self.ref_params = {} if lora.adapted(model.params) else model.params
+            # With LoRA the reference is the state's own base with the warm-up's adapters, or
+            # none (step.reference_policy); without, the initial weights, beside the state.
+            self.ref_params = ref_adapters if lora.adapted(model.params) else model.params
         self._phases: dict[int, tuple] = {}
         self._fused: dict[int, Callable] = {}
         self._clock = fused.PhaseClock()  # the fused step's phase timestamps

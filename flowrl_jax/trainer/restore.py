@@ -32,32 +32,20 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
     optimizer = step_lib.optimizer_shapes(config.optimizer, config.heads)
 
     def init(rng):
-        policy = init_params(model_cfg, rng)
-        if model_cfg.lora_scale:  # the run's adapters (lora_config): their shapes only matter
-            policy = lora.with_adapters(policy, lora.init(config.lora, policy, rng))
-        return step_lib.init_state(spec, policy, optimizer, rng)
+        return step_lib.init_state(spec, policy_shapes(config, model_cfg), optimizer, rng)
 
     shapes = jax.eval_shape(init, jax.random.key(0))
     shardings = step_lib.state_shardings(mesh, shapes, model_cfg.family)
     return step_lib.placed(shapes, shardings)
 
 
-def lora_config(config: ConfigDict, model_cfg, sft_phase: bool = False):
-    """model_cfg with the LoRA scale of a run whose RL trained adapters (config.lora)."""
-    lora_cfg = config.get("lora")
-    if sft_phase or not lora.enabled(lora_cfg):
-        return model_cfg
-    return lora.model_config(model_cfg, lora_cfg)
-
-
-def base_policy(config: ConfigDict, workdir: str, mesh) -> dict:
-    """The frozen base a LoRA run's adapters sit on: its SFT warm-up's policy where it had one,
-    else the model `config.model` builds (a checkpoint, or the tiny model of config.seed)."""
-    from flowrl_jax.trainer import sft
-
-    if sft.enabled(config.sft):
-        return load_run_policy(workdir, mesh=mesh, sft_phase=True)[0].params
-    return from_config.build(config.model, mesh, config.seed)[0].params
+def policy_shapes(config: ConfigDict, model_cfg) -> dict:
+    """The run's policy parameters as shapes: with LoRA (config.lora), its adapters beside."""
+    policy = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
+    if lora.enabled(config.get("lora")):
+        adapters = lora.adapter_shapes(config.lora, policy)
+        policy = lora.with_adapters(policy, adapters)
+    return policy
 
 
 def run_config(workdir: str) -> ConfigDict:
@@ -75,13 +63,17 @@ def load_run_policy(workdir: str, step: int | None = None, mesh=None, sft_phase:
     config = run_config(workdir)
     mesh = mesh or mesh_lib.make_mesh()
     model_cfg, tokenizer = from_config.model_config(config.model)
-    model_cfg = lora_config(config, model_cfg, sft_phase)
+    adapted = lora.enabled(config.get("lora"))
+    if adapted:
+        model_cfg = lora.model_config(model_cfg, config.lora)
     if sft_phase:
         from flowrl_jax.trainer import sft
 
-        policy = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
         optimizer = step_lib.optimizer_shapes(config.sft.optimizer, None)
-        like = sft.abstract_state(optimizer, policy, mesh, model_cfg.family)[0]
+        like = sft.abstract_state(
+            optimizer, policy_shapes(config, model_cfg), mesh, model_cfg.family
+        )
+        like = like[0]
         checkpoints = Checkpoints(os.path.join(workdir, "sft"), config.checkpoint)
     else:
         like = abstract_state(config, model_cfg, mesh)
@@ -93,8 +85,9 @@ def load_run_policy(workdir: str, step: int | None = None, mesh=None, sft_phase:
     if restored is None:
         raise FileNotFoundError(f"no readable checkpoint in {checkpoints.directory}")
     params, record = restored
-    if model_cfg.lora_scale:  # the checkpoint holds the adapters; the base is the run's model
-        params = lora.with_adapters(base_policy(config, workdir, mesh), lora.flat(params))
+    if adapted:  # the checkpoint holds the adapters; the base is the model config.model builds
+        base = from_config.build(config.model, mesh, config.seed)[0].params
+        params = lora.with_adapters(base, lora.flat(params))
     source = config.model.checkpoint  # the run's HF starting point: its config keys carry over
     hf_config = read_hf_config(source) if source and os.path.isdir(source) else None
     model = Model(model_cfg, params, mesh=mesh, hf_config=hf_config)

@@ -29,6 +29,7 @@ from ml_collections import ConfigDict
 
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax import rules as R
+from flowrl_jax.models import lora
 from flowrl_jax.rollout.logprobs import token_logprobs
 from flowrl_jax.trainer import demonstrations, micro
 from flowrl_jax.trainer import metrics as metrics_lib
@@ -46,9 +47,9 @@ def loss(cfg, params, tokens, mask, loss_mask, chunk: int = 256):
     return total / jnp.maximum(count, 1.0), count
 
 
-def _nll(cfg, params, tokens, mask, loss_mask, chunk):
+def _nll(cfg, params, tokens, mask, loss_mask, chunk, dropout=None):
     """(sum of the response tokens' negative log-likelihoods, their count)."""
-    logp = token_logprobs(cfg, params, tokens, mask, 1.0, chunk)
+    logp = token_logprobs(cfg, params, tokens, mask, 1.0, chunk, dropout=dropout)
     weight = loss_mask.astype(jnp.float32) * mask.astype(jnp.float32)
     return -jnp.sum(logp * weight), jnp.sum(weight)
 
@@ -160,16 +161,17 @@ def update(cfg, optimizer, micro_batches: int, chunk: int, state, tokens, mask, 
     weight = loss_mask.astype(jnp.float32) * mask.astype(jnp.float32)
     total = jnp.maximum(jnp.sum(weight), 1.0)
     pieces = jax.tree.map(functools.partial(micro.split_rows, k), (tokens, mask, loss_mask))
+    trainable, frozen = lora.split(state.params)  # with LoRA: the adapters alone are trained
+    rng = jax.random.fold_in(state.rng, state.step)
 
-    def micro_loss(params, _, x):
-        return _nll(cfg, params["policy"], *x, chunk)[0] / total, None
+    def micro_loss(params, j, x):
+        dropout = jax.random.fold_in(rng, j) if cfg.lora_dropout else None
+        policy = lora.join(params, frozen)["policy"]
+        return _nll(cfg, policy, *x, chunk, dropout)[0] / total, None
 
-    value, grads, _ = micro.gradients(micro_loss, state.params, pieces)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    value, grads, _ = micro.gradients(micro_loss, trainable, pieces)
     metrics = {"sft/loss": value, "sft/grad_norm": optax.tree.norm(grads), "sft/tokens": total}
-    return step_lib.TrainState(state.step + 1, params, opt_state, state.rng), metrics
+    return step_lib.apply_gradients(optimizer, state, grads, trainable, frozen), metrics
 
 
 def jit_update(model_cfg, optimizer, micro_batches: int, mesh, sharding, chunk: int = 256):
@@ -210,7 +212,13 @@ def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = Fal
     rate = step_lib.learning_rate_schedule(cfg.optimizer, cfg.optimizer.learning_rate, total)
     init = _init(optimizer)
     rng = jax.random.key(config.seed)
+    adapting = lora.enabled(config.lora)
+    if adapting:  # LoRA SFT: fresh adapters, trained on the frozen base (RL goes on from them)
+        model = lora.adapt(config.lora, model, config.seed)
     like, sharding = abstract_state(optimizer, model.params, mesh, model.cfg.family)
+    if adapting:  # a restore's frozen base: the model's own arrays (checkpoints hold adapters)
+        base = lora.split({"policy": model.params})[1]
+        like = like._replace(params=lora.join(lora.split(like.params)[0], base))
     checkpoints = Checkpoints(directory, _checkpoint_config(config))
     restored = checkpoints.restore_latest(like, set_aside=True)
     if rl_started:
@@ -229,7 +237,11 @@ def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = Fal
                 total,
             )
         return Result(_policy(model, state), int(state.step), total, [])
-    state = restored[0] if restored else jax.jit(init, out_shardings=sharding)(model.params, rng)
+    if restored:
+        state = restored[0]
+    else:  # with LoRA the state takes the base arrays over (donated: one copy of the weights)
+        donate = (0,) if adapting else ()
+        state = jax.jit(init, out_shardings=sharding, donate_argnums=donate)(model.params, rng)
     first = int(state.step)
     result = Result(None, first, total, [])
     if first < total:
@@ -252,7 +264,8 @@ def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = Fal
 def _init(optimizer):
     def init(params, rng):
         params = {"policy": params}
-        return step_lib.TrainState(jnp.int32(0), params, optimizer.init(params), rng)
+        opt_state = optimizer.init(lora.split(params)[0])  # with LoRA: the adapters' only
+        return step_lib.TrainState(jnp.int32(0), params, opt_state, rng)
 
     return init
 
