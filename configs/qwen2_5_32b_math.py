@@ -18,18 +18,14 @@ The training data is a placeholder too: --config.task.path=FILE (rows with `prom
 --config.train.steps=N changes it.
 """
 
-import importlib.util
 import os
+
+from flowrl_jax.config import from_file
 
 
 def _recipe_7b():
-    """configs/qwen2_5_7b_math.py, read beside this file (config files are loaded by path, not
-    imported as a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "qwen2_5_7b_math.py")
-    spec = importlib.util.spec_from_file_location("qwen2_5_7b_math", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    """configs/qwen2_5_7b_math.py, read beside this file."""
+    return from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "qwen2_5_7b_math.py"))
 
 
 def get_config():

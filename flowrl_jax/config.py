@@ -11,6 +11,9 @@ The config is locked after loading: an override of a key that does not exist
 (`--config.modle.dtype=...`) is an error, not a new key.
 """
 
+import importlib.util
+import os
+
 from ml_collections import ConfigDict
 
 from flowrl_jax import algorithms, hardware, mesh, tasks
@@ -118,6 +121,16 @@ def compare_config(config: ConfigDict) -> ConfigDict:
     config.eval.pass_k = "1,4,16,64"
     config.eval.problems = 200
     return config
+
+
+def from_file(path: str) -> ConfigDict:
+    """The config a config file's get_config() returns. Config files are loaded by path (as
+    --config=FILE loads them), not imported as a package: a recipe built on another reads it so."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def get_config(which: str = "") -> ConfigDict:

@@ -36,7 +36,7 @@ from ml_collections import ConfigDict
 
 from flowrl_jax import algorithms, cli
 from flowrl_jax import mesh as mesh_lib
-from flowrl_jax.models import kernels, known_config, param_shapes, partition
+from flowrl_jax.models import kernels, known_config, lora, param_shapes, partition
 from flowrl_jax.models.from_config import model_config, overrides
 from flowrl_jax.rollout import sampler as sampler_lib
 from flowrl_jax.tasks.prompts import prompt_limit
@@ -131,6 +131,10 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
         pad_id=0,
     )
     shapes = param_shapes(cfg)
+    adapted = lora.enabled(config.get("lora"))
+    if adapted:  # the policy with its adapters; the reference is its base (no weights of its own)
+        cfg = lora.model_config(cfg, config.lora)
+        shapes = lora.with_adapters(shapes, lora.adapter_shapes(config.lora, shapes))
     policy = step_lib.placed(
         shapes, partition.shardings(partition.rules_for(cfg.family), shapes, mesh)
     )
@@ -153,13 +157,11 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
     optimizer = step_lib.make_optimizer(
         config.optimizer, config.heads, total_steps=loop.optimizer_steps(config)
     )
-    abstract = jax.eval_shape(
-        lambda p, k: step_lib.init_state(spec, p, optimizer, k), param_shapes(cfg), key
-    )
+    abstract = jax.eval_shape(lambda p, k: step_lib.init_state(spec, p, optimizer, k), shapes, key)
     sharding = step_lib.state_shardings(mesh, abstract, cfg.family)
     state = step_lib.placed(abstract, sharding)
     alg = algorithms.get(name)
-    ref = policy if alg.needs_ref(config.algorithm[name]) else None
+    ref = ({} if adapted else policy) if alg.needs_ref(config.algorithm[name]) else None
     R = B * r.n
     tokens = batch_array((R, P + N), jnp.int32)
     if ref is not None or alg.needs_values:

@@ -13,19 +13,14 @@ import sys
 import pytest
 
 from flowrl_jax import plan as plan_lib
+from flowrl_jax.config import from_file
 from flowrl_jax.models.families import KNOWN_SHAPES
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def recipe(name: str, **overrides):
-    import importlib.util
-
-    path = os.path.join(ROOT, "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = from_file(os.path.join(ROOT, "configs", f"{name}.py"))
     for key, value in overrides.items():
         section, field = key.split("__")
         config[section][field] = value
