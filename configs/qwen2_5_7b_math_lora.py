@@ -36,10 +36,12 @@ def get_config():
     config.optimizer.learning_rate = 1e-5
 
     # One device: no sharding. The mini-batch stays the paper's 32 prompts x 8 samples; the
-    # update packs it into micro-batches of 8 rows of 2048 + 8192 tokens (the 8-device recipe's
-    # 16 rows were per device of 8).
+    # update packs it into micro-batches of 2 rows of 2048 + 8192 tokens. The plan on one 80 GB
+    # device (tests/test_memory_plans.py; BENCHMARKS.md): the update 69.5 GB at 2 rows, 90.1 GB
+    # at 4; the sampler 72.2 GB with 8 GB of KV cache (13 slots).
     config.mesh.fsdp = 1
-    config.train.micro_batch_tokens = 8 * (2048 + 8192)
+    config.train.micro_batch_tokens = 2 * (2048 + 8192)
+    config.rollout.kv_cache_gb = 8.0
     config.plan.devices = 1
     config.plan.device_memory_gb = 80.0
     return config

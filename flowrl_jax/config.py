@@ -95,6 +95,10 @@ def job_config(config: ConfigDict) -> ConfigDict:
     # diversity and β = 15 lowered it, at the same gain.
     config.algorithm.flowrl.beta = 5.0
     config.checkpoint.every = 50
+    # With --config.lora.rank=N: the warm-up fine-tunes the whole (random) model, RL trains the
+    # adapters on it. A LoRA warm-up of the random model (rank 8) took the SFT loss from 6.24 to
+    # 4.32 only and answered no test problem, so RL had no reward to learn from (2026-12-06).
+    config.lora.sft = False
     # Evaluation: every test problem, 16 samples each at temperature 1 (the policy's own
     # distribution, so coverage measures what it would sample).
     config.eval.every = 125

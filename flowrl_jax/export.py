@@ -31,6 +31,7 @@ from flowrl_jax import cli, storage
 from flowrl_jax.models import Model, lora, save_hf
 from flowrl_jax.models.hf_io import dtype_name
 from flowrl_jax.rollout.sampler import stop_token_ids
+from flowrl_jax.trainer import sft
 from flowrl_jax.trainer.restore import load_run_policy, run_config
 
 log = logging.getLogger("flowrl_jax")
@@ -105,9 +106,14 @@ def export(
 
 def save_adapters(model, config, where: str, tokenizer) -> None:
     """A LoRA policy's adapters in PEFT's format, with the tokenizer (process 0 writes)."""
-    tensors, adapter_config = lora.peft_files(
-        model.cfg, model.params, config.lora, config.model.checkpoint
-    )
+    base = config.model.checkpoint
+    if sft.enabled(config.sft) and not lora.in_sft(config.lora):
+        base = f"{config.workdir}: its SFT warm-up's model (python -m flowrl_jax.export --sft)"
+        log.warning(
+            "the adapters sit on the run's full SFT warm-up (lora.sft=False), not on "
+            "model.checkpoint: load them on the warm-up's export (--sft)"
+        )
+    tensors, adapter_config = lora.peft_files(model.cfg, model.params, config.lora, base)
     if jax.process_index() != 0:
         return
     os.makedirs(where, exist_ok=True)

@@ -296,3 +296,33 @@ def test_lora_warm_up_then_lora_rl(tmp_path, mesh):
             )["state"]
         policy = lora.flat(got["params"]["policy"])
         assert policy and all(lora.is_adapter(k) for k in policy), phase
+
+
+def test_full_warm_up_then_lora_rl(tmp_path, mesh):
+    """lora.sft=False (the default job's choice): the warm-up fine-tunes the whole model, RL's
+    adapters sit on it; the run reads back as the warm-up model plus RL's adapters."""
+    config = base_config()
+    config.workdir = str(tmp_path / "run")
+    config.task.name = "countdown"
+    config.sft.steps, config.sft.batch_size, config.sft.optimizer.warmup_steps = 4, 8, 1
+    config.lora.rank, config.lora.sft = 4, False
+    config.optimizer.learning_rate = 1e-2
+    with jax.set_mesh(mesh):
+        train(config, mesh)
+        original, _ = from_config.build(config.model, mesh, config.seed)
+    warm, _, _ = load_run_policy(config.workdir, mesh=mesh, sft_phase=True)
+    rl, _, _ = load_run_policy(config.workdir, mesh=mesh)
+    assert not lora.adapted(warm.params) and lora.adapted(rl.params)
+    warm_leaves, rl_leaves = leaves(warm.params), leaves(rl.params)
+    changed = [
+        k for k, x in leaves(original.params).items() if not np.array_equal(x, warm_leaves[k])
+    ]
+    assert "layers/mlp/up_proj/kernel" in changed  # the warm-up trained the whole model
+    for k, x in warm_leaves.items():  # RL's base is the warm-up model
+        np.testing.assert_array_equal(rl_leaves[k], x, err_msg=k)
+    assert rl_leaves["layers/attn/v_proj/lora_b"].any()
+    with ocp.CheckpointManager(os.path.join(config.workdir, "sft/checkpoints")) as manager:
+        got = manager.restore(
+            manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )["state"]
+    assert "embedding" in got["params"]["policy"]["embed"]  # a full warm-up saves the model

@@ -40,6 +40,11 @@ def default_config() -> ConfigDict:
             "rank": 0,  # r; 0 = full fine-tuning
             "alpha": 16.0,  # the adapters' output is scaled by alpha / rank (PEFT's lora_alpha)
             "dropout": 0.0,  # on each adapter's input, in the update only (PEFT's lora_dropout)
+            # The SFT warm-up (config.sft) trains adapters too, and RL goes on from them (True);
+            # or it fine-tunes the whole model, and RL's fresh adapters sit on the warm-up model
+            # (False: a base that knows nothing, like the default job's random tiny model, learns
+            # little through adapters alone).
+            "sft": True,
             # Regexes (re.search) over the policy's '/'-joined parameter paths, as the partition
             # rules: every projection kernel a pattern matches gets an adapter; a pattern that
             # matches nothing, or matches a parameter that is not a projection kernel, is an error.
@@ -53,6 +58,11 @@ RULES = {"rank": R.COUNT, "alpha": R.POSITIVE, "dropout": R.Range(0.0, 1.0, high
 
 def enabled(cfg: ConfigDict | None) -> bool:
     return cfg is not None and cfg.rank > 0
+
+
+def in_sft(cfg: ConfigDict | None) -> bool:
+    """Whether the SFT warm-up trains adapters (else the whole model)."""
+    return enabled(cfg) and cfg.get("sft", True)
 
 
 def scale(cfg: ConfigDict) -> float:

@@ -32,17 +32,18 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
     optimizer = step_lib.optimizer_shapes(config.optimizer, config.heads)
 
     def init(rng):
-        return step_lib.init_state(spec, policy_shapes(config, model_cfg), optimizer, rng)
+        policy = policy_shapes(config, model_cfg, lora.enabled(config.get("lora")))
+        return step_lib.init_state(spec, policy, optimizer, rng)
 
     shapes = jax.eval_shape(init, jax.random.key(0))
     shardings = step_lib.state_shardings(mesh, shapes, model_cfg.family)
     return step_lib.placed(shapes, shardings)
 
 
-def policy_shapes(config: ConfigDict, model_cfg) -> dict:
-    """The run's policy parameters as shapes: with LoRA (config.lora), its adapters beside."""
+def policy_shapes(config: ConfigDict, model_cfg, adapted: bool) -> dict:
+    """The run's policy parameters as shapes; `adapted`: with its adapters beside."""
     policy = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
-    if lora.enabled(config.get("lora")):
+    if adapted:
         adapters = lora.adapter_shapes(config.lora, policy)
         policy = lora.with_adapters(policy, adapters)
     return policy
@@ -63,17 +64,16 @@ def load_run_policy(workdir: str, step: int | None = None, mesh=None, sft_phase:
     config = run_config(workdir)
     mesh = mesh or mesh_lib.make_mesh()
     model_cfg, tokenizer = from_config.model_config(config.model)
-    adapted = lora.enabled(config.get("lora"))
+    from flowrl_jax.trainer import sft
+
+    lora_cfg = config.get("lora")
+    adapted = lora.in_sft(lora_cfg) if sft_phase else lora.enabled(lora_cfg)
     if adapted:
         model_cfg = lora.model_config(model_cfg, config.lora)
     if sft_phase:
-        from flowrl_jax.trainer import sft
-
         optimizer = step_lib.optimizer_shapes(config.sft.optimizer, None)
-        like = sft.abstract_state(
-            optimizer, policy_shapes(config, model_cfg), mesh, model_cfg.family
-        )
-        like = like[0]
+        policy = policy_shapes(config, model_cfg, adapted)
+        like = sft.abstract_state(optimizer, policy, mesh, model_cfg.family)[0]
         checkpoints = Checkpoints(os.path.join(workdir, "sft"), config.checkpoint)
     else:
         like = abstract_state(config, model_cfg, mesh)
@@ -85,8 +85,11 @@ def load_run_policy(workdir: str, step: int | None = None, mesh=None, sft_phase:
     if restored is None:
         raise FileNotFoundError(f"no readable checkpoint in {checkpoints.directory}")
     params, record = restored
-    if adapted:  # the checkpoint holds the adapters; the base is the model config.model builds
-        base = from_config.build(config.model, mesh, config.seed)[0].params
+    if adapted:  # the checkpoint holds the adapters; the base is the run's own
+        if not sft_phase and sft.enabled(config.sft) and not lora.in_sft(lora_cfg):
+            base = load_run_policy(workdir, mesh=mesh, sft_phase=True)[0].params  # full warm-up
+        else:
+            base = from_config.build(config.model, mesh, config.seed)[0].params
         params = lora.with_adapters(base, lora.flat(params))
     source = config.model.checkpoint  # the run's HF starting point: its config keys carry over
     hf_config = read_hf_config(source) if source and os.path.isdir(source) else None

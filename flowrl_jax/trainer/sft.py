@@ -212,7 +212,7 @@ def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = Fal
     rate = step_lib.learning_rate_schedule(cfg.optimizer, cfg.optimizer.learning_rate, total)
     init = _init(optimizer)
     rng = jax.random.key(config.seed)
-    adapting = lora.enabled(config.lora)
+    adapting = lora.in_sft(config.lora)
     if adapting:  # LoRA SFT: fresh adapters, trained on the frozen base (RL goes on from them)
         model = lora.adapt(config.lora, model, config.seed)
     like, sharding = abstract_state(optimizer, model.params, mesh, model.cfg.family)
