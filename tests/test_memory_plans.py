@@ -115,6 +115,36 @@ def test_the_32b_recipe_fits_32_devices():
     assert "| sampler |" in out.stdout and "| update |" in out.stdout
 
 
+def test_the_7b_lora_recipe_fits_one_device(tmp_path):
+    """configs/qwen2_5_7b_math_lora.py on ONE 80 GB device (its own process, as a user runs the
+    plan): every phase fits; the update holds the bf16 base (15.2 GB) and the rank-64 adapters
+    with their Adam moments, donated, and nothing model-sized beside it."""
+    import json
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("XLA_FLAGS", None)  # the plan sets its own device count
+    out_json = str(tmp_path / "plan.json")
+    argv = [
+        "-m",
+        "flowrl_jax.plan",
+        "--config=configs/qwen2_5_7b_math_lora.py",
+        f"--out={out_json}",
+    ]
+    out = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
+    )
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert "1 x 80 GB" in out.stdout and "all fit" in out.stdout
+    with open(out_json) as f:
+        phases = {p["program"]: p for p in json.load(f)["phases"]}
+    update = phases["update"]
+    base = 2 * KNOWN_SHAPES["qwen2.5-7b"]["params"] / 1e9  # bf16
+    assert update["fits"] and update["resident_gb"] == 0.0
+    assert base < update["aliased_gb"] < base + 3.0, update  # + adapters, moments, heads
+    assert update["arguments_gb"] < update["aliased_gb"] + 1.0
+
+
 DEFAULT_LEVEL = {"xla_backend_optimization_level": 3}  # XLA's default (the suite runs at 0)
 
 
