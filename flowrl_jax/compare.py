@@ -38,7 +38,7 @@ from ml_collections import ConfigDict
 from flowrl_jax import algorithms, cli, tasks
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax.evaluation import answers, compare_report, report, results_doc, sampled
-from flowrl_jax.models import Model, from_config
+from flowrl_jax.models import Model, from_config, lora
 from flowrl_jax.trainer import run
 
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "seeds, comma-separated (one warm-up each)")
@@ -152,7 +152,8 @@ def train_from(base, seed: int, name: str, warm: str, out: str, mesh, eval_task)
     config = run_config(base, seed, name, workdir)
     result = run.train(config, mesh)
     params = result.state.params
-    policy = Model(result.sft.model.cfg, params["policy"], mesh=mesh)
+    cfg = lora.model_config(result.sft.model.cfg, config.lora)  # RL's adapters, if any
+    policy = Model(cfg, params["policy"], mesh=mesh)
     name = f"step_{config.train.steps}"
     logz_head = params.get("logz_head") if config.algorithm.name == "flowrl" else None
     evaluate_model(config, policy, _tokenizer(config), mesh, eval_task, name, logz_head)

@@ -2,10 +2,15 @@
 model and batch; LoRA trains a small fraction of the parameters and keeps optimiser state for
 those alone."""
 
+import os
+
 import jax
+import pytest
 
 from benchmarks import lora_update, train_step
 from flowrl_jax.models import config_from_hf, init_params, tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_lora_update_benchmark_runs_and_counts(capsys):
@@ -25,3 +30,14 @@ def test_lora_update_benchmark_runs_and_counts(capsys):
     for side in ("full", "lora"):
         assert 8 * r[side]["trained"] <= r[side]["opt_state_bytes"] < 8 * r[side]["trained"] + 64
     assert r["ratio"][0] > 0
+
+
+@pytest.mark.slow  # a minute and a half: both trees build every program of two configs
+def test_program_identity_of_a_tree_with_itself(capsys):
+    """benchmarks/program_identity.py at HEAD against HEAD: every program the same."""
+    from benchmarks import program_identity
+
+    program_identity.main(["--base", "HEAD", "--new", ROOT])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    same, total = last.split("=")[1].split("/")
+    assert same == total and int(total) >= 10, last

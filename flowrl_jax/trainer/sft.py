@@ -170,8 +170,11 @@ def update(cfg, optimizer, micro_batches: int, chunk: int, state, tokens, mask, 
         return _nll(cfg, policy, *x, chunk, dropout)[0] / total, None
 
     value, grads, _ = micro.gradients(micro_loss, trainable, pieces)
+    params, opt_state, grads = step_lib.apply_gradients(
+        optimizer, state.opt_state, grads, trainable, frozen
+    )
     metrics = {"sft/loss": value, "sft/grad_norm": optax.tree.norm(grads), "sft/tokens": total}
-    return step_lib.apply_gradients(optimizer, state, grads, trainable, frozen), metrics
+    return step_lib.TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
 
 def jit_update(model_cfg, optimizer, micro_batches: int, mesh, sharding, chunk: int = 256):

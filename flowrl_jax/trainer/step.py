@@ -389,17 +389,18 @@ def update(spec: StepSpec, optimizer, state: TrainState, tokens, mask, batch: al
     trainable, frozen = lora.split(state.params)
     grads, outputs = gradients(spec, trainable, frozen, tokens, mask, batch, rng, count)
     total, _, metrics = spec.alg.loss_terms(batch._replace(**outputs), spec.algo_cfg)
+    params, opt_state, grads = apply_gradients(optimizer, state.opt_state, grads, trainable, frozen)
     metrics = metrics | {"loss": total / count, "grad_norm": optax.tree.norm(grads)}
-    return apply_gradients(optimizer, state, grads, trainable, frozen), metrics
+    return TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
 
-def apply_gradients(optimizer, state: TrainState, grads, trainable, frozen) -> TrainState:
-    """The state after one optimiser step on `trainable` (`lora.split(state.params)`), its float32
-    gradients `grads` cast to the parameters' dtypes; `frozen` joined back unchanged."""
+def apply_gradients(optimizer, opt_state, grads, trainable, frozen):
+    """One optimiser step on `trainable` (`lora.split(params)`) -> (the new params, `frozen`
+    joined back unchanged; the optimiser state; the gradients as stepped: float32 `grads` cast
+    to the parameters' dtypes, what the gradient norm is logged of)."""
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
-    updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
-    params = lora.join(optax.apply_updates(trainable, updates), frozen)
-    return TrainState(state.step + 1, params, opt_state, state.rng)
+    updates, opt_state = optimizer.update(grads, opt_state, trainable)
+    return lora.join(optax.apply_updates(trainable, updates), frozen), opt_state, grads
 
 
 def updates(
