@@ -3,6 +3,10 @@ FLOP counts and the matmul peak are the trainer's own (flowrl_jax/trainer/metric
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import tempfile
 import time
 
 
@@ -11,6 +15,20 @@ def seconds(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def worktree(repo: str, revision: str):
+    """A detached git worktree of `repo` at `revision` (its path) for the block, removed after:
+    the other side of a before / after comparison."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tree = os.path.join(scratch, "base")
+        argv = ["git", "worktree", "add", "--detach", "-q", tree, revision]
+        subprocess.run(argv, cwd=repo, check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=repo)
 
 
 def matmul_peak() -> float:

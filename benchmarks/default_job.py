@@ -30,6 +30,11 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default="runs/countdown")
     parser.add_argument("--command", default="python -m flowrl_jax.train")
     parser.add_argument("--note", default="")
+    parser.add_argument(
+        "--plots",
+        default="default_job",
+        help="the plots' name in benchmarks/results/: <NAME>_*.png",
+    )
     parser.add_argument("--tuning", nargs="+", default=None, help="run directories to tabulate")
     parser.add_argument("--reevaluated", help="the evaluate CLI's <out>.json of the run")
     args = parser.parse_args(argv)
@@ -48,14 +53,12 @@ def main(argv=None) -> None:
     for name in ("report_reward.png", "report_logz.png", "report_diversity.png"):
         src = os.path.join(args.workdir, name)
         if os.path.exists(src):
-            shutil.copy(src, os.path.join(plots, "default_job_" + name.removeprefix("report_")))
+            shutil.copy(src, os.path.join(plots, f"{args.plots}_" + name.removeprefix("report_")))
     gain = 100 * (report["after"]["mean_at_k"] - report["before"]["mean_at_k"])
     distinct = report["after"]["distinct_correct"] - report["before"]["distinct_correct"]
     print(f"### {when}: the default job, full run")
     print()
-    print(
-        f"Machine: {describe_machine(report.get('machine'))}. Command: `{args.command}`."
-    )
+    print(f"Machine: {describe_machine(report.get('machine'))}. Command: `{args.command}`.")
     print(
         f"{report['test_problems']} test problems, k = {report['k']}, {report['rl_steps']} RL steps; "
         f"wall time {report['wall_seconds'] / 60:.1f} min (install excluded)."
@@ -67,7 +70,7 @@ def main(argv=None) -> None:
     print(
         f"mean@k gain {gain:+.1f} points (target +15), distinct correct answers "
         f"{distinct:+.2f} per problem (target >= 0), wall {report['wall_seconds'] / 60:.1f} min "
-        f"(target < 10). Plots: {plots}/default_job_*.png."
+        f"(target < 10). Plots: {plots}/{args.plots}_*.png."
     )
     print()
     print(

@@ -17,7 +17,8 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
+
+from benchmarks import worktree
 
 
 def hashes() -> dict[str, str]:
@@ -62,17 +63,8 @@ def main(argv=None) -> int:
     if not args.base:
         parser.error("--base is required")
     new_tree = os.path.abspath(args.new)
-    with tempfile.TemporaryDirectory() as scratch:
-        base_tree = os.path.join(scratch, "base")
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", "-q", base_tree, args.base],
-            cwd=new_tree,
-            check=True,
-        )
-        try:
-            base, new = at(base_tree), at(new_tree)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", base_tree], cwd=new_tree)
+    with worktree(new_tree, args.base) as base_tree:
+        base, new = at(base_tree), at(new_tree)
     same = 0
     print(f"{'program':<22} {'base':<17} {'new':<17}")
     for key in sorted(set(base) | set(new)):

@@ -356,27 +356,20 @@ def main(argv=None) -> dict[str, float]:
         return {}
     if not args.base:
         parser.error("--base is required")
+    from benchmarks import worktree  # here: the subprocesses import this script at older trees
+
     new_tree = os.path.abspath(args.new)
-    with tempfile.TemporaryDirectory() as scratch:
-        base_tree = os.path.join(scratch, "base")
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", "-q", base_tree, args.base],
-            cwd=new_tree,
-            check=True,
-        )
+    with worktree(new_tree, args.base) as base_tree:
         trees = {"base": base_tree, "new": new_tree}
-        try:
-            if args.mode == "programs":
-                times = time_programs(trees, args.rounds, args.train_step)
-                what = "one process, each call one program (s), sides alternating"
-            elif args.mode == "workers":
-                times = time_workers(trees, args.rounds)
-                what = "one worker per side, each request one RL step (s), sides alternating"
-            else:
-                times = time_processes(trees, args.pairs, args.steps)
-                what = "each run's median step (s) over its rounds after the first"
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", base_tree], cwd=new_tree)
+        if args.mode == "programs":
+            times = time_programs(trees, args.rounds, args.train_step)
+            what = "one process, each call one program (s), sides alternating"
+        elif args.mode == "workers":
+            times = time_workers(trees, args.rounds)
+            what = "one worker per side, each request one RL step (s), sides alternating"
+        else:
+            times = time_processes(trees, args.pairs, args.steps)
+            what = "each run's median step (s) over its rounds after the first"
     ratios = summary(times, what)
     label = lambda row: row.replace("ours ", "").replace(", ", "_").replace(" ", "_").lower()
     print("rl_step_new_over_base " + " ".join(f"{label(r)}={v:.3f}" for r, v in ratios.items()))

@@ -41,6 +41,17 @@ def make_torch_checkpoint(
     return model
 
 
+def torch_logits(model, tokens, mask) -> np.ndarray:
+    """A torch causal LM's logits (fp32 numpy) with mask-derived positions, as our decoder and
+    `generate()` use them. tokens, mask [B, T] (left padding)."""
+    import torch
+
+    ids, m = torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+    positions = (m.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=m, position_ids=positions).logits.numpy()
+
+
 def left_padded_batch(seed: int, batch: int, length: int, vocab: int, min_len: int = 1):
     """Random token ids [B, T] with random left padding (row 0 unpadded) and its mask."""
     rng = np.random.default_rng(seed)

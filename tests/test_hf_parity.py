@@ -9,14 +9,6 @@ from flowrl_jax import testing  # noqa: E402
 from flowrl_jax.models import load_hf, save_hf  # noqa: E402
 
 
-def torch_logits(model, tokens, mask):
-    """HF forward with mask-derived positions (what generate() uses), fp32 numpy."""
-    ids, m = torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
-    positions = (m.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=m, position_ids=positions).logits.numpy()
-
-
 def rel_err(ours, ref, mask):
     """max |ours - ref| over real (non-pad) positions, relative to the reference logit scale."""
     valid = mask.astype(bool)
@@ -33,7 +25,7 @@ def test_logits_match_torch_with_left_padding(checkpoint):
     family, path, torch_model = checkpoint
     tokens, mask = testing.left_padded_batch(0, batch=4, length=24, vocab=512, min_len=5)
     ours = np.asarray(load_hf(path)(tokens, mask))
-    ref = torch_logits(torch_model, tokens, mask)
+    ref = testing.torch_logits(torch_model, tokens, mask)
     assert ours.shape == ref.shape
     assert np.abs(ref[mask.astype(bool)]).max() > 1.0  # a real logit scale, not ~0
     assert rel_err(ours, ref, mask) <= 1e-4, family
@@ -67,8 +59,8 @@ def test_export_reloads_in_torch_with_same_logits(checkpoint, tmp_path):
         out, dtype=torch.float32, attn_implementation="eager"
     ).eval()
     tokens, mask = testing.left_padded_batch(2, batch=3, length=16, vocab=512)
-    ref = torch_logits(torch_model, tokens, mask)
-    np.testing.assert_allclose(torch_logits(reloaded, tokens, mask), ref, rtol=0, atol=1e-6)
+    ref = testing.torch_logits(torch_model, tokens, mask)
+    np.testing.assert_allclose(testing.torch_logits(reloaded, tokens, mask), ref, rtol=0, atol=1e-6)
     # And back into JAX from our own export.
     assert rel_err(np.asarray(load_hf(out)(tokens, mask)), ref, mask) <= 1e-4
 
@@ -84,5 +76,5 @@ def test_sharded_export_writes_an_index(checkpoint, tmp_path):
     with open(os.path.join(out, "model.safetensors.index.json")) as f:
         assert set(json.load(f)["weight_map"].values()) == set(files)
     tokens, mask = testing.left_padded_batch(3, batch=2, length=8, vocab=512)
-    ref = torch_logits(torch_model, tokens, mask)
+    ref = testing.torch_logits(torch_model, tokens, mask)
     assert rel_err(np.asarray(load_hf(out)(tokens, mask)), ref, mask) <= 1e-4

@@ -91,13 +91,6 @@ def peft_model(torch_model, cfg, policy, lcfg, directory):
     return peft.PeftModel.from_pretrained(torch_model, str(directory)).eval()
 
 
-def torch_logits(model, tokens, mask):
-    ids, m = torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
-    positions = (m.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=m, position_ids=positions).logits.numpy()
-
-
 def test_adapted_logits_match_peft(checkpoint, tmp_path):
     family, path, torch_model = checkpoint
     ours = load_hf(path)
@@ -106,7 +99,7 @@ def test_adapted_logits_match_peft(checkpoint, tmp_path):
     tokens, mask = testing.left_padded_batch(0, batch=3, length=20, vocab=512, min_len=5)
     logits = np.asarray(forward(cfg, policy, tokens, mask).logits)
     base = np.asarray(forward(ours.cfg, ours.params, tokens, mask).logits)
-    ref = torch_logits(peft_model(torch_model, cfg, policy, lcfg, tmp_path), tokens, mask)
+    ref = testing.torch_logits(peft_model(torch_model, cfg, policy, lcfg, tmp_path), tokens, mask)
     valid = mask.astype(bool)
     scale = np.abs(ref[valid]).max()
     assert np.abs(base[valid] - ref[valid]).max() > 100 * 1e-4 * scale  # the adapters matter

@@ -159,15 +159,6 @@ def test_killed_lora_run_resumes_exactly(tmp_path):
     assert "logz_head" in a["params"]
 
 
-def torch_logits(model, tokens, mask):
-    import torch
-
-    ids, m = torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
-    positions = (m.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=m, position_ids=positions).logits.numpy()
-
-
 def test_merged_and_adapter_exports_give_our_logits(tmp_path, mesh):
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")
@@ -191,16 +182,16 @@ def test_merged_and_adapter_exports_give_our_logits(tmp_path, mesh):
 
     merged = export(config.workdir, out=str(tmp_path / "merged"), mesh=mesh)
     hf = transformers.AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
-    got = torch_logits(hf, tokens, mask)
+    got = testing.torch_logits(hf, tokens, mask)
     assert np.abs(got[valid] - logits[valid]).max() <= 1e-4 * scale
 
     adapters = export(config.workdir, out=str(tmp_path / "adapters"), mesh=mesh, adapters=True)
     assert sorted(os.listdir(adapters)) >= ["adapter_config.json", "adapter_model.safetensors"]
     base = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
-    base_logits = torch_logits(base, tokens, mask)
+    base_logits = testing.torch_logits(base, tokens, mask)
     assert np.abs(base_logits[valid] - logits[valid]).max() > 100 * 1e-4 * scale  # trained
     with_peft = peft.PeftModel.from_pretrained(base, adapters).eval()
-    got = torch_logits(with_peft, tokens, mask)
+    got = testing.torch_logits(with_peft, tokens, mask)
     assert np.abs(got[valid] - logits[valid]).max() <= 1e-4 * scale
 
 
