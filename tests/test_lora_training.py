@@ -317,3 +317,44 @@ def test_full_warm_up_then_lora_rl(tmp_path, mesh):
             manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
         )["state"]
     assert "embedding" in got["params"]["policy"]["embed"]  # a full warm-up saves the model
+
+
+def test_lora_on_eight_devices_equals_one(tmp_path):
+    """Adapters sharded by their kernels' rules (A as the input, B as the output) on fsdp=4 x
+    tensor=2: two fused LoRA steps equal one device's (1e-5)."""
+    from flowrl_jax.trainer.loop import Trainer
+
+    def run(mesh, workdir):
+        config = base_config()
+        config.workdir = str(workdir)
+        config.train.prompts_per_step = 4  # fills the batch bucket of data x fsdp = 4
+        config.train.minibatch_size = 8
+        config.lora.rank, config.lora.alpha = 4, 8.0  # the engine's learning rate (1e-4)
+        with jax.set_mesh(mesh):
+            model, tokenizer = from_config.build(config.model, mesh, config.seed)
+            trainer = Trainer(config, model, tokenizer, mesh, trainer_task())
+            draw = prompt_source(tokenizer, trainer.task, 4)
+            history = [trainer.fused_step(draw) for _ in range(2)]
+            q = trainer.state.params["policy"]["layers"]["attn"]["q_proj"]
+            specs = {k: (v.sharding.spec, len(v.sharding.device_set)) for k, v in q.items()}
+            return history, leaves(trainer.state.params), specs
+
+    one, one_params, _ = run(mesh_lib.make_mesh({}, jax.devices()[:1]), tmp_path / "one")
+    eight, eight_params, specs = run(
+        mesh_lib.make_mesh({"fsdp": 4, "tensor": 2}), tmp_path / "eight"
+    )
+    P = jax.sharding.PartitionSpec
+    assert specs["lora_a"] == (P(None, "fsdp", None), 8)
+    assert specs["lora_b"] == (P(None, None, "tensor"), 8)
+    for a, b in zip(one, eight):
+        for k in sorted(k for k in a if not k.startswith(SKIP)):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert one_params["policy/layers/attn/q_proj/lora_b"].any()
+    for k, x in one_params.items():
+        np.testing.assert_allclose(eight_params[k], x, rtol=0, atol=1e-5, err_msg=k)
+
+
+def trainer_task():
+    from flowrl_jax.tasks import digits
+
+    return digits.task()
