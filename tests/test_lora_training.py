@@ -98,7 +98,10 @@ def test_reference_is_the_base_model(tmp_path, mesh):
     assert (diff * np.asarray(mask)[:, spec.prompt_len :]).max() > 1e-4  # the adapters moved it
 
 
-@pytest.mark.parametrize("sampler", ["static", "slots_and_packing"])
+@pytest.mark.parametrize(
+    "sampler",  # -m slow for CI's time: the slots-and-packing case runs the fused step with LoRA
+    [pytest.param("static", marks=pytest.mark.slow), "slots_and_packing"],
+)
 def test_fused_equals_phased_with_lora(tmp_path, mesh, sampler):
     """The fused step runs the adapted model without merging: in its sampler (the static batch,
     or refilling slots with packed scoring and update) and its update, equal to the phased loop
