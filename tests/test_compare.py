@@ -132,3 +132,19 @@ def test_a_task_without_enumerated_answers_gets_the_other_metrics(tmp_path):
         assert cell["mean_at_k"] is not None and len(cell["pass_curve"]) == 4
         assert "tv" not in cell and "mass" not in cell
     assert "| grpo |" in (tmp_path / "cmp" / "results.md").read_text()
+
+
+@pytest.mark.slow  # minutes: a warm-up and a run
+def test_a_lora_comparison(tmp_path):
+    """--config.lora.rank: each algorithm trains adapters on the (full) warm-up model, and its
+    evaluation runs the adapted policy."""
+    # FlowRL: its loss has a gradient even where every reward of a group is 0 (GRPO's has none,
+    # and B = 0 adapters take no weight decay). At the job's rate two steps move B by ~1e-4,
+    # below what the exact measures resolve: a rate that moves it.
+    argv = ["--seeds=0", "--algorithms=flowrl", "--config.lora.rank=4", *REDUCED[2:]]
+    argv.append("--config.optimizer.learning_rate=1e-2")
+    out = compare_cli(f"--workdir={tmp_path}", *argv)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = read(tmp_path / "results.json")
+    assert set(results["runs"]) == {"warmup", "flowrl"}
+    assert results["runs"]["flowrl"]["0"]["tv"] > 0  # the adapters moved the policy
