@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from flowrl_jax import config as config_lib
 from flowrl_jax import lower
-from flowrl_jax.models import kernels, tiny
+from flowrl_jax.models import kernels, lora, tiny
 from flowrl_jax.models.decoder import Decoder, init_params
 
 B, T, H, K, DH = 2, 100, 4, 2, 16  # T: not a multiple of the kernels' blocks
@@ -103,10 +103,18 @@ def packed_batch(cfg):
     return tokens, positions, real, segments
 
 
-def test_the_decoder_with_splash_equals_the_xla_path_logits_and_gradients():
-    """A tiny Qwen2 (q/k/v biases, GQA) over a left-padded row and a packed one."""
+@pytest.mark.parametrize("adapters", [False, True])
+def test_the_decoder_with_splash_equals_the_xla_path_logits_and_gradients(adapters):
+    """A tiny Qwen2 (q/k/v biases, GQA) over a left-padded row and a packed one; with LoRA
+    adapters (non-zero) on every projection too: they compose with the kernel."""
     cfg = tiny.tiny_config("qwen2")
     params = init_params(cfg, jax.random.key(0))
+    if adapters:
+        lcfg = lora.default_config()
+        lcfg.rank = 4
+        fresh = lora.init(lcfg, params, jax.random.key(1))
+        fresh = {k: v + 0.05 if k.endswith("lora_b") else v for k, v in fresh.items()}
+        params, cfg = lora.with_adapters(params, fresh), lora.model_config(cfg, lcfg)
     tokens, positions, real, segments = packed_batch(cfg)
 
     def run(kind):
