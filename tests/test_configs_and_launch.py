@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from flowrl_jax import algorithms
 from flowrl_jax.config import get_config as default_config
+from flowrl_jax.lower import abstract_mesh
 from flowrl_jax.trainer import check_sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,12 +135,16 @@ def test_configs_for_real_checkpoints_have_real_defaults(path):
     config = load(path)
     assert config.model.checkpoint.startswith("/path/to/")
     assert not config.smoke.enabled
-    assert config.model.dtype == "bfloat16" and config.model.param_dtype == "float32"
+    # fp32 master weights where they are trained; a LoRA recipe's base is frozen (no update
+    # rounds into it: bf16), its adapters fp32 whatever the param dtype (models/lora.py).
+    master = "bfloat16" if config.lora.rank > 0 else "float32"
+    assert config.model.dtype == "bfloat16" and config.model.param_dtype == master
     assert config.optimizer.learning_rate <= 1e-5
     assert config.rollout.max_new_tokens >= 1024 and config.train.steps >= 100
     assert config.task.name == "file" and config.task.path.startswith("/path/to/")
     dapo = load(path, "--config.algorithm.name=dapo")
-    check_sizes(dapo, AbstractMesh((1, 8, 1), ("data", "fsdp", "tensor")))  # DAPO checks its buffer
+    # DAPO checks its buffer, on the recipe's own devices (its mesh resolved for plan.devices).
+    check_sizes(dapo, abstract_mesh(dapo, dapo.plan.devices))
     from flowrl_jax.algorithms import dapo as dapo_lib
 
     L = dapo.rollout.max_new_tokens
