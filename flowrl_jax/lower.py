@@ -138,7 +138,6 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
     policy = step_lib.placed(
         shapes, partition.shardings(partition.rules_for(cfg.family), shapes, mesh)
     )
-    base_policy = lora.base(policy)
     prompts = jax.ShapeDtypeStruct((B, P), jnp.int32, sharding=mesh_lib.batch_sharding(mesh))
     live = batch_array((B,), jnp.bool_)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=mesh_lib.replicated(mesh))
@@ -210,12 +209,12 @@ def programs(config: ConfigDict, cfg, mesh, platform: str, reward=None) -> list[
     if sft.enabled(config.sft):
         s = config.sft
         sft_optimizer = step_lib.make_optimizer(s.optimizer, None, total_steps=1000)
-        # A full warm-up before LoRA RL (lora.sft False) trains the model without adapters.
-        sft_policy = policy if lora.in_sft(config.get("lora")) or not adapted else base_policy
+        sft_policy, sft_cfg = policy, cfg
+        if adapted and not lora.in_sft(config.lora):  # a full warm-up before LoRA RL
+            sft_policy, sft_cfg = lora.base(policy), cfg.replace(lora_scale=0.0, lora_dropout=0.0)
         sft_state, sft_sharding = sft.abstract_state(sft_optimizer, sft_policy, mesh, cfg.family)
         length = demonstrations.max_len(config)
         sft_tokens = batch_array((s.batch_size, length), jnp.int32)
-        sft_cfg = cfg if sft_policy is policy else cfg.replace(lora_scale=0.0, lora_dropout=0.0)
         step = sft.jit_update(sft_cfg, sft_optimizer, s.micro_batches, mesh, sft_sharding)
         out.append(Program("sft_update", step, (sft_state, sft_tokens, sft_tokens, sft_tokens)))
     return out

@@ -162,15 +162,19 @@ def base(policy) -> dict:
     )
 
 
+def adapters(policy) -> dict:
+    """The policy's adapters alone, nested as in the policy (no copy)."""
+    leaves = {p: x for p, x in flat(policy).items() if is_adapter(p)}
+    return traverse_util.unflatten_dict(leaves, sep="/")
+
+
 def split(params: dict) -> tuple[dict, dict | None]:
     """A train state's params {'policy', heads...} -> (trainable, frozen): with adapters in the
     policy, trainable = the adapters and the heads, frozen = the base policy; without, (params,
     None)."""
     if not adapted(params["policy"]):
         return params, None
-    leaves = flat(params["policy"])
-    adapters = {p: x for p, x in leaves.items() if is_adapter(p)}
-    trainable = dict(params, policy=traverse_util.unflatten_dict(adapters, sep="/"))
+    trainable = dict(params, policy=adapters(params["policy"]))
     return trainable, {"policy": base(params["policy"])}
 
 

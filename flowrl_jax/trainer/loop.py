@@ -255,8 +255,7 @@ class Trainer:
         ref_adapters = {}
         if lora.enabled(config.lora):
             if lora.adapted(model.params):
-                ref_adapters = jax.tree.map(jnp.copy, lora.split({"policy": model.params})[0])
-                ref_adapters = ref_adapters["policy"]
+                ref_adapters = jax.tree.map(jnp.copy, lora.adapters(model.params))
             else:
                 model = lora.adapt(config.lora, model, config.seed)
         self.config, self.model, self.tokenizer, self.mesh = config, model, tokenizer, mesh

@@ -13,7 +13,7 @@ from ml_collections import ConfigDict
 from flowrl_jax import mesh as mesh_lib
 from flowrl_jax import storage
 from flowrl_jax.models import Model, from_config, lora
-from flowrl_jax.models.decoder import init_params
+from flowrl_jax.models.decoder import param_shapes
 from flowrl_jax.models.families import read_hf_config
 from flowrl_jax.trainer import step as step_lib
 from flowrl_jax.trainer.checkpoint import Checkpoints
@@ -42,7 +42,7 @@ def abstract_state(config: ConfigDict, model_cfg, mesh) -> step_lib.TrainState:
 
 def policy_shapes(config: ConfigDict, model_cfg, adapted: bool) -> dict:
     """The run's policy parameters as shapes; `adapted`: with its adapters beside."""
-    policy = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
+    policy = param_shapes(model_cfg)
     if adapted:
         adapters = lora.adapter_shapes(config.lora, policy)
         policy = lora.with_adapters(policy, adapters)

@@ -220,7 +220,7 @@ def run(config: ConfigDict, mesh, model, tokenizer, data, rl_started: bool = Fal
         model = lora.adapt(config.lora, model, config.seed)
     like, sharding = abstract_state(optimizer, model.params, mesh, model.cfg.family)
     if adapting:  # a restore's frozen base: the model's own arrays (checkpoints hold adapters)
-        base = lora.split({"policy": model.params})[1]
+        base = {"policy": lora.base(model.params)}
         like = like._replace(params=lora.join(lora.split(like.params)[0], base))
     checkpoints = Checkpoints(directory, _checkpoint_config(config))
     restored = checkpoints.restore_latest(like, set_aside=True)
